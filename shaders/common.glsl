@@ -1,0 +1,99 @@
+// common.glsl: interface and conventions shared by every linear_qta8a_qga4w kernel.
+//
+// Contract (the host side is vkqlinear/dispatch.py, the layouts vkqlinear/prepack.py):
+//
+// Bindings (std430 storage buffers, 32-bit words only: valid on every Vulkan 1.1 device)
+//   0 X      uint [T][K/4]     int8 activations x_q, 4 per word, k = 4w + j in byte j
+//   1 XS     float[T]          per-token activation scale
+//   2 XZ     int  [T]          per-token activation zero point
+//   3 W      uint              weights, "block-of-8-channels" layout (below)
+//   4 WS     vec4              per-group weight scale s, same order as WSU
+//   5 WO     vec4              per-group weight offset o (w = s * q + o)
+//   6 WSU    ivec4             per-group sum of raw nibbles u over the group
+//   7 BIAS   vec4 [NP/4]       bias (zeros when the op has none)
+//   8 OS     float[T]          output scale      (int8 output only; else a dummy)
+//   9 OZ     int  [T]          output zero point (int8 output only; else a dummy)
+//  10 Y      float [T][NP] or, with OUT_INT8, uint [T][NP/4] (4 int8 per word)
+//
+// Weight layout. Channels are padded to NP, a multiple of 8 * LANES, and taken in blocks
+// of 8: block b = channels 8b .. 8b+7. One 32-bit word holds the raw nibbles u = q + 8
+// (0..15) of the 8 channels of a block at one k: bits 4i..4i+3 <- channel 8b + i. Words are
+// ordered [b / LANES][k][b % LANES]: LANES neighbouring invocations read LANES consecutive
+// words at each k, and each set of LANES blocks streams through its own contiguous memory.
+// Per-group data (s, o, sum u) is ordered [b / LANES][g][b % LANES][8 channels].
+//
+// Why raw nibbles: the product x * u is formed for two channels at once in the two 16-bit
+// halves of one int32 (SWAR): (w >> 4j) & 0x000F000F holds the nibbles of channels j and
+// j + 4. With |x| <= 128 and u <= 15, sixteen products fit a signed 16-bit half, so the
+// halves are split every CHUNK (16, or 8 for groups of 8) values of k.
+// Per group, with P = sum x*u, Sx = sum x, Su = sum u (all exact int32):
+//   S = Sx - zp * g,   A = sum (x - zp) * (u - 8) = P - zp * Su - 8 * S
+//   y += s * A + o * S                         (SPEC.md's formula, float only from here)
+// and finally y = x_scale * y + bias, or its per-token int8 requantization.
+
+#extension GL_EXT_control_flow_attributes : require
+
+layout(constant_id = 0) const uint LOCAL_X = 8;      // workgroup x: channel blocks
+layout(constant_id = 1) const uint LOCAL_Y = 1;      // workgroup y: token tiles / workers
+layout(constant_id = 2) const uint GROUP_SIZE = 32;  // weight group size g (multiple of 8)
+layout(constant_id = 3) const uint LANES = 8;        // weight layout interleave (see above)
+layout(constant_id = 4) const uint TM = 4;           // tokens per invocation
+layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
+layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
+
+const uint CHUNK = (GROUP_SIZE % 16u == 0u) ? 16u : 8u;
+// Float partial sums are added into the total every GROUP_BLOCK groups, so that the float
+// accumulation error grows with G / GROUP_BLOCK + GROUP_BLOCK, not with G.
+const uint GROUP_BLOCK = 32u;
+
+layout(push_constant) uniform Params {
+    uint T;           // tokens
+    uint K;           // input features
+    uint N;           // output channels (real)
+    uint NP;          // output channels padded (row stride of Y and BIAS)
+    uint token_base;  // first token of this dispatch (grids larger than one dispatch)
+} p;
+
+layout(std430, binding = 0) readonly buffer XBuf { uint X[]; };
+layout(std430, binding = 1) readonly buffer XSBuf { float XS[]; };
+layout(std430, binding = 2) readonly buffer XZBuf { int XZ[]; };
+layout(std430, binding = 3) readonly buffer WBuf { uint W[]; };
+layout(std430, binding = 4) readonly buffer WSBuf { vec4 WS[]; };
+layout(std430, binding = 5) readonly buffer WOBuf { vec4 WO[]; };
+layout(std430, binding = 6) readonly buffer WSUBuf { ivec4 WSU[]; };
+layout(std430, binding = 7) readonly buffer BiasBuf { vec4 BIAS[]; };
+layout(std430, binding = 8) readonly buffer OSBuf { float OS[]; };
+layout(std430, binding = 9) readonly buffer OZBuf { int OZ[]; };
+layout(std430, binding = 10) writeonly buffer YBuf { uint Y[]; };
+
+// Signed int8 number j (0..3) of a word of 4 packed int8 activations.
+int x_byte(uint word, uint j) {
+    return bitfieldExtract(int(word), int(8u * j), 8);
+}
+
+// Pair j (0..3) of a weight word: nibbles of channels j and j + 4 in the 16-bit halves.
+int nibble_pair(uint word, uint j) {
+    return int((word >> (4u * j)) & 0x000F000Fu);
+}
+
+// Splits a SWAR accumulator into its low-half and high-half sums (exact while each half's
+// sum fits in 16 signed bits: see CHUNK).
+ivec2 swar_split(int acc) {
+    int lo = bitfieldExtract(acc, 0, 16);
+    return ivec2(lo, (acc - lo) >> 16);
+}
+
+// Index of the first word of channel block b at k = 0 in W.
+uint weight_base(uint b) {
+    return (b / LANES) * p.K * LANES + (b % LANES);
+}
+
+// Index (in vec4 units) of the first group-data vec4 of block b at group g.
+uint group_base(uint b, uint g, uint G) {
+    return (((b / LANES) * G + g) * LANES + (b % LANES)) * 2u;
+}
+
+// SPEC.md's per-token int8 requantization: clamp(roundEven(y / scale) + zp, -128, 127).
+int requantize(float y, float scale, int zp) {
+    return int(clamp(roundEven(y / scale) + float(zp), -128.0, 127.0));
+}

@@ -1,0 +1,113 @@
+// tile.glsl: the work of one invocation, TM tokens x one block of 8 output channels.
+//
+// Contract: include after common.glsl. Call tile_begin(t0) once, tile_group(b, g, G) for
+// each weight group the invocation owns (in any order), tile_flush() after every
+// GROUP_BLOCK groups and at the end; the sum is then in tile_total. tile_store(b, t0)
+// writes the finished outputs (float or int8) of tokens t0 .. t0 + TM - 1 that exist.
+
+float tile_total[TM][8];   // sum over finished blocks of groups
+float tile_block[TM][8];   // sum over the current block of groups
+uint tile_row[TM];         // activation row of each token (clamped to T - 1)
+int tile_zp[TM];           // its zero point
+
+void tile_begin(uint t0) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        uint t = min(t0 + i, p.T - 1u);
+        tile_row[i] = t * (p.K / 4u);
+        tile_zp[i] = XZ[t];
+        [[unroll]] for (uint c = 0u; c < 8u; c++) {
+            tile_total[i][c] = 0.0;
+            tile_block[i][c] = 0.0;
+        }
+    }
+}
+
+void tile_flush() {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) {
+            tile_total[i][c] += tile_block[i][c];
+            tile_block[i][c] = 0.0;
+        }
+    }
+}
+
+// Adds group g of channel block b: exact integer sums, then s * A + o * S.
+void tile_group(uint b, uint g, uint G) {
+    int P[TM][8];
+    int sx[TM];
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        sx[i] = 0;
+        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
+    }
+    uint wi = weight_base(b) + g * GROUP_SIZE * LANES;
+    uint xi = g * (GROUP_SIZE / 4u);
+    for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
+        int acc[TM][4];
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
+        }
+        [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
+            uint xw[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = X[tile_row[i] + xi + (c0 + k4) / 4u];
+            [[unroll]] for (uint kk = 0u; kk < 4u; kk++) {
+                uint w = W[wi + (c0 + k4 + kk) * LANES];
+                int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+                int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+                [[unroll]] for (uint i = 0u; i < TM; i++) {
+                    int xv = x_byte(xw[i], kk);
+                    sx[i] += xv;
+                    acc[i][0] += xv * w0;
+                    acc[i][1] += xv * w1;
+                    acc[i][2] += xv * w2;
+                    acc[i][3] += xv * w3;
+                }
+            }
+        }
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                ivec2 h = swar_split(acc[i][j]);
+                P[i][j] += h.x;
+                P[i][j + 4u] += h.y;
+            }
+        }
+    }
+    uint gb = group_base(b, g, G);
+    vec4 s[2] = vec4[2](WS[gb], WS[gb + 1u]);
+    vec4 o[2] = vec4[2](WO[gb], WO[gb + 1u]);
+    ivec4 su[2] = ivec4[2](WSU[gb], WSU[gb + 1u]);
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        int S = sx[i] - tile_zp[i] * int(GROUP_SIZE);
+        float Sf = float(S);
+        [[unroll]] for (uint c = 0u; c < 8u; c++) {
+            int A = P[i][c] - tile_zp[i] * su[c / 4u][c % 4u] - 8 * S;
+            tile_block[i][c] += s[c / 4u][c % 4u] * float(A) + o[c / 4u][c % 4u] * Sf;
+        }
+    }
+}
+
+// y = x_scale * sum + bias, stored as float or requantized to int8 (4 per word).
+void tile_store_row(uint b, uint t, float sums[8]) {
+    vec4 bias[2] = vec4[2](BIAS[2u * b], BIAS[2u * b + 1u]);
+    float xs = XS[t];
+    float y[8];
+    [[unroll]] for (uint c = 0u; c < 8u; c++) y[c] = xs * sums[c] + bias[c / 4u][c % 4u];
+    if (OUT_INT8 == 0u) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) Y[t * p.NP + 8u * b + c] = floatBitsToUint(y[c]);
+    } else {
+        float os = OS[t];
+        int oz = OZ[t];
+        [[unroll]] for (uint h = 0u; h < 2u; h++) {
+            uint word = 0u;
+            [[unroll]] for (uint c = 0u; c < 4u; c++) {
+                word |= uint(requantize(y[4u * h + c], os, oz) & 0xFF) << (8u * c);
+            }
+            Y[t * (p.NP / 4u) + 2u * b + h] = word;
+        }
+    }
+}
+
+void tile_store(uint b, uint t0) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        if (t0 + i < p.T) tile_store_row(b, t0 + i, tile_total[i]);
+    }
+}

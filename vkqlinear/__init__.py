@@ -1,0 +1,32 @@
+"""vkqlinear: Vulkan compute shaders for W4A8 quantized linear layers (SPEC.md's
+``linear_qta8a_qga4w``), driven from Python through Kompute.
+
+Quick start::
+
+    import numpy as np, vkqlinear as vq
+    x_q, x_scale, x_zp = vq.quantize_per_token(np.random.randn(4, 256).astype(np.float32))
+    w_packed, w_scales, w_zeros = vq.quantize_weights(np.random.randn(64, 256), 32)
+    y = vq.linear_qta8a_qga4w(x_q, x_scale, x_zp, w_packed, 32, w_scales, w_zeros)
+"""
+
+from .device import Device, DeviceInfo, default_device, devices
+from .errors import (CompilerNotFoundError, DeviceClosedError, ShaderCompileError,
+                     VulkanUnavailableError)
+from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
+from .quant import (dequantize_per_token, dequantize_weights, offsets_from_zero_points,
+                    offsets_to_scales_and_zeros, pack_int4, quantize_per_token,
+                    quantize_weights, scales_and_zeros_to_offsets, unpack_int4)
+from .weights import QuantizedWeights, prepack
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Device", "DeviceInfo", "default_device", "devices",
+    "CompilerNotFoundError", "DeviceClosedError", "ShaderCompileError",
+    "VulkanUnavailableError",
+    "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o",
+    "dequantize_per_token", "dequantize_weights", "offsets_from_zero_points",
+    "offsets_to_scales_and_zeros", "pack_int4", "quantize_per_token", "quantize_weights",
+    "scales_and_zeros_to_offsets", "unpack_int4",
+    "QuantizedWeights", "prepack",
+]

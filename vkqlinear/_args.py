@@ -1,0 +1,161 @@
+"""Argument checking: every public entry point turns its inputs into canonical numpy arrays
+here, so that each kind of bad input gets the same ``TypeError`` / ``ValueError`` naming
+the argument, whatever the algorithm.
+
+Accepted and converted (never misread): Python lists and tuples of numbers, torch CPU
+tensors, non-contiguous / Fortran-ordered arrays, byte-swapped (big-endian) dtypes,
+read-only arrays. Refused: a numpy array or tensor of the wrong dtype (no silent casts of
+floats to ints or back), wrong shapes, out-of-range values.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+_INT_KINDS = "iu"
+
+
+def _is_torch(x):
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def as_array(x, name, dtypes, *, allow_none=False):
+    """``x`` as a C-contiguous, native-endian ndarray whose dtype is one of ``dtypes``.
+
+    ``dtypes`` is a tuple of numpy dtypes; the first one is the canonical one that lists
+    and tuples are converted to (if their values fit exactly).
+    """
+    if x is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name}: expected an array, got None")
+    if _is_torch(x):
+        if getattr(x, "device", None) is not None and str(x.device) != "cpu":
+            raise ValueError(f"{name}: expected a CPU tensor, got one on {x.device}")
+        x = x.detach().resolve_conj().resolve_neg().numpy() if hasattr(x, "detach") else x
+    if isinstance(x, (list, tuple)) or isinstance(x, numbers.Number):
+        try:
+            a = np.asarray(x)
+        except ValueError as e:  # ragged lists
+            raise ValueError(f"{name}: expected a rectangular array: {e}") from None
+        if a.dtype == object or a.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected numbers, got {a.dtype}")
+        want = np.dtype(dtypes[0])
+        if a.size and a.dtype.kind == "f" and want.kind in _INT_KINDS:
+            if not np.all(np.isfinite(a)) or np.any(a != np.rint(a)):
+                raise TypeError(f"{name}: expected integers for dtype {want}, got {a.dtype}")
+        if a.size and want.kind in _INT_KINDS:
+            info = np.iinfo(want)
+            if a.min() < info.min or a.max() > info.max:
+                raise ValueError(f"{name}: values out of range for {want} "
+                                 f"[{info.min}, {info.max}]")
+        return np.ascontiguousarray(a.astype(want))
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, list or torch tensor, "
+                        f"got {type(x).__name__}")
+    dt = x.dtype
+    if not dt.isnative:
+        dt = dt.newbyteorder("=")
+    if dt not in [np.dtype(d) for d in dtypes]:
+        names = " or ".join(str(np.dtype(d)) for d in dtypes)
+        raise TypeError(f"{name}: expected dtype {names}, got {x.dtype}")
+    return np.ascontiguousarray(x, dtype=dt)
+
+
+def check_shape(a, name, shape):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(a.shape)}")
+
+
+def per_token(x, name, dtypes, lead, t):
+    """A per-token vector given as ``[T]`` or with the leading dims of ``x_q``."""
+    a = as_array(x, name, dtypes)
+    if tuple(a.shape) not in ((t,), tuple(lead)):
+        raise ValueError(f"{name}: expected shape [{t}] or {list(lead)} (one per token), "
+                         f"got {list(a.shape)}")
+    return a.reshape(t)
+
+
+def check_finite_positive(a, name):
+    if a.size and not (np.all(np.isfinite(a)) and np.all(a > 0)):
+        raise ValueError(f"{name}: expected finite values > 0")
+
+
+def check_finite(a, name):
+    if a.size and not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: expected finite values")
+
+
+def check_int8_range(a, name):
+    if a.size and (a.min() < -128 or a.max() > 127):
+        raise ValueError(f"{name}: expected values in [-128, 127], "
+                         f"got [{a.min()}, {a.max()}]")
+
+
+def check_group_size(group_size, k):
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size: expected an int, got {type(group_size).__name__}")
+    g = int(group_size)
+    if g <= 0 or g % 8:
+        raise ValueError(f"group_size: expected a positive multiple of 8, got {g}")
+    if g > k or k % g:
+        raise ValueError(f"group_size: expected a divisor of K={k}, got {g}")
+    return g
+
+
+_SIGNED_INTS = (np.int32, np.int8, np.int16, np.int64)
+
+
+def activations(x_q, x_scale, x_zero_point):
+    """Check ``x_q [..., K]`` int8 and its per-token qparams; returns
+    ``(x_q [T, K], x_scale [T], x_zero_point [T], lead)``."""
+    x = as_array(x_q, "x_q", (np.int8,))
+    if x.ndim < 1:
+        raise ValueError(f"x_q: expected shape [..., K], got {list(x.shape)}")
+    k = x.shape[-1]
+    if k == 0 or k % 2:
+        raise ValueError(f"x_q: K (last dimension) must be even and > 0, got K={k}")
+    lead = x.shape[:-1]
+    t = int(np.prod(lead, dtype=np.int64))
+    xs = per_token(x_scale, "x_scale", (np.float32,), lead, t)
+    check_finite_positive(xs, "x_scale")
+    xz = per_token(x_zero_point, "x_zero_point", _SIGNED_INTS, lead, t)
+    check_int8_range(xz, "x_zero_point")
+    return x.reshape(t, k), xs, xz.astype(np.int32), lead
+
+
+def packed_weights(w_packed, k):
+    w = as_array(w_packed, "w_packed", (np.uint8,))
+    if w.ndim != 2 or w.shape[1] * 2 != k or w.shape[0] == 0:
+        raise ValueError(f"w_packed: expected shape [N, K/2] = [N, {k // 2}] with N > 0 "
+                         f"(K={k} from x_q), got {list(w.shape)}")
+    return w
+
+
+def output_qparams(out_scale, out_zero_point, lead, t):
+    os_ = per_token(out_scale, "out_scale", (np.float32,), lead, t)
+    check_finite_positive(os_, "out_scale")
+    oz = per_token(out_zero_point, "out_zero_point", _SIGNED_INTS, lead, t)
+    check_int8_range(oz, "out_zero_point")
+    return os_, oz.astype(np.int32)
+
+
+def bias_vector(bias, n):
+    if bias is None:
+        return None
+    b = as_array(bias, "bias", (np.float32,))
+    check_shape(b, "bias", (n,))
+    return b
+
+
+ALGORITHMS = ("auto", "tiled", "cooperative", "reference")
+
+
+def algorithm_name(algorithm):
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm: expected a str, got {type(algorithm).__name__}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
+    return algorithm

@@ -1,0 +1,123 @@
+"""Reads every Vulkan physical device's properties and optional features.
+
+Run as ``python -m vkqlinear._probe``: it prints one JSON document and exits. The library
+runs it in a subprocess (see :func:`vkqlinear.device.devices`) so that a broken driver or
+loader can fail that process, never the caller's. Uses PyPI's ``vulkan`` (cffi) bindings,
+since Kompute exposes neither subgroup properties, features nor the timestamp period.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+_TYPES = {0: "other", 1: "integrated-gpu", 2: "discrete-gpu", 3: "virtual-gpu", 4: "cpu"}
+_SUBGROUP_OPS = {0x1: "basic", 0x2: "vote", 0x4: "arithmetic", 0x8: "ballot",
+                 0x10: "shuffle", 0x20: "shuffle_relative", 0x40: "clustered", 0x80: "quad"}
+
+
+def _version(v):
+    return f"{v >> 22}.{(v >> 12) & 0x3FF}.{v & 0xFFF}"
+
+
+def probe():
+    import vulkan as vk
+
+    s = vk.ffi.string
+    app = vk.VkApplicationInfo(pApplicationName="vkqlinear-probe",
+                               apiVersion=vk.VK_MAKE_VERSION(1, 1, 0))
+    inst = vk.vkCreateInstance(vk.VkInstanceCreateInfo(pApplicationInfo=app), None)
+    out = []
+    try:
+        for index, pd in enumerate(vk.vkEnumeratePhysicalDevices(inst)):
+            exts = sorted(e.extensionName if isinstance(e.extensionName, str)
+                          else s(e.extensionName).decode()
+                          for e in vk.vkEnumerateDeviceExtensionProperties(pd, None))
+            has = set(exts).__contains__
+            base = vk.vkGetPhysicalDeviceProperties(pd)
+            api = base.apiVersion
+            # Chain only the structs the device knows (core in 1.2 or exposed extension).
+            sg = vk.VkPhysicalDeviceSubgroupProperties()
+            head = sg
+            drv = None
+            if api >= vk.VK_MAKE_VERSION(1, 2, 0) or has("VK_KHR_driver_properties"):
+                drv = vk.VkPhysicalDeviceDriverProperties(pNext=head)
+                head = drv
+            p2 = vk.VkPhysicalDeviceProperties2(pNext=head)
+            vk.vkGetPhysicalDeviceProperties2(pd, p2)
+            p = p2.properties
+            lim = p.limits
+
+            f8 = fi8 = fdot = None
+            fhead = vk.ffi.NULL
+            if has("VK_KHR_8bit_storage"):
+                f8 = vk.VkPhysicalDevice8BitStorageFeatures(pNext=fhead)
+                fhead = f8
+            if has("VK_KHR_shader_float16_int8"):
+                fi8 = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=fhead)
+                fhead = fi8
+            if has("VK_KHR_shader_integer_dot_product"):
+                fdot = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=fhead)
+                fhead = fdot
+            f2 = vk.VkPhysicalDeviceFeatures2(pNext=fhead)
+            vk.vkGetPhysicalDeviceFeatures2(pd, f2)
+
+            mem = vk.vkGetPhysicalDeviceMemoryProperties(pd)
+            heaps = [int(mem.memoryHeaps[i].size) for i in range(mem.memoryHeapCount)]
+            qfs = vk.vkGetPhysicalDeviceQueueFamilyProperties(pd)
+            compute_q = [q for q in qfs if q.queueFlags & vk.VK_QUEUE_COMPUTE_BIT]
+            ops = int(sg.supportedOperations)
+            out.append({
+                "index": index,
+                "name": s(p.deviceName).decode(),
+                "type": _TYPES.get(int(p.deviceType), "other"),
+                "vendor_id": int(p.vendorID),
+                "device_id": int(p.deviceID),
+                "api_version": _version(int(api)),
+                "driver_version": int(p.driverVersion),
+                "driver_name": s(drv.driverName).decode() if drv is not None else "",
+                "driver_info": s(drv.driverInfo).decode() if drv is not None else "",
+                "limits": {
+                    "max_workgroup_size": [int(lim.maxComputeWorkGroupSize[i]) for i in range(3)],
+                    "max_workgroup_count": [int(lim.maxComputeWorkGroupCount[i])
+                                            for i in range(3)],
+                    "max_workgroup_invocations": int(lim.maxComputeWorkGroupInvocations),
+                    "max_shared_memory": int(lim.maxComputeSharedMemorySize),
+                    "max_storage_buffer_range": int(lim.maxStorageBufferRange),
+                    "max_push_constants_size": int(lim.maxPushConstantsSize),
+                    "timestamp_period_ns": float(lim.timestampPeriod),
+                    "timestamp_compute_and_graphics": bool(lim.timestampComputeAndGraphics),
+                    "timestamp_valid_bits": int(compute_q[0].timestampValidBits)
+                    if compute_q else 0,
+                },
+                "memory_heaps": heaps,
+                "subgroup": {
+                    "size": int(sg.subgroupSize),
+                    "compute": bool(sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT),
+                    "operations": [n for b, n in _SUBGROUP_OPS.items() if ops & b],
+                },
+                "features": {
+                    "storageBuffer8BitAccess": bool(f8 and f8.storageBuffer8BitAccess),
+                    "shaderInt8": bool(fi8 and fi8.shaderInt8),
+                    "shaderIntegerDotProduct": bool(fdot and fdot.shaderIntegerDotProduct),
+                },
+                "extensions": exts,
+            })
+    finally:
+        vk.vkDestroyInstance(inst, None)
+    return out
+
+
+def main():
+    try:
+        result = {"devices": probe()}
+    except ImportError as e:
+        result = {"error": f"cannot load the Vulkan loader or bindings: {e}"}
+    except Exception as e:  # a Vulkan error: no ICD, no device, ...
+        result = {"error": f"{type(e).__name__}: {e}"}
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

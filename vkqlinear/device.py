@@ -1,0 +1,236 @@
+"""Vulkan devices: listing, opening, and the capability report.
+
+* :func:`devices` lists every physical device with the properties and limits that matter
+  to the kernels. It runs :mod:`vkqlinear._probe` in a subprocess once per process, so a
+  crashing driver cannot take the caller down, and caches the answer.
+* :class:`Device` opens one through Kompute (``kp.Manager``). Which one: the explicit
+  ``index``, else ``$VKQLINEAR_DEVICE``, else the best GPU (discrete, integrated,
+  virtual), else the CPU device (lavapipe).
+* :meth:`Device.capabilities` says, per optional feature, whether the device *supports* it
+  and whether it is *enabled* on the device Kompute created. Stock Kompute enables none;
+  the kp that ``tools/setup.sh`` builds enables the supported ones and reports them
+  (``Manager.enabled_features``). A kernel variant may use a feature only where enabled.
+
+Thread safety: a :class:`Device` serialises everything it submits with one lock
+(``device.lock``); objects made on it may be used from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from .errors import INSTALL_HINT, DeviceClosedError, VulkanUnavailableError
+
+__all__ = ["DeviceInfo", "Device", "devices", "default_device", "FEATURES"]
+
+# Optional features the kernel variants may use: name -> what it gives.
+FEATURES = {
+    "storageBuffer8BitAccess": "8-bit storage (int8 loads/stores in storage buffers)",
+    "shaderInt8": "int8 arithmetic in shaders",
+    "shaderIntegerDotProduct": "integer dot product (OpSDot, 4x8-bit packed)",
+    "subgroupArithmetic": "subgroup arithmetic (subgroupAdd) in compute shaders",
+}
+
+_TYPE_RANK = {"discrete-gpu": 0, "integrated-gpu": 1, "virtual-gpu": 2, "other": 3, "cpu": 4}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One physical device as the probe saw it (see ``python -m vkqlinear info``)."""
+    index: int
+    name: str
+    type: str
+    vendor_id: int
+    device_id: int
+    api_version: str
+    driver_version: int
+    driver_name: str
+    driver_info: str
+    limits: dict
+    memory_heaps: list
+    subgroup: dict
+    features: dict
+    extensions: list = field(repr=False)
+
+    @property
+    def is_lavapipe(self):
+        return self.driver_name == "llvmpipe" or self.name.startswith("llvmpipe")
+
+    def supports(self, feature):
+        if feature == "subgroupArithmetic":
+            sg = self.subgroup
+            return bool(sg.get("compute")) and "arithmetic" in sg.get("operations", [])
+        return bool(self.features.get(feature))
+
+
+_probe_lock = threading.Lock()
+_probe_cache = None
+
+
+def _run_probe():
+    env = dict(os.environ)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vkqlinear._probe"], capture_output=True,
+                              text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        raise VulkanUnavailableError("the Vulkan device probe did not finish in 120 s") from None
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise VulkanUnavailableError(
+            f"the Vulkan device probe failed (exit code {proc.returncode}): "
+            f"{proc.stderr.strip()[-2000:]}\n{INSTALL_HINT}") from None
+    if "error" in doc:
+        raise VulkanUnavailableError(f"no usable Vulkan loader or driver: {doc['error']}. "
+                                     f"{INSTALL_HINT}")
+    if not doc["devices"]:
+        raise VulkanUnavailableError(f"Vulkan found no physical device. {INSTALL_HINT}")
+    return [DeviceInfo(**d) for d in doc["devices"]]
+
+
+def devices(refresh=False):
+    """All Vulkan physical devices, as :class:`DeviceInfo`, in Vulkan's order.
+
+    Raises :class:`VulkanUnavailableError` (with how to install) if there are none.
+    """
+    global _probe_cache
+    with _probe_lock:
+        if _probe_cache is None or refresh:
+            _probe_cache = _run_probe()
+        return list(_probe_cache)
+
+
+def _select(index, infos):
+    if index is None:
+        env = os.environ.get("VKQLINEAR_DEVICE", "").strip()
+        if env:
+            try:
+                index = int(env)
+            except ValueError:
+                raise ValueError(f"VKQLINEAR_DEVICE: expected a device index, got {env!r}") \
+                    from None
+    if index is None:
+        return min(infos, key=lambda d: (_TYPE_RANK.get(d.type, 3), d.index)).index
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"index: expected an int, got {type(index).__name__}")
+    if not 0 <= index < len(infos):
+        raise ValueError(f"index: expected a device index in [0, {len(infos) - 1}], got {index}")
+    return index
+
+
+def _import_kp():
+    try:
+        import kp
+    except ImportError as e:
+        raise VulkanUnavailableError(
+            f"cannot import kp (Kompute): {e}. Run tools/setup.sh, which builds and installs "
+            "it (PyPI has only an sdist that cannot build offline).") from None
+    return kp
+
+
+class Device:
+    """An open Vulkan device (a Kompute manager) and the library's caches on it.
+
+    ``Device()`` picks the default (see the module doc); ``Device(i)`` opens device ``i``
+    of :func:`devices`. Use as a context manager or call :meth:`close`; afterwards every
+    use of the device, or of weights and layers made on it, raises
+    :class:`~vkqlinear.errors.DeviceClosedError`.
+    """
+
+    def __init__(self, index=None):
+        infos = devices()
+        self.index = _select(index, infos)
+        self.info = infos[self.index]
+        kp = _import_kp()
+        try:
+            self._mgr = kp.Manager(self.index)
+        except RuntimeError as e:
+            raise VulkanUnavailableError(f"Kompute could not open device {self.index} "
+                                         f"({self.info.name}): {e}") from None
+        get = getattr(self._mgr, "enabled_features", None)
+        self.enabled_features = frozenset(get() if get else ())
+        self.lock = threading.RLock()
+        self.closed = False
+        self.cache = {}  # owned by vkqlinear.dispatch: pipelines, buffers, sequences
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def name(self):
+        return self.info.name
+
+    def enabled(self, feature):
+        """Whether a shader may use ``feature`` on this device (see :data:`FEATURES`)."""
+        if feature == "subgroupArithmetic":   # core in Vulkan 1.1: nothing to enable
+            return self.info.supports(feature)
+        return feature in self.enabled_features and self.info.supports(feature)
+
+    def capabilities(self):
+        """``{feature: {"supported": bool, "enabled": bool, "what": str}}`` plus the
+        subgroup size."""
+        caps = {f: {"supported": self.info.supports(f), "enabled": self.enabled(f),
+                    "what": what} for f, what in FEATURES.items()}
+        caps["subgroupSize"] = self.info.subgroup.get("size", 0)
+        return caps
+
+    @property
+    def manager(self):
+        self.check_open()
+        return self._mgr
+
+    def check_open(self):
+        if self.closed:
+            raise DeviceClosedError(f"device: {self.info.name} (index {self.index}) is closed")
+
+    # -- lifetime ----------------------------------------------------------------------
+    def close(self):
+        """Release every buffer, pipeline and sequence made on this device, then the device."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.cache.clear()
+            mgr, self._mgr = self._mgr, None
+            mgr.destroy()
+        global _default
+        with _default_lock:
+            if _default is self:
+                _default = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else "open"
+        return f"<vkqlinear.Device {self.index}: {self.info.name} ({self.info.type}), {state}>"
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def default_device():
+    """The process-wide default :class:`Device`, opened on first use."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            _default = Device()
+        return _default
+
+
+def resolve(device):
+    """``device`` argument of the ops: ``None`` (default device) or a :class:`Device`."""
+    if device is None:
+        return default_device()
+    if not isinstance(device, Device):
+        raise TypeError(f"device: expected a vkqlinear.Device or None, "
+                        f"got {type(device).__name__}")
+    device.check_open()
+    return device

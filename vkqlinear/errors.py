@@ -1,0 +1,22 @@
+"""Exceptions raised for missing system pieces. Bad arguments raise ``TypeError`` /
+``ValueError`` (see :mod:`vkqlinear._args`)."""
+
+INSTALL_HINT = ("On Debian/Ubuntu: apt-get install libvulkan1 mesa-vulkan-drivers "
+                "(or run tools/setup.sh, which installs everything)")
+
+
+class VulkanUnavailableError(RuntimeError):
+    """No Vulkan loader, driver or device could be found or opened."""
+
+
+class CompilerNotFoundError(RuntimeError):
+    """``glslangValidator`` is not on ``PATH``."""
+
+
+class ShaderCompileError(RuntimeError):
+    """``glslangValidator`` rejected a shader variant; the message has its output and defines."""
+
+
+class DeviceClosedError(ValueError):
+    """An operation used a :class:`~vkqlinear.Device` (or an object made on it) after
+    ``close()``. A ``ValueError``, as SPEC.md asks for arrays on a closed device."""

@@ -1,0 +1,160 @@
+"""Kernel choice as data: a pure function from (shape, device capabilities) to a frozen
+:class:`Kernel` record (shader, defines, specialization constants, dispatch grid).
+
+No GPU is needed to call anything here; the unit tests check the choices directly.
+
+The ``"auto"`` rule: the COOPERATIVE GEMV for ``T <= threshold``, the TILED GEMM above.
+The threshold is per device: :func:`auto_threshold` reads it from the tuning file
+(``$VKQLINEAR_TUNING_FILE``, else ``~/.cache/vkqlinear/tuning.json``) which
+``python -m vkqlinear bench --tune`` writes, keyed by device name and driver; without an
+entry it uses :data:`DEFAULT_AUTO_THRESHOLD`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Kernel", "DeviceCaps", "choose_kernel", "lanes_for", "auto_threshold",
+           "tuning_file", "store_threshold", "DEFAULT_AUTO_THRESHOLD", "token_tile"]
+
+DEFAULT_AUTO_THRESHOLD = 4
+GEMM_TM = 4              # tokens per invocation of the TILED GEMM (T >= 4)
+COOP_WORKERS = 8         # workers splitting K in the COOPERATIVE GEMV (power of two)
+COOP_MAX_TM = 4
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """The device facts the choice depends on (from :class:`~vkqlinear.DeviceInfo`)."""
+    subgroup_size: int = 8
+    max_invocations: int = 128
+    max_count: tuple = (65535, 65535, 65535)
+    max_shared_memory: int = 16384
+
+    @classmethod
+    def from_info(cls, info):
+        lim = info.limits
+        return cls(subgroup_size=int(info.subgroup.get("size") or 8),
+                   max_invocations=int(lim["max_workgroup_invocations"]),
+                   max_count=tuple(lim["max_workgroup_count"]),
+                   max_shared_memory=int(lim["max_shared_memory"]))
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One specialized kernel and how to dispatch it.
+
+    ``spec_constants`` are, in ``constant_id`` order: LOCAL_X, LOCAL_Y, GROUP_SIZE,
+    LANES, TM, OUT_INT8 (see ``shaders/common.glsl``).
+    """
+    algorithm: str          # "tiled" | "cooperative"
+    shader: str             # file in shaders/
+    defines: tuple          # ((name, value), ...): code-shape variants
+    local_size: tuple       # (x, y)
+    tm: int                 # tokens per invocation
+    lanes: int              # weight layout interleave
+    group_size: int
+    out_int8: bool
+
+    @property
+    def spec_constants(self):
+        return (self.local_size[0], self.local_size[1], self.group_size, self.lanes,
+                self.tm, int(self.out_int8))
+
+    @property
+    def tokens_per_row(self):
+        """Tokens covered by one workgroup row (grid y = 1)."""
+        return self.tm * (self.local_size[1] if self.algorithm == "tiled" else 1)
+
+    def grid(self, t, np_, max_count=(65535, 65535, 65535)):
+        """``(gx, gy, n_dispatches)``: one grid of ``gx x gy`` workgroups, dispatched
+        ``n_dispatches`` times with ``token_base`` advancing by ``gy * tokens_per_row``
+        when the token rows exceed the device's ``maxComputeWorkGroupCount[1]``."""
+        gx = (np_ // 8) // self.local_size[0]
+        if gx > max_count[0]:
+            raise ValueError(f"w_packed: N={np_} output channels need {gx} workgroups, "
+                             f"more than this device's limit of {max_count[0]}")
+        rows = -(-t // self.tokens_per_row)
+        gy = min(rows, max_count[1])
+        return gx, gy, -(-rows // gy)
+
+
+def lanes_for(info_or_caps):
+    """Weight-layout interleave: the subgroup size, clamped to [8, 64]."""
+    sg = (info_or_caps.subgroup_size if isinstance(info_or_caps, DeviceCaps)
+          else int(info_or_caps.subgroup.get("size") or 8))
+    lanes = 8
+    while lanes < min(sg, 64):
+        lanes *= 2
+    return lanes
+
+
+def token_tile(t, limit):
+    """Tokens per invocation for ``t`` tokens: 1, 2 or 4 (never more than ``limit``)."""
+    tm = 1
+    while tm * 2 <= min(t, limit):
+        tm *= 2
+    return tm
+
+
+def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None):
+    """The :class:`Kernel` for ``algorithm`` ("tiled", "cooperative" or "auto") at ``t``
+    tokens on a device described by ``caps`` (:class:`DeviceCaps`)."""
+    if algorithm == "auto":
+        limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
+        algorithm = "cooperative" if t <= limit else "tiled"
+    lanes = lanes_for(caps)
+    if algorithm == "tiled":
+        tm = token_tile(t, GEMM_TM)
+        local_y = max(1, min(64 // lanes, caps.max_invocations // lanes))
+        return Kernel("tiled", "gemm_tiled.comp", (), (lanes, local_y), tm, lanes,
+                      group_size, bool(out_int8))
+    if algorithm == "cooperative":
+        tm = token_tile(t, COOP_MAX_TM)
+        workers = COOP_WORKERS
+        while workers > 1 and (lanes * workers > caps.max_invocations
+                               or lanes * workers * tm * 8 * 4 > caps.max_shared_memory):
+            workers //= 2
+        return Kernel("cooperative", "gemv_coop.comp", (), (lanes, workers), tm, lanes,
+                      group_size, bool(out_int8))
+    raise ValueError(f"algorithm: expected 'tiled', 'cooperative' or 'auto', got {algorithm!r}")
+
+
+# -- tuning file ---------------------------------------------------------------------------
+def tuning_file():
+    env = os.environ.get("VKQLINEAR_TUNING_FILE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vkqlinear" / "tuning.json"
+
+
+def device_key(info):
+    return f"{info.name} | {info.driver_name} {info.driver_info}".strip()
+
+
+def auto_threshold(info):
+    """The stored T threshold for ``info``'s device, else :data:`DEFAULT_AUTO_THRESHOLD`."""
+    try:
+        data = json.loads(tuning_file().read_text())
+        return int(data[device_key(info)]["auto_threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_AUTO_THRESHOLD
+
+
+def store_threshold(info, threshold, extra=None):
+    """Record ``threshold`` for ``info``'s device in the tuning file (atomically)."""
+    path = tuning_file()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[device_key(info)] = {"auto_threshold": int(threshold), **(extra or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,148 @@
+"""The public operators.
+
+``linear_qta8a_qga4w`` (float32 output, integer zero points) and
+``linear_qta8a_qga4w_qta8o`` (int8 output, ExecuTorch's float-zero ``scales_and_zeros``),
+both implementing SPEC.md. ``algorithm`` picks the implementation:
+
+* ``"tiled"``: the TILED GEMM shader; ``"cooperative"``: the COOPERATIVE GEMV shader;
+* ``"auto"`` (default): the cooperative kernel up to a per-device token threshold, the
+  tiled one above (see :mod:`vkqlinear.kernels`); if no Vulkan device or no
+  ``glslangValidator`` is available it falls back to the reference path with a warning;
+* ``"reference"``: the CPU int8 reference path (numpy).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import _args, reference
+from .device import Device, resolve
+from .errors import CompilerNotFoundError, VulkanUnavailableError
+from .kernels import DeviceCaps, auto_threshold, choose_kernel
+from .weights import QuantizedWeights, prepack
+
+__all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o"]
+
+_warned_fallback = False
+
+
+def _weights(w_packed, group_size, *, w_scales=None, w_zeros=None, scales_and_zeros=None):
+    if isinstance(w_packed, QuantizedWeights):
+        extra = [n for n, v in (("group_size", group_size), ("w_scales", w_scales),
+                                ("w_zeros", w_zeros), ("scales_and_zeros", scales_and_zeros))
+                 if v is not None]
+        if extra:
+            raise ValueError(f"{extra[0]}: not expected with prepacked QuantizedWeights "
+                             "(they already hold it)")
+        return w_packed
+    if group_size is None:
+        raise TypeError("group_size: required with raw w_packed")
+    if scales_and_zeros is not None:
+        return prepack(w_packed, group_size, scales_and_zeros=scales_and_zeros)
+    if w_scales is None or w_zeros is None:
+        raise TypeError("w_scales, w_zeros: required with raw w_packed")
+    return prepack(w_packed, group_size, w_scales, w_zeros)
+
+
+def _linear(x_q, x_scale, x_zero_point, weights, bias, out_scale, out_zero_point,
+            algorithm, device, timed=False):
+    algorithm = _args.algorithm_name(algorithm)
+    if device is not None and not isinstance(device, Device):
+        raise TypeError(f"device: expected a vkqlinear.Device or None, "
+                        f"got {type(device).__name__}")
+    x2d, xs, xz, lead = _args.activations(x_q, x_scale, x_zero_point)
+    t, k = x2d.shape
+    if k != weights.K:
+        raise ValueError(f"w_packed: expected shape [N, K/2] = [{weights.N}, {k // 2}] to "
+                         f"match x_q's K={k}, got K={weights.K}")
+    b = _args.bias_vector(bias, weights.N)
+    out_int8 = out_scale is not None or out_zero_point is not None
+    os_ = oz = None
+    if out_int8:
+        os_, oz = _args.output_qparams(out_scale, out_zero_point, lead, t)
+    out_shape = tuple(lead) + (weights.N,)
+    dtype = np.int8 if out_int8 else np.float32
+    if device is not None:
+        device.check_open()
+    if t == 0:
+        return np.zeros(out_shape, dtype)
+    if algorithm != "reference":
+        try:
+            dev = resolve(device)
+            caps = DeviceCaps.from_info(dev.info)
+            threshold = auto_threshold(dev.info) if algorithm == "auto" else None
+            kernel = choose_kernel(algorithm, t, weights.group_size, out_int8, caps, threshold)
+            from . import dispatch
+            out, call = dispatch.run(dev, kernel, weights, x2d, xs, xz, b, os_, oz, timed)
+            if timed:
+                return out.reshape(out_shape), call
+            return out.reshape(out_shape)
+        except (VulkanUnavailableError, CompilerNotFoundError) as e:
+            if algorithm != "auto" or device is not None:
+                raise
+            global _warned_fallback
+            if not _warned_fallback:
+                warnings.warn(f"vkqlinear: no GPU path ({e}); algorithm='auto' uses the CPU "
+                              "reference path", RuntimeWarning, stacklevel=3)
+                _warned_fallback = True
+    out = reference.run(x2d, xs, xz, weights, b, os_, oz)
+    return out.reshape(out_shape)
+
+
+def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_scales=None,
+                       w_zeros=None, *, bias=None, algorithm="auto", device=None):
+    """W4A8 linear with float32 output (SPEC.md):
+    ``y[t, n] = x_scale[t] * sum_k (x_q[t, k] - zp[t]) * w[n, k] + bias[n]``.
+
+    Args:
+        x_q: int8 ``[..., K]`` activations (T = product of the leading dims).
+        x_scale: float32 ``[T]`` (or the leading dims), finite and > 0.
+        x_zero_point: int32 ``[T]`` (or the leading dims), in [-128, 127].
+        w_packed: uint8 ``[N, K/2]`` packed 4-bit weights, or a prepacked
+            :class:`~vkqlinear.QuantizedWeights` (then leave ``group_size``, ``w_scales``
+            and ``w_zeros`` out).
+        group_size: multiple of 8 dividing K.
+        w_scales: float32 ``[N, G]``.
+        w_zeros: int32 or int8 ``[N, G]`` integer zero points: ``w = s * (q - z)``.
+        bias: optional float32 ``[N]``.
+        algorithm: ``"auto"``, ``"tiled"``, ``"cooperative"`` or ``"reference"``.
+        device: a :class:`~vkqlinear.Device`, or ``None`` for the default device.
+
+    Returns: float32 ``[..., N]``.
+    """
+    weights = _weights(w_packed, group_size, w_scales=w_scales, w_zeros=w_zeros)
+    return _linear(x_q, x_scale, x_zero_point, weights, bias, None, None, algorithm, device)
+
+
+def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=None,
+                             scales_and_zeros=None, out_scale=None, out_zero_point=None, *,
+                             bias=None, algorithm="auto", device=None):
+    """W4A8 linear with per-token int8 output, in ExecuTorch's argument order (SPEC.md)::
+
+        out[t, n] = clamp(round_half_to_even(y[t, n] / out_scale[t]) + out_zero_point[t],
+                          -128, 127)
+
+    Args:
+        x_q, x_scale, x_zero_point: as in :func:`linear_qta8a_qga4w`.
+        w_packed: uint8 ``[N, K/2]``, or a prepacked :class:`~vkqlinear.QuantizedWeights`
+            (then leave ``group_size`` and ``scales_and_zeros`` as ``None``).
+        group_size: multiple of 8 dividing K.
+        scales_and_zeros: float32 ``[G, N, 2]`` holding ``(s, zf)``: ``w = s * q + zf``.
+        out_scale: float32 ``[T]``, finite and > 0; out_zero_point: int32 ``[T]`` in
+            [-128, 127] (both required).
+        bias: optional float32 ``[N]`` (an extension; ExecuTorch's op has none).
+        algorithm, device: as in :func:`linear_qta8a_qga4w`.
+
+    Returns: int8 ``[..., N]``.
+    """
+    if not isinstance(w_packed, QuantizedWeights) and scales_and_zeros is None:
+        raise TypeError("scales_and_zeros: required with raw w_packed (float32 [G, N, 2])")
+    weights = _weights(w_packed, group_size, scales_and_zeros=scales_and_zeros)
+    if out_scale is None:
+        raise TypeError("out_scale: required (float32 [T])")
+    if out_zero_point is None:
+        raise TypeError("out_zero_point: required (int32 [T])")
+    return _linear(x_q, x_scale, x_zero_point, weights, bias, out_scale, out_zero_point,
+                   algorithm, device)

@@ -1,0 +1,173 @@
+"""Quantization conventions: the one home of nibble order, zero points and rounding.
+
+Everything here follows ``SPEC.md`` (shipped conventions, restated in the docstrings):
+
+* **Packed 4-bit layout** (public, ExecuTorch's): byte ``j`` of a row holds element
+  ``k = 2j`` in its high nibble (bits 7..4) and ``k = 2j + 1`` in its low nibble
+  (bits 3..0). A nibble ``u`` in [0, 15] stands for ``q = u - 8`` in [-8, 7].
+* **Weights**: per group of ``group_size`` along K, ``w = s * q + o``. Integer zero points
+  (torchao / ExecuTorch ``linear_qta8a_qga4w``) give ``o = -s * z``; ExecuTorch's
+  ``scales_and_zeros [G, N, 2]`` float form gives ``o = zf`` directly.
+* **Activations**: per token (row), asymmetric int8, with the exact integers of PyTorch's
+  ``choose_qparams_per_token_asymmetric`` + ``quantize_per_token`` (float32 math).
+
+All rounding is ``np.rint`` (round half to even), all math float32 as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "EPS",
+    "quantize_per_token",
+    "dequantize_per_token",
+    "quantize_weights",
+    "dequantize_weights",
+    "pack_int4",
+    "unpack_int4",
+    "offsets_from_zero_points",
+    "scales_and_zeros_to_offsets",
+    "offsets_to_scales_and_zeros",
+]
+
+EPS = np.float32(np.finfo(np.float32).eps)
+
+
+def quantize_per_token(x):
+    """Per-token asymmetric int8 quantization of ``x [..., K]`` (float).
+
+    Returns ``(x_q int8 [..., K], scale float32 [...], zero_point int32 [...])`` with::
+
+        mn = min(min(x_row), 0);  mx = max(max(x_row), 0)
+        scale = max((mx - mn) / 255, eps)
+        zp = (-128 + mn/scale) + (127 + mx/scale) > 0 ? -128 - mn/scale : 127 - mx/scale
+        zp = round_half_to_even(clamp(zp, -128, 127))
+        x_q = clamp(round_half_to_even(x * (1/scale) + zp), -128, 127)
+
+    computed in float32, bit-identical to PyTorch's ``quantized_decomposed``
+    ``choose_qparams_per_token_asymmetric`` followed by ``quantize_per_token``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x: expected shape [..., K] with K > 0, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x: expected finite values")
+    zero = np.float32(0)
+    mn = np.minimum(x.min(axis=-1, keepdims=True), zero) if x.size else x[..., :1]
+    mx = np.maximum(x.max(axis=-1, keepdims=True), zero) if x.size else x[..., :1]
+    scale = np.maximum((mx - mn) / np.float32(255.0), EPS)
+    dmin = mn / scale
+    dmax = mx / scale
+    zp = np.where((np.float32(-128) + dmin) + (np.float32(127) + dmax) > 0,
+                  np.float32(-128) - dmin, np.float32(127) - dmax)
+    zp = np.rint(np.clip(zp, -128, 127)).astype(np.float32)
+    inv = np.float32(1.0) / scale
+    x_q = np.clip(np.rint(x * inv + zp), -128, 127).astype(np.int8)
+    return x_q, scale[..., 0].astype(np.float32), zp[..., 0].astype(np.int32)
+
+
+def dequantize_per_token(x_q, scale, zero_point):
+    """``x_scale[t] * (x_q[t, k] - x_zero_point[t])`` in float32."""
+    x_q = np.asarray(x_q)
+    return ((x_q.astype(np.float32) - np.asarray(zero_point, np.float32)[..., None])
+            * np.asarray(scale, np.float32)[..., None])
+
+
+def _groups(w, group_size):
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"w: expected shape [N, K], got {w.shape}")
+    n, k = w.shape
+    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool):
+        raise TypeError(f"group_size: expected an int, got {type(group_size).__name__}")
+    if group_size <= 0 or group_size % 8 or k % group_size:
+        raise ValueError(f"group_size: expected a positive multiple of 8 dividing K={k}, "
+                         f"got {group_size}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("w: expected finite values")
+    return w.reshape(n, k // group_size, group_size)
+
+
+def quantize_weights(w, group_size, symmetric=False):
+    """Group-wise 4-bit quantization of ``w [N, K]`` (float), groups of ``group_size`` along K.
+
+    Returns ``(w_packed uint8 [N, K/2], w_scales float32 [N, G], w_zeros int32 [N, G])``
+    so that ``w ~= s * (q - z)`` with ``q`` in [-8, 7]. Asymmetric (default)::
+
+        mn = min(min(w_group), 0);  mx = max(max(w_group), 0)
+        s = max((mx - mn) / 15, eps);  z = clamp(round_half_to_even(-8 - mn / s), -8, 7)
+
+    symmetric: ``s = max(max|w_group| / 7.5, eps)``, ``z = 0``. In both cases
+    ``q = clamp(round_half_to_even(w * (1 / s) + z), -8, 7)`` (float32 math, as PyTorch's
+    ``quantize_per_channel_group``). Every element is within ``s / 2`` of ``s * (q - z)``.
+    """
+    wg = _groups(w, group_size)
+    zero = np.float32(0)
+    if symmetric:
+        s = np.maximum(np.abs(wg).max(axis=-1, keepdims=True) / np.float32(7.5), EPS)
+        z = np.zeros_like(s)
+    else:
+        mn = np.minimum(wg.min(axis=-1, keepdims=True), zero)
+        mx = np.maximum(wg.max(axis=-1, keepdims=True), zero)
+        s = np.maximum((mx - mn) / np.float32(15.0), EPS)
+        z = np.clip(np.rint(np.float32(-8) - mn / s), -8, 7).astype(np.float32)
+    q = np.clip(np.rint(wg * (np.float32(1.0) / s) + z), -8, 7).astype(np.int8)
+    n = wg.shape[0]
+    return (pack_int4(q.reshape(n, -1)), s[..., 0].astype(np.float32),
+            z[..., 0].astype(np.int32))
+
+
+def dequantize_weights(w_packed, group_size, w_scales, w_offsets):
+    """Float32 ``s * q + o`` per element, ``[N, K]``; see :func:`offsets_from_zero_points`."""
+    q = unpack_int4(w_packed).astype(np.float32)
+    n, k = q.shape
+    qg = q.reshape(n, k // group_size, group_size)
+    w = (qg * np.asarray(w_scales, np.float32)[..., None]
+         + np.asarray(w_offsets, np.float32)[..., None])
+    return w.reshape(n, k)
+
+
+def pack_int4(q):
+    """Pack signed 4-bit values ``q [..., K]`` in [-8, 7] (K even) into uint8 ``[..., K/2]``.
+
+    Element ``2j`` goes to the high nibble of byte ``j``, ``2j + 1`` to the low nibble,
+    each stored as ``u = q + 8``.
+    """
+    q = np.asarray(q)
+    if q.shape[-1] % 2:
+        raise ValueError(f"q: expected an even last dimension, got {q.shape}")
+    if q.size and (q.min() < -8 or q.max() > 7):
+        raise ValueError("q: expected values in [-8, 7]")
+    u = (q.astype(np.int16) + 8).astype(np.uint8)
+    return ((u[..., 0::2] << 4) | u[..., 1::2]).astype(np.uint8)
+
+
+def unpack_int4(packed):
+    """Inverse of :func:`pack_int4`: uint8 ``[..., K/2]`` to int8 ``[..., K]`` in [-8, 7]."""
+    p = np.asarray(packed, dtype=np.uint8)
+    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), dtype=np.int8)
+    out[..., 0::2] = (p >> 4).astype(np.int8) - 8
+    out[..., 1::2] = (p & 0x0F).astype(np.int8) - 8
+    return out
+
+
+def offsets_from_zero_points(w_scales, w_zeros):
+    """Integer zero points ``z`` to offsets ``o = -s * z`` (``w = s * (q - z) = s * q + o``)."""
+    return (-np.asarray(w_scales, np.float32) * np.asarray(w_zeros).astype(np.float32))
+
+
+def scales_and_zeros_to_offsets(scales_and_zeros):
+    """ExecuTorch ``scales_and_zeros [G, N, 2]`` = ``(s, zf)`` to ``(w_scales [N, G],
+    w_offsets [N, G])`` with ``w = s * q + zf``."""
+    sz = np.asarray(scales_and_zeros, dtype=np.float32)
+    if sz.ndim != 3 or sz.shape[2] != 2:
+        raise ValueError(f"scales_and_zeros: expected shape [G, N, 2], got {sz.shape}")
+    return (np.ascontiguousarray(sz[:, :, 0].T), np.ascontiguousarray(sz[:, :, 1].T))
+
+
+def offsets_to_scales_and_zeros(w_scales, w_offsets):
+    """Inverse of :func:`scales_and_zeros_to_offsets`: ``[N, G]`` pair to ``[G, N, 2]``."""
+    return np.ascontiguousarray(
+        np.stack([np.asarray(w_scales, np.float32).T, np.asarray(w_offsets, np.float32).T],
+                 axis=-1))
