@@ -28,7 +28,7 @@ __all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o"]
 _warned_fallback = False
 
 
-def _weights(w_packed, group_size, *, w_scales=None, w_zeros=None, scales_and_zeros=None):
+def _weights(w_packed, group_size, k, *, w_scales=None, w_zeros=None, scales_and_zeros=None):
     if isinstance(w_packed, QuantizedWeights):
         extra = [n for n, v in (("group_size", group_size), ("w_scales", w_scales),
                                 ("w_zeros", w_zeros), ("scales_and_zeros", scales_and_zeros))
@@ -40,19 +40,24 @@ def _weights(w_packed, group_size, *, w_scales=None, w_zeros=None, scales_and_ze
     if group_size is None:
         raise TypeError("group_size: required with raw w_packed")
     if scales_and_zeros is not None:
-        return prepack(w_packed, group_size, scales_and_zeros=scales_and_zeros)
+        return prepack(w_packed, group_size, scales_and_zeros=scales_and_zeros, _k=k)
     if w_scales is None or w_zeros is None:
         raise TypeError("w_scales, w_zeros: required with raw w_packed")
-    return prepack(w_packed, group_size, w_scales, w_zeros)
+    return prepack(w_packed, group_size, w_scales, w_zeros, _k=k)
 
 
-def _linear(x_q, x_scale, x_zero_point, weights, bias, out_scale, out_zero_point,
-            algorithm, device, timed=False):
+def _front(algorithm, device, x_q, x_scale, x_zero_point):
+    """Checks shared by both ops, before the weights: algorithm, device, activations."""
     algorithm = _args.algorithm_name(algorithm)
     if device is not None and not isinstance(device, Device):
         raise TypeError(f"device: expected a vkqlinear.Device or None, "
                         f"got {type(device).__name__}")
-    x2d, xs, xz, lead = _args.activations(x_q, x_scale, x_zero_point)
+    return algorithm, _args.activations(x_q, x_scale, x_zero_point)
+
+
+def _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device,
+            timed=False):
+    x2d, xs, xz, lead = acts
     t, k = x2d.shape
     if k != weights.K:
         raise ValueError(f"w_packed: expected shape [N, K/2] = [{weights.N}, {k // 2}] to "
@@ -112,8 +117,10 @@ def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_
 
     Returns: float32 ``[..., N]``.
     """
-    weights = _weights(w_packed, group_size, w_scales=w_scales, w_zeros=w_zeros)
-    return _linear(x_q, x_scale, x_zero_point, weights, bias, None, None, algorithm, device)
+    algorithm, acts = _front(algorithm, device, x_q, x_scale, x_zero_point)
+    weights = _weights(w_packed, group_size, acts[0].shape[1], w_scales=w_scales,
+                       w_zeros=w_zeros)
+    return _linear(acts, weights, bias, None, None, algorithm, device)
 
 
 def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=None,
@@ -137,12 +144,13 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
 
     Returns: int8 ``[..., N]``.
     """
+    algorithm, acts = _front(algorithm, device, x_q, x_scale, x_zero_point)
     if not isinstance(w_packed, QuantizedWeights) and scales_and_zeros is None:
         raise TypeError("scales_and_zeros: required with raw w_packed (float32 [G, N, 2])")
-    weights = _weights(w_packed, group_size, scales_and_zeros=scales_and_zeros)
+    weights = _weights(w_packed, group_size, acts[0].shape[1],
+                       scales_and_zeros=scales_and_zeros)
     if out_scale is None:
         raise TypeError("out_scale: required (float32 [T])")
     if out_zero_point is None:
         raise TypeError("out_zero_point: required (int32 [T])")
-    return _linear(x_q, x_scale, x_zero_point, weights, bias, out_scale, out_zero_point,
-                   algorithm, device)
+    return _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device)

@@ -1,0 +1,33 @@
+"""Shared fixtures. The Vulkan device is probed in a subprocess (vkqlinear.devices), so a
+driver crash fails the probe, not pytest."""
+
+import numpy as np
+import pytest
+
+import vkqlinear as vq
+
+
+@pytest.fixture(scope="session")
+def device():
+    """The default device (lavapipe in CI), opened once for the session."""
+    try:
+        dev = vq.Device()
+    except vq.VulkanUnavailableError as e:
+        pytest.fail(f"no Vulkan device: {e} (run tools/setup.sh)")
+    yield dev
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def make_layer(rng, t, k, n, g, symmetric=False):
+    """Random float activations and weights, quantized: the op's arguments."""
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = (rng.standard_normal((n, k)) * 0.1).astype(np.float32)
+    x_q, x_scale, x_zp = vq.quantize_per_token(x) if t else (
+        np.zeros((0, k), np.int8), np.zeros(0, np.float32), np.zeros(0, np.int32))
+    w_packed, w_scales, w_zeros = vq.quantize_weights(w, g, symmetric=symmetric)
+    return dict(x_q=x_q, x_scale=x_scale, x_zero_point=x_zp, w_packed=w_packed,
+                group_size=g, w_scales=w_scales, w_zeros=w_zeros)

@@ -1,0 +1,197 @@
+"""Every class of invalid input gets a TypeError/ValueError naming the argument; odd but
+valid inputs (lists, torch tensors, non-contiguous, big-endian, read-only) are converted;
+after any error the next valid call on the same device is right."""
+
+import numpy as np
+import pytest
+
+import vkqlinear as vq
+
+from .conftest import make_layer
+
+ALGS = ["reference", "tiled", "cooperative"]
+
+
+@pytest.fixture
+def layer(rng):
+    d = make_layer(rng, 3, 64, 16, 32)
+    d["bias"] = rng.standard_normal(16).astype(np.float32)
+    return d
+
+
+def call(d, algorithm="tiled", device=None):
+    return vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], d["w_packed"],
+                                 d["group_size"], d["w_scales"], d["w_zeros"],
+                                 bias=d.get("bias"), algorithm=algorithm, device=device)
+
+
+BAD = [
+    # (description, changes, exception, argument named in the message)
+    ("x_q float", dict(x_q=lambda d: d["x_q"].astype(np.float32)), TypeError, "x_q"),
+    ("x_q uint8", dict(x_q=lambda d: d["x_q"].view(np.uint8)), TypeError, "x_q"),
+    ("x_q 0-d", dict(x_q=lambda d: np.int8(3)), ValueError, "x_q"),
+    ("x_q K odd", dict(x_q=lambda d: d["x_q"][:, :63]), ValueError, "x_q"),
+    ("x_q K mismatch", dict(x_q=lambda d: np.zeros((3, 32), np.int8)), ValueError,
+     "w_packed"),
+    ("x_scale float64", dict(x_scale=lambda d: d["x_scale"].astype(np.float64)), TypeError,
+     "x_scale"),
+    ("x_scale wrong T", dict(x_scale=lambda d: d["x_scale"][:2]), ValueError, "x_scale"),
+    ("x_scale 2-D", dict(x_scale=lambda d: d["x_scale"][:, None]), ValueError, "x_scale"),
+    ("x_scale zero", dict(x_scale=lambda d: d["x_scale"] * 0), ValueError, "x_scale"),
+    ("x_scale negative", dict(x_scale=lambda d: -d["x_scale"]), ValueError, "x_scale"),
+    ("x_scale nan", dict(x_scale=lambda d: d["x_scale"] * np.nan), ValueError, "x_scale"),
+    ("x_scale inf", dict(x_scale=lambda d: d["x_scale"] * np.inf), ValueError, "x_scale"),
+    ("x_zero_point float", dict(x_zero_point=lambda d: d["x_zero_point"].astype(np.float32)),
+     TypeError, "x_zero_point"),
+    ("x_zero_point 128", dict(x_zero_point=lambda d: d["x_zero_point"] * 0 + 128), ValueError,
+     "x_zero_point"),
+    ("x_zero_point -129", dict(x_zero_point=lambda d: d["x_zero_point"] * 0 - 129),
+     ValueError, "x_zero_point"),
+    ("x_zero_point wrong T", dict(x_zero_point=lambda d: d["x_zero_point"][:1]), ValueError,
+     "x_zero_point"),
+    ("w_packed int8", dict(w_packed=lambda d: d["w_packed"].view(np.int8)), TypeError,
+     "w_packed"),
+    ("w_packed 1-D", dict(w_packed=lambda d: d["w_packed"].ravel()), ValueError, "w_packed"),
+    ("w_packed wrong K", dict(w_packed=lambda d: d["w_packed"][:, :16]), ValueError,
+     "w_packed"),
+    ("group_size not multiple of 8", dict(group_size=lambda d: 12), ValueError, "group_size"),
+    ("group_size not dividing K", dict(group_size=lambda d: 24), ValueError, "group_size"),
+    ("group_size > K", dict(group_size=lambda d: 128), ValueError, "group_size"),
+    ("group_size 0", dict(group_size=lambda d: 0), ValueError, "group_size"),
+    ("group_size float", dict(group_size=lambda d: 32.0), TypeError, "group_size"),
+    ("group_size bool", dict(group_size=lambda d: True), TypeError, "group_size"),
+    ("w_scales float64", dict(w_scales=lambda d: d["w_scales"].astype(np.float64)), TypeError,
+     "w_scales"),
+    ("w_scales wrong G", dict(w_scales=lambda d: d["w_scales"][:, :1]), ValueError,
+     "w_scales"),
+    ("w_scales wrong N", dict(w_scales=lambda d: d["w_scales"][:3]), ValueError, "w_scales"),
+    ("w_scales nan", dict(w_scales=lambda d: d["w_scales"] * np.nan), ValueError, "w_scales"),
+    ("w_scales inf", dict(w_scales=lambda d: d["w_scales"] * np.inf), ValueError, "w_scales"),
+    ("w_zeros float", dict(w_zeros=lambda d: d["w_zeros"].astype(np.float32)), TypeError,
+     "w_zeros"),
+    ("w_zeros 200", dict(w_zeros=lambda d: d["w_zeros"] * 0 + 200), ValueError, "w_zeros"),
+    ("w_zeros wrong shape", dict(w_zeros=lambda d: d["w_zeros"].T), ValueError, "w_zeros"),
+    ("bias float64", dict(bias=lambda d: d["bias"].astype(np.float64)), TypeError, "bias"),
+    ("bias wrong N", dict(bias=lambda d: d["bias"][:5]), ValueError, "bias"),
+    ("x_q a string", dict(x_q=lambda d: "hello"), TypeError, "x_q"),
+    ("x_q ragged list", dict(x_q=lambda d: [[1, 2], [3]]), ValueError, "x_q"),
+    ("x_q list out of range", dict(x_q=lambda d: [[300, 0] * 32] * 3), ValueError, "x_q"),
+]
+
+
+@pytest.mark.parametrize("algorithm", ALGS)
+@pytest.mark.parametrize("desc,changes,exc,name", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_names_argument(layer, desc, changes, exc, name, algorithm, device):
+    d = dict(layer)
+    for k, f in changes.items():
+        d[k] = f(layer)
+    with pytest.raises(exc, match=name):
+        call(d, algorithm, device)
+    # the device stays usable: the next valid call is right
+    y = call(layer, algorithm, device)
+    ref = call(layer, "reference")
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_algorithm_and_bad_device(layer, device):
+    with pytest.raises(ValueError, match="algorithm"):
+        call(layer, "fastest")
+    with pytest.raises(TypeError, match="algorithm"):
+        call(layer, 3)
+    with pytest.raises(TypeError, match="device"):
+        call(layer, "tiled", device=0)
+    with pytest.raises(TypeError, match="device"):
+        call(layer, "reference", device="cpu")
+
+
+def test_qta8o_bad_output_qparams(layer, device):
+    sz = vq.offsets_to_scales_and_zeros(
+        layer["w_scales"], vq.offsets_from_zero_points(layer["w_scales"], layer["w_zeros"]))
+    base = dict(out_scale=np.ones(3, np.float32), out_zero_point=np.zeros(3, np.int32))
+
+    def run(**kw):
+        a = dict(base, **kw)
+        return vq.linear_qta8a_qga4w_qta8o(layer["x_q"], layer["x_scale"],
+                                           layer["x_zero_point"], layer["w_packed"], 32, sz,
+                                           a["out_scale"], a["out_zero_point"],
+                                           algorithm="tiled", device=device)
+    for kw, exc, name in [
+        (dict(out_scale=np.zeros(3, np.float32)), ValueError, "out_scale"),
+        (dict(out_scale=np.full(3, np.inf, np.float32)), ValueError, "out_scale"),
+        (dict(out_scale=np.ones(2, np.float32)), ValueError, "out_scale"),
+        (dict(out_scale=np.ones(3, np.float64)), TypeError, "out_scale"),
+        (dict(out_zero_point=np.full(3, 128, np.int32)), ValueError, "out_zero_point"),
+        (dict(out_zero_point=np.zeros(3, np.float32)), TypeError, "out_zero_point"),
+        (dict(out_scale=None), TypeError, "out_scale"),
+        (dict(out_zero_point=None), TypeError, "out_zero_point"),
+    ]:
+        with pytest.raises(exc, match=name):
+            run(**kw)
+    with pytest.raises(ValueError, match="scales_and_zeros"):
+        vq.linear_qta8a_qga4w_qta8o(layer["x_q"], layer["x_scale"], layer["x_zero_point"],
+                                    layer["w_packed"], 32, sz[:, :3], **base)
+    with pytest.raises(TypeError, match="scales_and_zeros"):
+        vq.linear_qta8a_qga4w_qta8o(layer["x_q"], layer["x_scale"], layer["x_zero_point"],
+                                    layer["w_packed"], 32, sz.astype(np.float64), **base)
+    with pytest.raises(ValueError, match="scales_and_zeros"):
+        vq.linear_qta8a_qga4w_qta8o(layer["x_q"], layer["x_scale"], layer["x_zero_point"],
+                                    layer["w_packed"], 32, sz * np.nan, **base)
+    assert run().dtype == np.int8
+
+
+def test_converted_inputs_give_the_same_answer(layer, device):
+    torch = pytest.importorskip("torch")
+    ref = call(layer, "reference")
+    variants = {
+        "lists": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                  for k, v in layer.items()},
+        "torch": {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+                  for k, v in layer.items()},
+        "fortran": {k: (np.asfortranarray(v) if isinstance(v, np.ndarray) else v)
+                    for k, v in layer.items()},
+        "big-endian": {k: (v.astype(v.dtype.newbyteorder(">")) if isinstance(v, np.ndarray)
+                           else v) for k, v in layer.items()},
+    }
+    ro = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in layer.items()}
+    for v in ro.values():
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+    variants["read-only"] = ro
+    strided = dict(layer)
+    big = np.zeros((3, 128), np.int8)
+    big[:, ::2] = layer["x_q"]
+    strided["x_q"] = big[:, ::2]
+    assert not strided["x_q"].flags.c_contiguous
+    variants["non-contiguous"] = strided
+    for name, d in variants.items():
+        for alg in ALGS:
+            y = call(d, alg, device)
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=f"{name} {alg}")
+
+
+def test_closed_device_raises_and_others_still_work(layer):
+    dev = vq.Device()
+    qw = vq.prepack(layer["w_packed"], 32, layer["w_scales"], layer["w_zeros"], device=dev)
+    y = vq.linear_qta8a_qga4w(layer["x_q"], layer["x_scale"], layer["x_zero_point"], qw,
+                              algorithm="tiled", device=dev)
+    dev.close()
+    with pytest.raises(vq.DeviceClosedError, match="device"):
+        vq.linear_qta8a_qga4w(layer["x_q"], layer["x_scale"], layer["x_zero_point"], qw,
+                              algorithm="tiled", device=dev)
+    with pytest.raises(ValueError, match="closed"):
+        vq.prepack(layer["w_packed"], 32, layer["w_scales"], layer["w_zeros"], device=dev)
+    # the same weights still work on another (new) device
+    y2 = vq.linear_qta8a_qga4w(layer["x_q"], layer["x_scale"], layer["x_zero_point"], qw,
+                               algorithm="tiled")
+    np.testing.assert_array_equal(y, y2)
+
+
+def test_prepacked_weights_refuse_extra_arguments(layer):
+    qw = vq.prepack(layer["w_packed"], 32, layer["w_scales"], layer["w_zeros"])
+    with pytest.raises(ValueError, match="group_size"):
+        vq.linear_qta8a_qga4w(layer["x_q"], layer["x_scale"], layer["x_zero_point"], qw, 32)
+    with pytest.raises(TypeError, match="w_zeros"):
+        vq.prepack(layer["w_packed"], 32, layer["w_scales"])
+    with pytest.raises(ValueError, match="scales_and_zeros"):
+        vq.prepack(layer["w_packed"], 32, layer["w_scales"], layer["w_zeros"],
+                   scales_and_zeros=np.zeros((2, 16, 2), np.float32))

@@ -1,0 +1,161 @@
+"""Command line: ``python -m vkqlinear {info,demo,conformance,bench} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def cmd_info(args):
+    from .compiler import cache_dir, compiler_version
+    from .device import Device, devices
+    from .kernels import auto_threshold, lanes_for, tuning_file
+    infos = devices()
+    try:
+        opened = Device(args.device)
+    except Exception as e:  # report what we can
+        opened = None
+        print(f"(could not open a device: {e})")
+    for d in infos:
+        mark = " (default)" if opened is not None and d.index == opened.index else ""
+        lim = d.limits
+        print(f"device {d.index}{mark}: {d.name}")
+        print(f"  type {d.type}, vendor 0x{d.vendor_id:04x}, device 0x{d.device_id:04x}, "
+              f"Vulkan {d.api_version}")
+        print(f"  driver {d.driver_name} {d.driver_info} (version {d.driver_version})")
+        print(f"  max workgroup size {lim['max_workgroup_size']}, invocations "
+              f"{lim['max_workgroup_invocations']}, count {lim['max_workgroup_count']}")
+        print(f"  shared memory {_fmt_bytes(lim['max_shared_memory'])}, storage buffer range "
+              f"{_fmt_bytes(lim['max_storage_buffer_range'])}, memory heaps "
+              f"{[_fmt_bytes(h) for h in d.memory_heaps]}")
+        print(f"  subgroup size {d.subgroup['size']}, operations "
+              f"{', '.join(d.subgroup['operations'])}")
+        print(f"  timestamp period {lim['timestamp_period_ns']} ns, valid bits "
+              f"{lim['timestamp_valid_bits']}")
+        if opened is not None and d.index == opened.index:
+            print("  optional features (supported by the device / enabled on vkqlinear's "
+                  "device):")
+            for f, c in opened.capabilities().items():
+                if isinstance(c, dict):
+                    print(f"    {f:24s} supported={'yes' if c['supported'] else 'no ':3s}  "
+                          f"enabled={'yes' if c['enabled'] else 'no'}   ({c['what']})")
+            print(f"  weight layout lanes {lanes_for(d)}, auto threshold T <= "
+                  f"{auto_threshold(d)} -> cooperative (tuning file {tuning_file()})")
+    try:
+        print(f"glslangValidator: {compiler_version().splitlines()[0]}")
+    except Exception as e:
+        print(f"glslangValidator: {e}")
+    print(f"shader cache: {cache_dir()}")
+    return 0
+
+
+def cmd_demo(args):
+    """A small worked example of both ops, checked against the reference path."""
+    import vkqlinear as vq
+    from .device import Device
+    dev = Device(args.device)
+    rng = np.random.default_rng(0)
+    t, k, n, g = 4, 256, 64, 32
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.1
+    x_q, x_scale, x_zp = vq.quantize_per_token(x)
+    w_packed, w_scales, w_zeros = vq.quantize_weights(w, g)
+    print(f"device: {dev.name}")
+    print(f"x [{t}, {k}] float32 -> x_q int8, per-token scale/zero point")
+    print(f"w [{n}, {k}] float32 -> w_packed uint8 [{n}, {k // 2}], group size {g}")
+    for alg in ("tiled", "cooperative", "auto"):
+        t0 = time.perf_counter()
+        y = vq.linear_qta8a_qga4w(x_q, x_scale, x_zp, w_packed, g, w_scales, w_zeros,
+                                  algorithm=alg, device=dev)
+        dt = time.perf_counter() - t0
+        ref = vq.linear_qta8a_qga4w(x_q, x_scale, x_zp, w_packed, g, w_scales, w_zeros,
+                                    algorithm="reference")
+        print(f"  linear_qta8a_qga4w  algorithm={alg:11s} max |y - reference| = "
+              f"{np.abs(y - ref).max():.3g}  ({dt * 1e3:.1f} ms, first call compiles)")
+    y_float = x @ w.T
+    print(f"  vs the float32 layer: relative error "
+          f"{np.linalg.norm(y - y_float) / np.linalg.norm(y_float):.3f} (quantization)")
+    sz = vq.offsets_to_scales_and_zeros(w_scales, vq.offsets_from_zero_points(w_scales,
+                                                                              w_zeros))
+    out_scale = np.full(t, np.abs(ref).max() / 127, np.float32)
+    out_zp = np.zeros(t, np.int32)
+    o8 = vq.linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zp, w_packed, g, sz, out_scale, out_zp,
+                                     device=dev)
+    o8_ref = vq.linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zp, w_packed, g, sz, out_scale,
+                                         out_zp, algorithm="reference")
+    print(f"  linear_qta8a_qga4w_qta8o (int8 out): {int((o8 == o8_ref).sum())}/{o8.size} "
+          f"equal to the reference, max diff "
+          f"{np.abs(o8.astype(int) - o8_ref).max()}")
+    return 0
+
+
+def cmd_conformance(args):
+    from .conformance import ALGORITHMS, cases, run_case
+    from .device import Device
+    dev = Device(args.device)
+    print(f"conformance of vkqlinear on device {dev.index}: {dev.name} "
+          f"({dev.info.driver_name} {dev.info.driver_info})")
+    cs = cases(quick=args.quick)
+    failures = 0
+    rows = []
+    for alg in ALGORITHMS:
+        passed = 0
+        for c in cs:
+            try:
+                ok, msg = run_case(c, alg, dev)
+            except Exception as e:  # a crash in one case is a failure, not the end
+                ok, msg = False, f"{type(e).__name__}: {e}"
+            passed += ok
+            if not ok:
+                failures += 1
+                print(f"  FAIL [{alg}] {c.name}: {msg}")
+        rows.append((alg, "portable", passed, len(cs)))
+    print(f"\n{'algorithm':12s} {'variant':10s} {'passed':>8s} {'cases':>6s}  result")
+    for alg, var, p, n in rows:
+        print(f"{alg:12s} {var:10s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
+    return 1 if failures else 0
+
+
+def cmd_bench(args):
+    from .bench import main as bench_main
+    return bench_main(args.rest)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m vkqlinear",
+                                 description="vkqlinear: W4A8 linear layers on Vulkan")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, fn, help_ in (("info", cmd_info, "list devices, limits and features"),
+                            ("demo", cmd_demo, "a small worked example of both ops"),
+                            ("conformance", cmd_conformance,
+                             "check every kernel on a device against SPEC.md")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--device", type=int, default=None, help="device index (see info)")
+        if name == "conformance":
+            p.add_argument("--quick", action="store_true", help="a quick subset of cases")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("bench", help="GEMM versus GEMV benchmark (see --help)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+    args = ap.parse_args(argv)
+    from .errors import CompilerNotFoundError, VulkanUnavailableError
+    try:
+        return args.fn(args)
+    except (VulkanUnavailableError, CompilerNotFoundError) as e:
+        print(f"vkqlinear: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
