@@ -51,7 +51,8 @@ def as_array(x, name, dtypes, *, allow_none=False):
             if a.min() < info.min or a.max() > info.max:
                 raise ValueError(f"{name}: values out of range for {want} "
                                  f"[{info.min}, {info.max}]")
-        return np.ascontiguousarray(a.astype(want))
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range floats -> inf,
+            return np.ascontiguousarray(a.astype(want))      # refused by the range checks
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, list or torch tensor, "
                         f"got {type(x).__name__}")

@@ -1,0 +1,169 @@
+"""The shader pipeline: cache hit and miss, corrupt entries, unsafe cache directories,
+atomic writes, compile errors with defines, a missing glslangValidator."""
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from vkqlinear import compiler
+from vkqlinear.errors import CompilerNotFoundError, ShaderCompileError
+
+SHADER = """#version 450
+#extension GL_GOOGLE_include_directive : require
+#include "inc.glsl"
+layout(local_size_x = 1) in;
+layout(std430, binding = 0) buffer B { uint v[]; };
+void main() { v[0] = VALUE + INC; }
+"""
+
+
+@pytest.fixture
+def src(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "k.comp").write_text(SHADER)
+    (root / "inc.glsl").write_text("const uint INC = 1u;\n")
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("VKQLINEAR_CACHE_DIR", str(d))
+    compiler.clear_memory_cache()
+    yield d
+    compiler.clear_memory_cache()
+
+
+def _count_compiles(monkeypatch):
+    calls = []
+    real = compiler._compile
+
+    def spy(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+    monkeypatch.setattr(compiler, "_compile", spy)
+    return calls
+
+
+def test_cache_hit_and_miss(src, cache, monkeypatch):
+    calls = _count_compiles(monkeypatch)
+    a = compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src)
+    assert int.from_bytes(a[:4], "little") == compiler.SPIRV_MAGIC
+    assert len(calls) == 1
+    assert oct(cache.stat().st_mode & 0o777) == oct(0o700)
+    compiler.clear_memory_cache()
+    assert compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src) == a   # disk hit
+    assert len(calls) == 1
+    b = compiler.compile_shader("k.comp", {"VALUE": "3u"}, root=src)          # new define
+    assert len(calls) == 2 and b != a
+    (src / "inc.glsl").write_text("const uint INC = 5u;\n")                    # include edit
+    c = compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src)
+    assert len(calls) == 3 and c != a
+    compiler.compile_shader("k.comp", {"VALUE": "2u"}, target_env="vulkan1.2", root=src)
+    assert len(calls) == 4                                                      # new target
+    assert len(list(cache.glob("*.spv"))) == 4
+    assert not list(cache.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "hash-missing", "not-spirv"])
+def test_damaged_entry_is_rebuilt(src, cache, monkeypatch, damage):
+    good = compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src)
+    key = compiler.cache_key("k.comp", {"VALUE": "2u"}, root=src)
+    spv, sha = cache / f"{key}.spv", cache / f"{key}.sha256"
+    if damage == "corrupt":
+        data = bytearray(good)
+        data[40] ^= 0xFF
+        spv.write_bytes(bytes(data))
+    elif damage == "truncate":
+        spv.write_bytes(good[: len(good) // 2])
+    elif damage == "hash-missing":
+        sha.unlink()
+    else:
+        junk = b"\0" * 64
+        spv.write_bytes(junk)
+        import hashlib
+        sha.write_text(hashlib.sha256(junk).hexdigest())
+    compiler.clear_memory_cache()
+    calls = _count_compiles(monkeypatch)
+    assert compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src) == good
+    assert len(calls) == 1
+    assert spv.read_bytes() == good
+
+
+def test_compile_error_shows_output_and_defines(src, cache):
+    with pytest.raises(ShaderCompileError) as e:
+        compiler.compile_shader("k.comp", {"VALUE": "undefined_name"}, root=src)
+    msg = str(e.value)
+    assert "-DVALUE=undefined_name" in msg and "undefined_name" in msg and "k.comp" in msg
+    assert not list(cache.glob("*.spv"))
+
+
+def test_missing_glslang(src, cache, monkeypatch):
+    monkeypatch.setenv("PATH", str(src))  # nothing executable there
+    compiler._version_cache.clear()
+    with pytest.raises(CompilerNotFoundError, match="apt-get install glslang-tools"):
+        compiler.compile_shader("k.comp", {"VALUE": "1u"}, root=src)
+
+
+def test_world_writable_cache_is_refused(src, tmp_path, monkeypatch):
+    d = tmp_path / "open"
+    d.mkdir()
+    d.chmod(0o777)
+    monkeypatch.setenv("VKQLINEAR_CACHE_DIR", str(d))
+    compiler.clear_memory_cache()
+    with pytest.warns(RuntimeWarning, match="world-writable"):
+        data = compiler.compile_shader("k.comp", {"VALUE": "1u"}, root=src)
+    assert data[:4] == compiler.SPIRV_MAGIC.to_bytes(4, "little")
+    assert not list(d.iterdir())
+
+
+def test_foreign_owned_cache_is_refused(src, tmp_path, monkeypatch):
+    d = tmp_path / "foreign"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("VKQLINEAR_CACHE_DIR", str(d))
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(d).st_uid + 1)
+    compiler.clear_memory_cache()
+    with pytest.warns(RuntimeWarning, match="another user"):
+        compiler.compile_shader("k.comp", {"VALUE": "1u"}, root=src)
+    assert not list(d.iterdir())
+
+
+def test_unwritable_cache_falls_back(src, tmp_path, monkeypatch):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    monkeypatch.setenv("VKQLINEAR_CACHE_DIR", str(f / "sub"))   # cannot be created
+    compiler.clear_memory_cache()
+    with pytest.warns(RuntimeWarning, match="unusable"):
+        data = compiler.compile_shader("k.comp", {"VALUE": "1u"}, root=src)
+    assert len(data) > 20
+
+
+def test_concurrent_compiles_never_see_half_a_file(src, cache):
+    """Several processes compile the same variant at once; every result is whole."""
+    code = ("import sys; from vkqlinear import compiler; "
+            f"d = compiler.compile_shader('k.comp', {{'VALUE': '7u'}}, root={str(src)!r}); "
+            "sys.stdout.write(str(len(d)))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              env=dict(os.environ)) for _ in range(4)]
+    sizes = {p.communicate()[0] for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(sizes) == 1
+    assert not list(cache.glob("*.tmp"))
+    compiler.clear_memory_cache()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        compiler.compile_shader("k.comp", {"VALUE": "7u"}, root=src))) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(results)) == 1
+
+
+def test_shipped_shaders_are_found():
+    d = compiler.shader_dir()
+    assert (d / "common.glsl").is_file() and (d / "gemm_tiled.comp").is_file()
+    assert not (stat.S_IWOTH & d.stat().st_mode)

@@ -1,0 +1,131 @@
+"""Device listing, selection, the capability report, and missing-Vulkan faults."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import vkqlinear as vq
+from vkqlinear import device as devmod
+
+
+def test_devices_lists_lavapipe_with_limits():
+    infos = vq.devices()
+    assert infos and all(isinstance(d, vq.DeviceInfo) for d in infos)
+    d = infos[0]
+    lim = d.limits
+    for key in ("max_workgroup_size", "max_workgroup_invocations", "max_shared_memory",
+                "max_storage_buffer_range", "timestamp_period_ns", "max_workgroup_count"):
+        assert key in lim
+    assert lim["max_workgroup_invocations"] >= 128
+    assert lim["max_shared_memory"] >= 16384
+    assert lim["timestamp_period_ns"] > 0
+    assert d.subgroup["size"] >= 1
+    assert d.type in ("discrete-gpu", "integrated-gpu", "virtual-gpu", "cpu", "other")
+    if os.environ.get("CI"):
+        assert any(x.is_lavapipe for x in infos), "CI runs on lavapipe"
+
+
+def test_capabilities_supported_and_enabled(device):
+    caps = device.capabilities()
+    for f in devmod.FEATURES:
+        assert set(caps[f]) == {"supported", "enabled", "what"}
+        assert not caps[f]["enabled"] or caps[f]["supported"]   # enabled implies supported
+    assert caps["subgroupSize"] == device.info.subgroup["size"]
+    if device.info.is_lavapipe:
+        # lavapipe supports all of them; the patched kp of tools/setup.sh enables them
+        assert all(caps[f]["supported"] for f in devmod.FEATURES)
+        assert caps["shaderIntegerDotProduct"]["enabled"]
+        assert caps["storageBuffer8BitAccess"]["enabled"]
+
+
+def test_stock_kompute_enables_nothing(monkeypatch):
+    """Where kp lacks the patch (no Manager.enabled_features), nothing counts as enabled."""
+    class StockManager:
+        def __init__(self, index):
+            self.index = index
+
+        def destroy(self):
+            pass
+
+    class FakeKp:
+        Manager = StockManager
+    monkeypatch.setattr(devmod, "_import_kp", lambda: FakeKp)
+    dev = vq.Device()
+    caps = dev.capabilities()
+    for f in ("storageBuffer8BitAccess", "shaderInt8", "shaderIntegerDotProduct"):
+        assert caps[f]["enabled"] is False
+    dev.close()
+
+
+def test_device_selection(monkeypatch):
+    n = len(vq.devices())
+    monkeypatch.setenv("VKQLINEAR_DEVICE", "0")
+    assert devmod._select(None, vq.devices()) == 0
+    monkeypatch.setenv("VKQLINEAR_DEVICE", "nope")
+    with pytest.raises(ValueError, match="VKQLINEAR_DEVICE"):
+        devmod._select(None, vq.devices())
+    monkeypatch.delenv("VKQLINEAR_DEVICE")
+    with pytest.raises(ValueError, match="index"):
+        vq.Device(n + 3)
+    with pytest.raises(TypeError, match="index"):
+        vq.Device("0")
+
+
+def test_best_gpu_preferred_over_cpu():
+    def info(i, t):
+        base = vq.devices()[0]
+        import dataclasses
+        return dataclasses.replace(base, index=i, type=t)
+    assert devmod._select(None, [info(0, "cpu"), info(1, "integrated-gpu"),
+                                 info(2, "discrete-gpu")]) == 2
+    assert devmod._select(None, [info(0, "cpu"), info(1, "virtual-gpu")]) == 1
+    assert devmod._select(None, [info(0, "cpu")]) == 0
+
+
+def _run_without_vulkan(code):
+    env = dict(os.environ, VK_ICD_FILENAMES="/nonexistent/icd.json",
+               VK_DRIVER_FILES="/nonexistent/icd.json")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_no_vulkan_driver_gives_clear_error_not_a_crash():
+    p = _run_without_vulkan("""
+        import vkqlinear as vq
+        try:
+            vq.devices()
+        except vq.VulkanUnavailableError as e:
+            print("ERR", e)
+    """)
+    assert p.returncode == 0, p.stderr
+    assert "ERR" in p.stdout and "apt-get install" in p.stdout
+
+
+def test_no_vulkan_auto_falls_back_to_reference_and_explicit_raises():
+    p = _run_without_vulkan("""
+        import warnings, numpy as np, vkqlinear as vq
+        x_q, xs, xz = vq.quantize_per_token(np.ones((2, 16), np.float32))
+        wp, ws, wz = vq.quantize_weights(np.ones((4, 16), np.float32), 8)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            y = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 8, ws, wz)
+        r = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 8, ws, wz, algorithm="reference")
+        print("SAME", bool(np.array_equal(y, r)), "WARNED", len(w) > 0)
+        try:
+            vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 8, ws, wz, algorithm="tiled")
+        except vq.VulkanUnavailableError:
+            print("RAISED")
+    """)
+    assert p.returncode == 0, p.stderr
+    assert "SAME True WARNED True" in p.stdout and "RAISED" in p.stdout
+
+
+def test_info_cli_names_device_and_features(capsys):
+    from vkqlinear.__main__ import main
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert vq.devices()[0].name in out
+    assert "shaderIntegerDotProduct" in out and "supported=" in out and "enabled=" in out

@@ -1,0 +1,127 @@
+"""Dispatch: prepacked weights, caching (nothing re-recorded or re-allocated), split grids,
+large shapes, buffer-range limits, threads."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+
+import vkqlinear as vq
+from vkqlinear import conformance as C
+from vkqlinear import dispatch
+
+from .conftest import make_layer
+
+
+def _ref(d, **kw):
+    return vq.linear_qta8a_qga4w(**d, algorithm="reference", **kw)
+
+
+def test_prepacked_weights_are_reused_and_calls_cached(rng, device, monkeypatch):
+    d = make_layer(rng, 3, 128, 24, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"], device=device)
+    made = []
+    real = dispatch.RecordedCall.__init__
+
+    def spy(self, *a, **k):
+        made.append(a)
+        real(self, *a, **k)
+    monkeypatch.setattr(dispatch.RecordedCall, "__init__", spy)
+    x = (d["x_q"], d["x_scale"], d["x_zero_point"])
+    y1 = vq.linear_qta8a_qga4w(*x, qw, algorithm="tiled", device=device)
+    assert len(made) == 1
+    st = next(iter(qw._device_state.values()))
+    call = next(iter(st.calls.values()))
+    tensors = (call.x, call.y, call.algo, call.seq)
+    for _ in range(3):
+        y2 = vq.linear_qta8a_qga4w(*x, qw, algorithm="tiled", device=device)
+    assert len(made) == 1                       # nothing re-recorded or re-allocated
+    assert (call.x, call.y, call.algo, call.seq) == tensors
+    np.testing.assert_array_equal(y1, y2)
+    # new inputs of the same shape flow through the same recorded call
+    e = make_layer(rng, 3, 128, 24, 32)
+    y3 = vq.linear_qta8a_qga4w(e["x_q"], e["x_scale"], e["x_zero_point"], qw,
+                               algorithm="tiled", device=device)
+    assert len(made) == 1
+    np.testing.assert_allclose(y3, vq.linear_qta8a_qga4w(e["x_q"], e["x_scale"],
+                                                         e["x_zero_point"], qw,
+                                                         algorithm="reference"),
+                               rtol=1e-5, atol=1e-5)
+    # bias on, then off again, through the same cached call
+    b = rng.standard_normal(24).astype(np.float32)
+    yb = vq.linear_qta8a_qga4w(*x, qw, bias=b, algorithm="tiled", device=device)
+    np.testing.assert_allclose(yb, y1 + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(vq.linear_qta8a_qga4w(*x, qw, algorithm="tiled",
+                                                        device=device), y1)
+    # a new shape records one more call
+    vq.linear_qta8a_qga4w(d["x_q"][:1], d["x_scale"][:1], d["x_zero_point"][:1], qw,
+                          algorithm="tiled", device=device)
+    assert len(made) == 2
+
+
+def test_call_cache_is_bounded(rng, device):
+    d = make_layer(rng, 12, 64, 8, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"], device=device)
+    for t in range(1, 13):
+        vq.linear_qta8a_qga4w(d["x_q"][:t], d["x_scale"][:t], d["x_zero_point"][:t], qw,
+                              algorithm="tiled", device=device)
+    for st in qw._device_state.values():
+        assert len(st.calls) <= st.MAX_CALLS
+
+
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+def test_split_grid_is_correct(rng, algorithm):
+    dev = vq.Device()
+    lim = dict(dev.info.limits, max_workgroup_count=[65535, 2, 65535])
+    dev.info = dataclasses.replace(dev.info, limits=lim)
+    d = make_layer(rng, 100, 64, 16, 32)
+    y = vq.linear_qta8a_qga4w(**d, algorithm=algorithm, device=dev)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw, algorithm=algorithm,
+                          device=dev)
+    call = next(iter(next(iter(qw._device_state.values())).calls.values()))
+    assert call.n_dispatch > 1
+    np.testing.assert_allclose(y, _ref(d), rtol=1e-5, atol=1e-5)
+    dev.close()
+
+
+def test_buffer_larger_than_device_range_is_refused(rng):
+    dev = vq.Device()
+    lim = dict(dev.info.limits, max_storage_buffer_range=3000)
+    dev.info = dataclasses.replace(dev.info, limits=lim)
+    d = make_layer(rng, 64, 64, 8, 32)   # x_q is 4096 bytes
+    with pytest.raises(ValueError, match="maxStorageBufferRange"):
+        vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=dev)
+    small = make_layer(rng, 2, 64, 8, 32)
+    np.testing.assert_allclose(vq.linear_qta8a_qga4w(**small, algorithm="tiled", device=dev),
+                               _ref(small), rtol=1e-5, atol=1e-5)
+    dev.close()
+
+
+@pytest.mark.parametrize("t,k,n,g", [(2, 16384, 16, 128), (1, 64, 16384, 32),
+                                     (3, 16384, 8, 16384)])
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+def test_large_k_and_n(t, k, n, g, algorithm, device):
+    case = C.Case(f"large {t} {k} {n} {g}", (t,), k, n, g, bias=True, seed=k + n)
+    ok, msg = C.run_case(case, algorithm, device)
+    assert ok, msg
+
+
+def test_threads_share_a_device(rng, device):
+    layers = [make_layer(rng, t, 64, n, 32) for t, n in ((1, 8), (3, 16), (6, 24), (9, 8))]
+    refs = [_ref(d) for d in layers]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                for alg in ("tiled", "cooperative"):
+                    y = vq.linear_qta8a_qga4w(**layers[i], algorithm=alg, device=device)
+                    np.testing.assert_allclose(y, refs[i], rtol=1e-5, atol=1e-5)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors, errors

@@ -1,0 +1,71 @@
+"""Kernel choice is data: checked without a GPU."""
+
+import json
+
+import pytest
+
+from vkqlinear import kernels as K
+
+LAVAPIPE = K.DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768)
+GPU32 = K.DeviceCaps(subgroup_size=32, max_invocations=1024, max_shared_memory=49152)
+SMALL = K.DeviceCaps(subgroup_size=64, max_invocations=128, max_shared_memory=16384)
+
+
+def test_auto_picks_by_threshold():
+    assert K.choose_kernel("auto", 1, 32, False, LAVAPIPE, threshold=4).algorithm == \
+        "cooperative"
+    assert K.choose_kernel("auto", 4, 32, False, LAVAPIPE, threshold=4).algorithm == \
+        "cooperative"
+    assert K.choose_kernel("auto", 5, 32, False, LAVAPIPE, threshold=4).algorithm == "tiled"
+    assert K.choose_kernel("auto", 5, 32, False, LAVAPIPE, threshold=0).algorithm == "tiled"
+
+
+def test_lanes_follow_subgroup_size_not_a_constant():
+    assert K.lanes_for(LAVAPIPE) == 8
+    assert K.lanes_for(GPU32) == 32
+    assert K.lanes_for(K.DeviceCaps(subgroup_size=4)) == 8
+    assert K.lanes_for(K.DeviceCaps(subgroup_size=128)) == 64
+
+
+@pytest.mark.parametrize("caps", [LAVAPIPE, GPU32, SMALL])
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 7, 512])
+def test_kernels_respect_device_limits(caps, t):
+    for alg in ("tiled", "cooperative"):
+        k = K.choose_kernel(alg, t, 32, False, caps)
+        x, y = k.local_size
+        assert x * y <= caps.max_invocations
+        assert k.tm in (1, 2, 4) and k.tm <= max(t, 1)
+        assert k.spec_constants == (x, y, 32, k.lanes, k.tm, 0)
+        if alg == "cooperative":
+            assert y & (y - 1) == 0                        # workers: a power of two
+            assert x * y * k.tm * 8 * 4 <= caps.max_shared_memory
+
+
+def test_int8_output_is_a_spec_constant():
+    a = K.choose_kernel("tiled", 8, 32, False, LAVAPIPE)
+    b = K.choose_kernel("tiled", 8, 32, True, LAVAPIPE)
+    assert a.shader == b.shader and a.defines == b.defines
+    assert a.spec_constants[5] == 0 and b.spec_constants[5] == 1
+
+
+def test_grid_splits_when_rows_exceed_the_limit():
+    k = K.choose_kernel("tiled", 4, 32, False, LAVAPIPE)
+    gx, gy, n = k.grid(1000, 64, max_count=(65535, 7, 65535))
+    rows = -(-1000 // k.tokens_per_row)
+    assert gy == 7 and n == -(-rows // 7) and gy * n * k.tokens_per_row >= 1000
+    assert k.grid(3, 64) == (1, 1, 1)
+    with pytest.raises(ValueError, match="N="):
+        k.grid(1, 64 * 100, max_count=(10, 10, 10))
+
+
+def test_tuning_file_round_trip(tmp_path, monkeypatch):
+    from vkqlinear import devices
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
+    info = devices()[0]
+    assert K.auto_threshold(info) == K.DEFAULT_AUTO_THRESHOLD
+    path = K.store_threshold(info, 17, {"measured": "test"})
+    assert K.auto_threshold(info) == 17
+    data = json.loads(path.read_text())
+    assert data[K.device_key(info)]["measured"] == "test"
+    (tmp_path / "t.json").write_text("{broken")
+    assert K.auto_threshold(info) == K.DEFAULT_AUTO_THRESHOLD

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Compile every shipped shader variant and check it with spirv-val.
+
+For each shader file and define set that vkqlinear.kernels can choose, the SPIR-V is
+compiled through the library's pipeline (so the cache is warmed too) and validated with
+``spirv-val`` for the target environment; then, for the specialization constants chosen
+for a set of representative devices and token counts, the module is specialized with
+``spirv-opt --set-spec-const-default-value`` and validated again (this catches, e.g.,
+shared arrays sized by specialization constants). Exits non-zero on any failure.
+
+Usage: python tools/validate_shaders.py [--target-env vulkan1.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from vkqlinear.compiler import DEFAULT_TARGET_ENV, compile_shader
+from vkqlinear.kernels import DeviceCaps, choose_kernel
+
+DEVICES = {
+    "lavapipe": DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768),
+    "gpu-subgroup-32": DeviceCaps(subgroup_size=32, max_invocations=1024,
+                                  max_shared_memory=49152),
+    "gpu-subgroup-64-min-limits": DeviceCaps(subgroup_size=64, max_invocations=128,
+                                             max_shared_memory=16384),
+}
+TOKENS = (1, 2, 3, 4, 8, 512)
+GROUP_SIZES = (8, 32, 128)
+
+
+def variants():
+    """``{(shader, defines): {spec_constants, ...}}`` over everything choose_kernel makes."""
+    out = {}
+    for caps in DEVICES.values():
+        for alg in ("tiled", "cooperative"):
+            for t in TOKENS:
+                for g in GROUP_SIZES:
+                    for int8 in (False, True):
+                        k = choose_kernel(alg, t, g, int8, caps)
+                        out.setdefault((k.shader, k.defines), set()).add(k.spec_constants)
+    return out
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target-env", default=DEFAULT_TARGET_ENV)
+    args = ap.parse_args(argv)
+    for tool in ("spirv-val", "spirv-opt"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: apt-get install spirv-tools (or run tools/setup.sh)")
+            return 2
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for (shader, defines), specs in sorted(variants().items()):
+            label = f"{shader} {dict(defines) or ''}".strip()
+            spv = Path(tmp) / "v.spv"
+            spv.write_bytes(compile_shader(shader, dict(defines), args.target_env))
+            rc, out = run(["spirv-val", "--target-env", args.target_env, str(spv)])
+            print(f"{'ok  ' if rc == 0 else 'FAIL'} {label}: spirv-val{(': ' + out) if out else ''}")
+            failures += rc != 0
+            for spec in sorted(specs):
+                sp = Path(tmp) / "s.spv"
+                values = " ".join(f"{i}:{v}" for i, v in enumerate(spec))
+                rc, out = run(["spirv-opt", f"--set-spec-const-default-value={values}",
+                               "--freeze-spec-const", str(spv), "-o", str(sp)])
+                if rc == 0:
+                    rc, out = run(["spirv-val", "--target-env", args.target_env, str(sp)])
+                if rc != 0:
+                    print(f"FAIL {label} spec {spec}: {out}")
+                    failures += 1
+            print(f"     {len(specs)} specializations checked")
+    print(f"{'FAILED' if failures else 'all variants valid'} ({args.target_env})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

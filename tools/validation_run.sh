@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Run the test suite under the Khronos validation layer; any validation error fails.
+#
+# The layer prints nothing unless a settings file asks it to, so this script writes one
+# (errors and warnings, logged to stderr) and points VK_LAYER_SETTINGS_PATH at it. It
+# first proves that errors really surface: a deliberately invalid shader (one declaring
+# the Int64 capability, which is never enabled) must produce a "Validation Error".
+# Usage: tools/validation_run.sh [pytest args...]   (run inside the venv of tools/setup.sh)
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PY:-$here/.venv/bin/python}"
+say() { printf '[validation] %s\n' "$*"; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cat > "$work/vk_layer_settings.txt" <<SETTINGS
+khronos_validation.report_flags = error,warn
+khronos_validation.debug_action = VK_DBG_LAYER_ACTION_LOG_MSG
+khronos_validation.log_filename = /dev/stderr
+SETTINGS
+export VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation
+export VK_LAYER_SETTINGS_PATH="$work/vk_layer_settings.txt"
+
+say "self-check: an invalid shader must be reported"
+"$PY" - > "$work/self.log" 2>&1 <<'PYEOF'
+import numpy as np, kp, subprocess, tempfile, os
+src = """#version 450
+#extension GL_ARB_gpu_shader_int64 : require
+layout(local_size_x = 1) in;
+layout(std430, binding = 0) buffer B { uint v[]; };
+void main() { uint64_t a = uint64_t(v[0]) * 3ul; v[0] = uint(a); }
+"""
+d = tempfile.mkdtemp()
+open(os.path.join(d, "bad.comp"), "w").write(src)
+subprocess.run(["glslangValidator", "-V", "--target-env", "vulkan1.1", "-o",
+                os.path.join(d, "bad.spv"), os.path.join(d, "bad.comp")], check=True,
+               capture_output=True)
+m = kp.Manager()
+t = m.tensor_t(np.ones(4, dtype=np.uint32))
+a = m.algorithm([t], open(os.path.join(d, "bad.spv"), "rb").read(), (1, 1, 1),
+                np.array([], np.uint32), np.array([], np.uint32))
+m.sequence().record(kp.OpAlgoDispatch(a)).eval()
+PYEOF
+if ! grep -q "Validation Error" "$work/self.log"; then
+  say "FAILED: the layer did not report the invalid shader; validation is not active:"
+  cat "$work/self.log"
+  exit 1
+fi
+say "ok: the layer reports errors"
+
+say "device probe under the layer"
+"$PY" -m vkqlinear._probe > /dev/null 2> "$work/probe.log"
+say "test suite under the layer: pytest -s $*"
+"$PY" -m pytest -s -q -p no:cacheprovider "$@" 2>&1 | tee "$work/pytest.log"
+rc=${PIPESTATUS[0]}
+errors=$(cat "$work/probe.log" "$work/pytest.log" | grep -c "Validation Error")
+warnings=$(cat "$work/probe.log" "$work/pytest.log" | grep -c "Validation Warning")
+say "validation errors: $errors, warnings: $warnings, pytest exit code: $rc"
+if [ "$errors" -gt 0 ]; then
+  cat "$work/probe.log" "$work/pytest.log" | grep -A3 "Validation Error" | head -60
+  exit 1
+fi
+exit "$rc"
