@@ -1,0 +1,21 @@
+#version 450
+// Calibration: int32 multiply-add throughput. Each invocation runs p.iters steps of
+// CHAINS independent chains a = a * m + c (one multiply-add each); 32 chains keep the
+// ALU busy where 16 do not. Used by the benchmark only.
+#extension GL_EXT_control_flow_attributes : require
+layout(constant_id = 0) const uint LOCAL_X = 64;
+layout(local_size_x_id = 0) in;
+layout(push_constant) uniform Params { uint iters; int m; int c; } p;
+layout(std430, binding = 0) writeonly buffer Dst { int DST[]; };
+const uint CHAINS = 32u;
+
+void main() {
+    int a[CHAINS];
+    [[unroll]] for (uint j = 0u; j < CHAINS; j++) a[j] = int(gl_GlobalInvocationID.x + j);
+    for (uint i = 0u; i < p.iters; i++) {
+        [[unroll]] for (uint j = 0u; j < CHAINS; j++) a[j] = a[j] * p.m + p.c;
+    }
+    int r = 0;
+    [[unroll]] for (uint j = 0u; j < CHAINS; j++) r ^= a[j];
+    DST[gl_GlobalInvocationID.x] = r;
+}

@@ -1,0 +1,383 @@
+"""GEMM versus GEMV on a device: ``python -m vkqlinear bench`` (also ``bench/run.py``).
+
+For each layer shape (K, N), group size and token count T it times the TILED and
+COOPERATIVE kernels forced, and ``auto``:
+
+* kernel time from Vulkan timestamps (converted with the device's timestamp period) and
+  end-to-end call time (Python call to numpy result, weights prepacked), each as median and
+  min of ``--runs`` runs after a warm-up; every configuration is checked against SPEC.md's
+  tolerance before it is timed;
+* ops/s counted as ``2*T*N*K``; effective bytes/s (packed weights + scales/offsets +
+  activations + outputs); the fraction of the device's roofline, calibrated in the same run
+  by a streaming-read kernel over exactly the packed weight bytes and an int32
+  multiply-add kernel (:mod:`vkqlinear.calibrate`);
+* the crossover T where TILED overtakes COOPERATIVE, and ``auto``'s regret (auto / best);
+* baselines on the same shapes: numpy float32 matmul against the dequantized weights, the
+  CPU int8 reference path, and PyTorch's dynamic int8 ``Linear`` when torch is installed.
+
+Writes a table (stdout), a JSON file with every figure and the device, driver, library and
+commit, and a PNG plot when matplotlib is installed. ``--tune`` stores the measured
+crossover as the device's ``auto`` threshold (see :mod:`vkqlinear.kernels`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, conformance, ops
+from .calibrate import alu_rate, read_bandwidth
+from .device import Device
+from .kernels import DeviceCaps, auto_threshold, choose_kernel, store_threshold
+from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, \
+    quantize_weights
+from .weights import prepack
+
+SHAPE_SETS = {
+    "quick": [(4096, 4096), (1536, 384)],
+    "llama-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
+    "minilm": [(384, 384), (384, 1536), (1536, 384)],
+}
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+KERNELS = ("tiled", "cooperative", "auto")
+
+
+def _parse_list(s, conv=int):
+    return [conv(v) for v in s.split(",") if v]
+
+
+def _shapes(spec):
+    out = []
+    for part in spec.split(","):
+        if part in SHAPE_SETS:
+            out += SHAPE_SETS[part]
+        else:
+            k, n = part.lower().split("x")
+            out.append((int(k), int(n)))
+    return out
+
+
+def _git_commit():
+    try:
+        here = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return ""
+
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.done, self.t0 = total, 0, time.time()
+
+    def step(self, label):
+        self.done += 1
+        w = 30
+        filled = int(w * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (w - filled)}] {self.done}/{self.total} "
+                         f"{time.time() - self.t0:5.0f}s {label[:50]:50s}")
+        sys.stderr.flush()
+        if self.done == self.total:
+            sys.stderr.write("\n")
+
+
+def _stats(xs):
+    return {"median": float(np.median(xs)), "min": float(min(xs))}
+
+
+def _time_host(fn, runs):
+    fn()  # warm-up
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return _stats(ts)
+
+
+def _runs_for(macs, runs):
+    """Fewer runs for the slowest points, so that a sweep stays within its budget."""
+    return max(2, min(runs, int(runs * 2e9 / max(macs, 1))))
+
+
+def _inputs(qw, t, rng):
+    x = rng.standard_normal((t, qw.K)).astype(np.float32)
+    return quantize_per_token(x)
+
+
+def measure_point(dev, qw, t, runs, rng):
+    """Kernel and end-to-end times of every kernel at one point, checked first."""
+    k, n, g = qw.K, qw.N, qw.group_size
+    x_q, x_scale, x_zp = _inputs(qw, t, rng)
+    acts = ops._front("auto", dev, x_q, x_scale, x_zp)[1]
+    d = dict(x_q=x_q, x_scale=x_scale, x_zero_point=x_zp, w_packed=qw.w_packed,
+             group_size=g, w_scales=qw.w_scales, w_zeros=qw.w_zeros, w_offsets=None,
+             bias=None)
+    period = dev.info.limits["timestamp_period_ns"] * 1e-9
+    r = _runs_for(t * n * k, runs)
+    point = {"T": t, "K": k, "N": n, "group_size": g, "runs": r, "kernels": {}}
+    nbytes = (qw.w_packed.nbytes + qw.w_scales.nbytes + qw.w_offsets.nbytes + t * k
+              + t * 8 + t * n * 4)
+    caps = DeviceCaps.from_info(dev.info)
+    calls = {}
+    for alg in KERNELS:   # correctness first, and the warm-up
+        out, calls[alg] = ops._linear(acts, qw, None, None, None, alg, dev, timed=True)
+        ok, msg = conformance.check(out, d)
+        if not ok:
+            raise AssertionError(f"{alg} at T={t} K={k} N={n} g={g} is wrong: {msg}")
+        point["kernels"][alg] = {"check": msg, "runs_kernel": [], "runs_e2e": []}
+    for alg in KERNELS:
+        ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
+    # Kernels and end-to-end calls interleaved, so that drifts of the (shared) host hit
+    # all of them alike.
+    for _ in range(r):
+        for alg in KERNELS:
+            ops._linear(acts, qw, None, None, None, alg, dev, timed=True)
+            point["kernels"][alg]["runs_kernel"].append(calls[alg].kernel_ns(1.0) * period)
+            t0 = time.perf_counter()
+            ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
+            point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
+    for alg in KERNELS:
+        v = point["kernels"][alg]
+        v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
+        v["ops_per_s"] = 2 * t * n * k / v["kernel_s"]["median"]
+        v["bytes_per_s"] = nbytes / v["kernel_s"]["median"]
+        chosen = choose_kernel(alg, t, g, False, caps,
+                               auto_threshold(dev.info) if alg == "auto" else None)
+        v["chose"] = f"{chosen.algorithm} tm={chosen.tm} local={list(chosen.local_size)}"
+    return point
+
+
+def measure_baselines(qw, point, rng):
+    """CPU baselines at one point. Run after all device timings: their worker threads
+    (BLAS, OpenMP) may keep spinning for a while and would slow lavapipe's threads."""
+    k, n, g, t, r = qw.K, qw.N, qw.group_size, point["T"], point["runs"]
+    x_q, x_scale, x_zp = _inputs(qw, t, rng)
+    w_deq = dequantize_weights(qw.w_packed, g, qw.w_scales, qw.w_offsets)
+    xf = dequantize_per_token(x_q, x_scale, x_zp)
+    out = {"numpy_float32": _time_host(lambda: xf @ w_deq.T, r),
+           "reference_int8": _time_host(lambda: ops.linear_qta8a_qga4w(
+               x_q, x_scale, x_zp, qw, algorithm="reference"), r)}
+    try:
+        import warnings
+
+        import torch
+        lin = torch.nn.Linear(k, n, bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w_deq))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin),
+                                                          {torch.nn.Linear}, torch.qint8)
+        xt = torch.from_numpy(xf)
+        with torch.no_grad():
+            out["torch_dynamic_int8"] = _time_host(lambda: qlin(xt), r)
+    except ImportError:
+        pass
+    point["baselines"] = out
+
+
+def derive(points, calib):
+    """Roofline fraction, best kernel, auto regret, ratios to baselines, crossovers."""
+    bw, peak = calib["read_bytes_per_s"], calib["alu_madd_per_s"]
+    for p in points:
+        ks = p["kernels"]
+        macs = p["T"] * p["N"] * p["K"]
+        wbytes = p["K"] * p["N"] / 2
+        for v in ks.values():
+            t = v["kernel_s"]["median"]
+            attainable = min(peak, bw * macs / wbytes)
+            v["roofline_fraction"] = macs / t / attainable
+        best = min(("tiled", "cooperative"), key=lambda a: ks[a]["kernel_s"]["median"])
+        p["best"] = best
+        bt = ks[best]["kernel_s"]["median"]
+        p["auto_regret"] = ks["auto"]["kernel_s"]["median"] / bt
+        p["e2e_over_kernel"] = ks[best]["e2e_s"]["median"] / bt
+        if "baselines" in p:
+            e2e = min(ks[a]["e2e_s"]["median"] for a in ("tiled", "cooperative"))
+            p["speedup_vs"] = {b: v["median"] / e2e for b, v in p["baselines"].items()}
+    crossovers = {}
+    for key in sorted({(p["K"], p["N"], p["group_size"]) for p in points}):
+        ps = sorted((p for p in points if (p["K"], p["N"], p["group_size"]) == key),
+                    key=lambda p: p["T"])
+        cross = next((p["T"] for p in ps if p["best"] == "tiled"), None)
+        crossovers[f"{key[0]}x{key[1]} g{key[2]}"] = cross
+    return crossovers
+
+
+def bars(points, calib):
+    """The benchmark issue's bars, where this run measured the points they need."""
+    def find(t, k, n, g):
+        return next((p for p in points if (p["T"], p["K"], p["N"], p["group_size"])
+                     == (t, k, n, g)), None)
+    out = {}
+    p1 = find(1, 4096, 4096, 32)
+    if p1:
+        best = p1["kernels"][p1["best"]]["kernel_s"]["median"]
+        out["gemv_T1_over_read (<= 1.5)"] = best / calib["read_s"]["median"]
+        out["coop_T1_over_best (<= 1.3)"] = \
+            p1["kernels"]["cooperative"]["kernel_s"]["median"] / best
+        out["e2e_T1_over_kernel (<= 1.1)"] = p1["e2e_over_kernel"]
+    p512 = find(512, 4096, 4096, 32)
+    if p512:
+        best = p512["kernels"][p512["best"]]["kernel_s"]["median"]
+        out["gemm_T512_alu_fraction (>= 0.70)"] = 4096 * 4096 * 512 / best / \
+            calib["alu_madd_per_s"]
+    if points:
+        out["auto_regret_max (<= 1.10)"] = max(p["auto_regret"] for p in points)
+    return out
+
+
+def print_table(points, crossovers, calib, bar):
+    print(f"\ncalibration: read {calib['read_bytes_per_s'] / 1e9:.2f} GB/s "
+          f"({calib['read_s']['median'] * 1e3:.3f} ms for {calib['read_bytes'] / 2**20:.1f} "
+          f"MiB), int32 multiply-add {calib['alu_madd_per_s'] / 1e9:.2f} G/s")
+    hdr = (f"{'K x N':>12s} {'g':>4s} {'T':>4s} | {'tiled ms':>9s} {'coop ms':>9s} "
+           f"{'auto ms':>9s} | {'best':>5s} {'GOPS':>7s} {'roof':>5s} {'regret':>6s} "
+           f"{'e2e/k':>5s} | {'x np32':>6s} {'x ref':>6s} {'x torch':>7s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for p in points:
+        ks = p["kernels"]
+        b = ks[p["best"]]
+        sp = p.get("speedup_vs", {})
+        print(f"{p['K']:>5d}x{p['N']:<6d} {p['group_size']:4d} {p['T']:4d} | "
+              f"{ks['tiled']['kernel_s']['median'] * 1e3:9.3f} "
+              f"{ks['cooperative']['kernel_s']['median'] * 1e3:9.3f} "
+              f"{ks['auto']['kernel_s']['median'] * 1e3:9.3f} | "
+              f"{p['best'][:5]:>5s} {b['ops_per_s'] / 1e9:7.2f} "
+              f"{b['roofline_fraction']:5.2f} {p['auto_regret']:6.2f} "
+              f"{p['e2e_over_kernel']:5.2f} | "
+              f"{sp.get('numpy_float32', float('nan')):6.2f} "
+              f"{sp.get('reference_int8', float('nan')):6.2f} "
+              f"{sp.get('torch_dynamic_int8', float('nan')):7.2f}")
+    print("\ncrossover T (tiled overtakes cooperative): " +
+          ", ".join(f"{k}: {v}" for k, v in crossovers.items()))
+    print("x np32 / x ref / x torch: baseline end-to-end time / best kernel end-to-end time")
+    for k, v in bar.items():
+        print(f"bar {k}: {v:.3f}")
+
+
+def plot(points, crossovers, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    keys = sorted({(p["K"], p["N"], p["group_size"]) for p in points})
+    fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 8), squeeze=False)
+    for j, key in enumerate(keys):
+        ps = sorted((p for p in points if (p["K"], p["N"], p["group_size"]) == key),
+                    key=lambda p: p["T"])
+        ts = [p["T"] for p in ps]
+        for alg, style in zip(KERNELS, ("-o", "-s", "--")):
+            axes[0][j].plot(ts, [p["kernels"][alg]["kernel_s"]["median"] * 1e3 for p in ps],
+                            style, label=alg)
+            axes[1][j].plot(ts, [p["kernels"][alg]["roofline_fraction"] for p in ps], style,
+                            label=alg)
+        cross = crossovers.get(f"{key[0]}x{key[1]} g{key[2]}")
+        for ax in axes[:, j]:
+            ax.set_xscale("log", base=2)
+            if cross:
+                ax.axvline(cross, color="grey", linestyle=":", label=f"crossover T={cross}")
+            ax.legend(fontsize=8)
+            ax.set_xlabel("T (tokens)")
+        axes[0][j].set_yscale("log")
+        axes[0][j].set_title(f"K={key[0]} N={key[1]} g={key[2]}")
+        axes[0][j].set_ylabel("kernel time (ms)")
+        axes[1][j].set_ylabel("fraction of roofline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m vkqlinear bench", description=__doc__
+                                 .splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="shapes 'quick' (default), group sizes 32 and 128, 3 runs")
+    mode.add_argument("--full", action="store_true",
+                      help="llama-7b and minilm shapes, group sizes 32 and 128, 5 runs")
+    ap.add_argument("--shapes", help="KxN list or set names (quick, llama-7b, minilm)")
+    ap.add_argument("--tokens", help=f"T list (default {','.join(map(str, TOKENS))})")
+    ap.add_argument("--group-sizes", help="group sizes (default 32,128)")
+    ap.add_argument("--runs", type=int, help="timed runs per point")
+    ap.add_argument("--device", type=int, default=None)
+    ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--tune", action="store_true",
+                    help="store the measured crossover as this device's auto threshold")
+    a = ap.parse_args(argv)
+    shapes = _shapes(a.shapes) if a.shapes else (
+        SHAPE_SETS["llama-7b"] + SHAPE_SETS["minilm"] if a.full else SHAPE_SETS["quick"])
+    tokens = _parse_list(a.tokens) if a.tokens else TOKENS
+    gsizes = _parse_list(a.group_sizes) if a.group_sizes else [32, 128]
+    runs = a.runs or (5 if a.full else 3)
+    dev = Device(a.device)
+    rng = np.random.default_rng(0)
+    print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
+          f"vkqlinear {__version__} {_git_commit()}")
+    biggest = max(k * n for k, n in shapes) // 2
+    rt, bw = read_bandwidth(dev, 4096 * 4096 // 2 if (4096, 4096) in shapes else biggest)
+    at, peak = alu_rate(dev)
+    calib = {"read_bytes": 4096 * 4096 // 2 if (4096, 4096) in shapes else biggest,
+             "read_s": {"median": rt.median, "min": rt.min}, "read_bytes_per_s": bw,
+             "alu_s": {"median": at.median, "min": at.min}, "alu_madd_per_s": peak}
+    configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
+    prog = Progress(len(configs) * len(tokens))
+    points = []
+    weights = {}
+    for k, n, g in configs:
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+        w_packed, w_scales, w_zeros = quantize_weights(w, g)
+        qw = weights[(k, n, g)] = prepack(w_packed, g, w_scales, w_zeros, device=dev)
+        for t in tokens:
+            prog.step(f"K={k} N={n} g={g} T={t}")
+            points.append(measure_point(dev, qw, t, runs, rng))
+    if not a.no_baselines:
+        prog = Progress(len(points))
+        for p in points:
+            prog.step(f"baselines K={p['K']} N={p['N']} g={p['group_size']} T={p['T']}")
+            measure_baselines(weights[(p["K"], p["N"], p["group_size"])], p, rng)
+    crossovers = derive(points, calib)
+    bar = bars(points, calib)
+    print_table(points, crossovers, calib, bar)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
+           "device": {"index": dev.index, "name": dev.name, "type": dev.info.type,
+                      "driver": f"{dev.info.driver_name} {dev.info.driver_info}",
+                      "api_version": dev.info.api_version},
+           "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "numpy": np.__version__},
+           "vkqlinear": __version__, "commit": _git_commit(), "calibration": calib,
+           "crossovers": crossovers, "bars": bar, "points": points}
+    jpath = out / f"bench-{stamp}.json"
+    jpath.write_text(json.dumps(doc, indent=1))
+    print(f"\nJSON: {jpath}")
+    ppath = plot(points, crossovers, out / f"bench-{stamp}.png")
+    print(f"plot: {ppath}" if ppath else "plot: skipped (pip install matplotlib)")
+    if a.tune:
+        vals = [v for v in crossovers.values() if v is not None]
+        # auto uses the cooperative kernel for T <= threshold: just below the crossover.
+        threshold = int(np.median([v - 1 for v in vals])) if vals else max(tokens)
+        path = store_threshold(dev.info, threshold, {"measured": doc["date"],
+                                                     "crossovers": crossovers})
+        print(f"tuned: auto threshold T <= {threshold} -> cooperative, stored in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

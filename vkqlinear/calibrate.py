@@ -1,0 +1,75 @@
+"""Roofline calibration on a device: streaming-read bandwidth and int32 multiply-add rate,
+measured with device timestamps by two small kernels (``shaders/calib_*.comp``), each
+dispatched back to back (warm) in one sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compiler import compile_shader
+
+__all__ = ["Timing", "time_dispatches", "read_bandwidth", "alu_rate"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Device times of repeated dispatches, in seconds."""
+    times: tuple
+
+    @property
+    def min(self):
+        return min(self.times)
+
+    @property
+    def median(self):
+        return float(np.median(self.times))
+
+
+def time_dispatches(device, algo, push, runs):
+    """Dispatch ``algo`` ``runs + 1`` times back to back in one sequence; the device time
+    of each dispatch after the first (a warm-up), from timestamps."""
+    import kp
+    period = device.info.limits["timestamp_period_ns"] * 1e-9
+    with device.lock:
+        seq = device.manager.sequence(0, runs + 2)
+        for _ in range(runs + 1):
+            seq.record(kp.OpAlgoDispatch(algo, push))
+        seq.eval()
+        ts = [int(v) for v in seq.get_timestamps()]
+    deltas = [(ts[i + 1] - ts[i]) * period for i in range(runs + 1)]
+    return Timing(tuple(deltas[1:]))
+
+
+def read_bandwidth(device, nbytes, runs=10):
+    """``(Timing, bytes_per_s)`` of the streaming-read kernel over ``nbytes`` bytes."""
+    words = max(1, nbytes // 16)
+    local = max(8, min(64, int(device.info.subgroup.get("size") or 8)))
+    wgs = 256
+    chunk = -(-words // wgs)
+    with device.lock:
+        mgr = device.manager
+        src = mgr.tensor_t(np.arange(words * 4, dtype=np.uint32))
+        dst = mgr.tensor_t(np.zeros(wgs * local, np.uint32))
+        import kp
+        mgr.sequence().eval(kp.OpTensorSyncDevice([src]))
+        push = np.array([words, chunk], np.uint32)
+        algo = mgr.algorithm([src, dst], compile_shader("calib_read.comp"), (wgs, 1, 1),
+                             np.array([local], np.uint32), push)
+    t = time_dispatches(device, algo, push, runs)
+    return t, words * 16 / t.median
+
+
+def alu_rate(device, runs=5, iters=2048):
+    """``(Timing, multiply_adds_per_s)`` of the int32 multiply-add kernel (32 chains)."""
+    local, wgs, chains = 64, 64, 32
+    with device.lock:
+        mgr = device.manager
+        dst = mgr.tensor_t(np.zeros(wgs * local, np.int32))
+        push = np.array([iters, 1664525, 1013904223 & 0x7FFFFFFF], np.uint32)
+        algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
+                             np.array([local], np.uint32), push)
+    t = time_dispatches(device, algo, push, runs)
+    return t, wgs * local * iters * chains / t.median
