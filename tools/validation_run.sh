@@ -60,4 +60,6 @@ if [ "$errors" -gt 0 ]; then
   cat "$work/probe.log" "$work/pytest.log" | grep -A3 "Validation Error" | head -60
   exit 1
 fi
+# pytest's own closing line last, so that it is what a reader of the log sees at the end.
+grep -E "^=*[ ]*[0-9]+ (passed|failed)" "$work/pytest.log" | tail -1
 exit "$rc"
