@@ -1,49 +1,74 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
-// COOPERATIVE GEMV for linear_qta8a_qga4w (SPEC.md): a workgroup of LOCAL_X x LOCAL_Y
-// invocations owns LOCAL_X blocks of 8 output channels for TM tokens; its LOCAL_Y workers
-// split K (worker w takes groups w, w + LOCAL_Y, ...) and their partial sums are reduced
-// through shared memory. The weights are read once per TM tokens, not once per token.
-// Grid: x = channel blocks / LOCAL_X, y = token tiles of TM from p.token_base.
-// LOCAL_Y must be a power of two.
+#ifdef SUBGROUP_REDUCE
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
+// COOPERATIVE GEMV for linear_qta8a_qga4w (SPEC.md): the workers of a workgroup split K
+// for the same output channels (worker w takes weight groups w, w + W, w + 2W, ...) and
+// their partial sums are reduced. The weights are read once per TM tokens, not once per
+// token. Grid: x = channel blocks / blocks per workgroup, y = token tiles of TM tokens
+// from p.token_base. Two code shapes (#define):
+//
+//   default          workgroup LOCAL_X blocks x LOCAL_Y workers; the reduction goes through
+//                    shared memory (LOCAL_Y must be a power of two).
+//   SUBGROUP_REDUCE  workgroup LOCAL_X workers x LOCAL_Y blocks; the workers of a block are
+//                    the lanes of one subgroup (the host sets LOCAL_X to the device's
+//                    subgroup size) and reduce with subgroupAdd: no shared memory and no
+//                    barrier, which also keeps CPU implementations (lavapipe) from
+//                    splitting the kernel at barriers.
 #include "common.glsl"
 #include "tile.glsl"
 
+#ifdef SUBGROUP_REDUCE
+const uint WORKERS = LOCAL_X;
+#else
+const uint WORKERS = LOCAL_Y;
 shared float partial[LOCAL_Y][LOCAL_X * TM * 8u];
+#endif
 
 void main() {
-    uint lx = gl_LocalInvocationID.x;
+#ifdef SUBGROUP_REDUCE
+    uint w = gl_LocalInvocationID.x;
+    uint lb = gl_LocalInvocationID.y;
+    uint b = gl_WorkGroupID.x * LOCAL_Y + lb;
+#else
     uint w = gl_LocalInvocationID.y;
-    uint b = gl_WorkGroupID.x * LOCAL_X + lx;
+    uint lb = gl_LocalInvocationID.x;
+    uint b = gl_WorkGroupID.x * LOCAL_X + lb;
+#endif
     uint t0 = p.token_base + gl_WorkGroupID.y * TM;
     uint G = p.K / GROUP_SIZE;
-    // Every invocation reaches the barriers below; only real blocks do work.
+    // Every invocation reaches the reduction below; only real blocks and tokens do work.
     bool live = b < p.NP / 8u && t0 < p.T;
 
     tile_begin(min(t0, p.T - 1u));
     if (live) {
         uint n = 0u;
-        for (uint g = w; g < G; g += LOCAL_Y) {
+        for (uint g = w; g < G; g += WORKERS) {
             tile_group(b, g, G);
             if (++n == GROUP_BLOCK) { tile_flush(); n = 0u; }
         }
     }
     tile_flush();
 
+#ifdef SUBGROUP_REDUCE
     [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) partial[w][(lx * TM + i) * 8u + c] = tile_total[i][c];
+        [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = subgroupAdd(tile_total[i][c]);
+    }
+#else
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) partial[w][(lb * TM + i) * 8u + c] = tile_total[i][c];
     }
     barrier();
     for (uint s = LOCAL_Y / 2u; s > 0u; s >>= 1u) {
         if (w < s) {
-            [[unroll]] for (uint i = 0u; i < TM * 8u; i++) partial[w][lx * TM * 8u + i] += partial[w + s][lx * TM * 8u + i];
+            [[unroll]] for (uint i = 0u; i < TM * 8u; i++) partial[w][lb * TM * 8u + i] += partial[w + s][lb * TM * 8u + i];
         }
         barrier();
     }
-    if (w == 0u && live) {
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = partial[0][(lx * TM + i) * 8u + c];
-        }
-        tile_store(b, t0);
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = partial[0][(lb * TM + i) * 8u + c];
     }
+#endif
+    if (w == 0u && live) tile_store(b, t0);
 }

@@ -11,11 +11,22 @@ from vkqlinear import conformance as C
 CASES = C.cases()
 
 
-@pytest.mark.parametrize("algorithm", C.ALGORITHMS + ("auto",))
+KERNELS = [("tiled", "portable"), ("cooperative", "portable"), ("cooperative", "subgroup"),
+           ("auto", None)]
+
+
+@pytest.mark.parametrize("algorithm,variant", KERNELS, ids=[f"{a}-{v}" for a, v in KERNELS])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_gpu_conforms(case, algorithm, device):
-    ok, msg = C.run_case(case, algorithm, device)
-    assert ok, f"[{algorithm}] {case.name}: {msg}"
+def test_gpu_conforms(case, algorithm, variant, device):
+    if variant is not None and (algorithm, variant) not in C.kernel_variants(device):
+        pytest.skip(f"{algorithm}/{variant} not supported by {device.name}")
+    ok, msg = C.run_case(case, algorithm, device, variant)
+    assert ok, f"[{algorithm}/{variant}] {case.name}: {msg}"
+
+
+def test_every_variant_is_exercised_on_lavapipe(device):
+    if device.info.is_lavapipe:
+        assert set(C.kernel_variants(device)) == set(KERNELS[:3])
 
 
 def test_conformance_cli_passes(device):

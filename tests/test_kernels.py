@@ -69,3 +69,31 @@ def test_tuning_file_round_trip(tmp_path, monkeypatch):
     assert data[K.device_key(info)]["measured"] == "test"
     (tmp_path / "t.json").write_text("{broken")
     assert K.auto_threshold(info) == K.DEFAULT_AUTO_THRESHOLD
+
+
+def test_cooperative_variants():
+    sub = K.DeviceCaps(subgroup_size=32, max_invocations=1024, max_shared_memory=32768,
+                       subgroup_arithmetic=True)
+    k = K.choose_kernel("cooperative", 1, 32, False, sub)
+    assert k.variant == "subgroup" and k.defines == (("SUBGROUP_REDUCE", 1),)
+    assert k.local_size[0] == 32 and k.blocks_per_workgroup == k.local_size[1]
+    assert k.local_size[0] * k.local_size[1] <= sub.max_invocations
+    p = K.choose_kernel("cooperative", 1, 32, False, sub, variant="portable")
+    assert p.variant == "portable" and p.defines == ()
+    assert p.blocks_per_workgroup == p.local_size[0]
+    # no subgroup arithmetic: only the shared-memory reduction, and forcing it is an error
+    assert K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE).variant == "portable"
+    with pytest.raises(ValueError, match="variant"):
+        K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE, variant="subgroup")
+    with pytest.raises(ValueError, match="variant"):
+        K.choose_kernel("tiled", 1, 32, False, sub, variant="subgroup")
+
+
+def test_variant_env_override(monkeypatch):
+    sub = K.DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
+                       subgroup_arithmetic=True)
+    monkeypatch.setenv("VKQLINEAR_VARIANT", "portable")
+    assert K.choose_kernel("cooperative", 2, 32, False, sub).variant == "portable"
+    monkeypatch.setenv("VKQLINEAR_VARIANT", "bogus")
+    with pytest.raises(ValueError, match="variant"):
+        K.choose_kernel("cooperative", 2, 32, False, sub)

@@ -49,9 +49,14 @@ def problems(draw):
 
 @SETTINGS
 @given(d=problems())
-@pytest.mark.parametrize("algorithm", ["tiled", "cooperative", "reference"])
-def test_random_valid_inputs_conform(d, algorithm, device):
-    y = vq.linear_qta8a_qga4w(**d, algorithm=algorithm, device=device)
+@pytest.mark.parametrize("algorithm,variant", [("tiled", None), ("cooperative", "portable"),
+                                               ("cooperative", "subgroup"),
+                                               ("reference", None)])
+def test_random_valid_inputs_conform(d, algorithm, variant, device):
+    if variant and (algorithm, variant) not in C.kernel_variants(device):
+        pytest.skip(f"{variant} not supported")
+    with C.forced_variant(variant):
+        y = vq.linear_qta8a_qga4w(**d, algorithm=algorithm, device=device)
     ok, msg = C.check(y, dict(d, w_offsets=None))
     assert ok, f"[{algorithm}] T={d['x_q'].shape[0]} K={d['x_q'].shape[1]} " \
                f"N={d['w_packed'].shape[0]} g={d['group_size']}: {msg}"

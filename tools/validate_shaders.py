@@ -24,11 +24,15 @@ from vkqlinear.compiler import DEFAULT_TARGET_ENV, compile_shader
 from vkqlinear.kernels import DeviceCaps, choose_kernel
 
 DEVICES = {
-    "lavapipe": DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768),
+    "lavapipe": DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
+                           subgroup_arithmetic=True),
     "gpu-subgroup-32": DeviceCaps(subgroup_size=32, max_invocations=1024,
-                                  max_shared_memory=49152),
+                                  max_shared_memory=49152, subgroup_arithmetic=True),
     "gpu-subgroup-64-min-limits": DeviceCaps(subgroup_size=64, max_invocations=128,
-                                             max_shared_memory=16384),
+                                             max_shared_memory=16384,
+                                             subgroup_arithmetic=True),
+    "no-subgroup-ops": DeviceCaps(subgroup_size=16, max_invocations=256,
+                                  max_shared_memory=16384),
 }
 TOKENS = (1, 2, 3, 4, 8, 512)
 GROUP_SIZES = (8, 32, 128)
@@ -39,11 +43,13 @@ def variants():
     out = {}
     for caps in DEVICES.values():
         for alg in ("tiled", "cooperative"):
-            for t in TOKENS:
-                for g in GROUP_SIZES:
-                    for int8 in (False, True):
-                        k = choose_kernel(alg, t, g, int8, caps)
-                        out.setdefault((k.shader, k.defines), set()).add(k.spec_constants)
+            for variant in caps.variants(alg):
+                for t in TOKENS:
+                    for g in GROUP_SIZES:
+                        for int8 in (False, True):
+                            k = choose_kernel(alg, t, g, int8, caps, variant=variant)
+                            out.setdefault((k.shader, k.defines), set()).add(
+                                k.spec_constants)
     return out
 
 

@@ -100,7 +100,7 @@ def cmd_demo(args):
 
 
 def cmd_conformance(args):
-    from .conformance import ALGORITHMS, cases, run_case
+    from .conformance import cases, kernel_variants, run_case
     from .device import Device
     dev = Device(args.device)
     print(f"conformance of vkqlinear on device {dev.index}: {dev.name} "
@@ -108,18 +108,18 @@ def cmd_conformance(args):
     cs = cases(quick=args.quick)
     failures = 0
     rows = []
-    for alg in ALGORITHMS:
+    for alg, var in kernel_variants(dev):
         passed = 0
         for c in cs:
             try:
-                ok, msg = run_case(c, alg, dev)
+                ok, msg = run_case(c, alg, dev, var)
             except Exception as e:  # a crash in one case is a failure, not the end
                 ok, msg = False, f"{type(e).__name__}: {e}"
             passed += ok
             if not ok:
                 failures += 1
-                print(f"  FAIL [{alg}] {c.name}: {msg}")
-        rows.append((alg, "portable", passed, len(cs)))
+                print(f"  FAIL [{alg}/{var}] {c.name}: {msg}")
+        rows.append((alg, var, passed, len(cs)))
     print(f"\n{'algorithm':12s} {'variant':10s} {'passed':>8s} {'cases':>6s}  result")
     for alg, var, p, n in rows:
         print(f"{alg:12s} {var:10s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")

@@ -11,15 +11,43 @@ float64 and multiplies (``y* = xr @ w.T + bias``), then applies SPEC.md's bound:
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .quant import quantize_per_token, quantize_weights, unpack_int4
 
-__all__ = ["Case", "cases", "make_inputs", "expected", "check", "run_case", "ALGORITHMS"]
+__all__ = ["Case", "cases", "make_inputs", "expected", "check", "run_case", "ALGORITHMS",
+           "kernel_variants", "forced_variant"]
 
 ALGORITHMS = ("tiled", "cooperative")
+
+
+def kernel_variants(device):
+    """``[(algorithm, variant)]`` for every kernel variant ``device`` can run."""
+    from .kernels import DeviceCaps
+    caps = DeviceCaps.from_info(device.info)
+    return [(a, v) for a in ALGORITHMS for v in caps.variants(a)]
+
+
+@contextlib.contextmanager
+def forced_variant(variant):
+    """Force a kernel variant (``$VKQLINEAR_VARIANT``) inside the block (None: no force)."""
+    old = os.environ.get("VKQLINEAR_VARIANT")
+    if variant:
+        os.environ["VKQLINEAR_VARIANT"] = variant
+    else:
+        os.environ.pop("VKQLINEAR_VARIANT", None)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VKQLINEAR_VARIANT", None)
+        else:
+            os.environ["VKQLINEAR_VARIANT"] = old
+
 
 # (T, K, N, g): ExecuTorch's own test shapes for linear_qta8a_qga4w(_qta8o).
 EXECUTORCH_SHAPES = [(2, 8, 8, 8), (2, 16, 8, 8), (4, 64, 32, 32), (4, 128, 32, 32),
@@ -192,8 +220,14 @@ def check(out, d):
     return True, f"max error / tolerance = {ratio:.3g}"
 
 
-def run_case(case, algorithm, device=None):
-    """Run ``case`` through the public op with ``algorithm``; returns ``(ok, message)``."""
+def run_case(case, algorithm, device=None, variant=None):
+    """Run ``case`` through the public op with ``algorithm`` (and ``variant`` forced, if
+    given); returns ``(ok, message)``."""
+    with forced_variant(variant):
+        return _run_case(case, algorithm, device)
+
+
+def _run_case(case, algorithm, device):
     from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
     from .quant import offsets_to_scales_and_zeros
     from .weights import prepack

@@ -3,6 +3,11 @@
 
 No GPU is needed to call anything here; the unit tests check the choices directly.
 
+Variants (code shapes): the COOPERATIVE GEMV reduces through subgroup arithmetic
+(``"subgroup"``, preferred where the device supports it in compute shaders) or through shared
+memory (``"portable"``). ``$VKQLINEAR_VARIANT`` forces one (``portable`` or ``subgroup``);
+the conformance suite uses it to prove every variant the device supports.
+
 The ``"auto"`` rule: the COOPERATIVE GEMV for ``T <= threshold``, the TILED GEMM above.
 The threshold is per device: :func:`auto_threshold` reads it from the tuning file
 (``$VKQLINEAR_TUNING_FILE``, else ``~/.cache/vkqlinear/tuning.json``) which
@@ -33,6 +38,7 @@ class DeviceCaps:
     max_invocations: int = 128
     max_count: tuple = (65535, 65535, 65535)
     max_shared_memory: int = 16384
+    subgroup_arithmetic: bool = False
 
     @classmethod
     def from_info(cls, info):
@@ -40,7 +46,16 @@ class DeviceCaps:
         return cls(subgroup_size=int(info.subgroup.get("size") or 8),
                    max_invocations=int(lim["max_workgroup_invocations"]),
                    max_count=tuple(lim["max_workgroup_count"]),
-                   max_shared_memory=int(lim["max_shared_memory"]))
+                   max_shared_memory=int(lim["max_shared_memory"]),
+                   subgroup_arithmetic=info.supports("subgroupArithmetic"))
+
+    def variants(self, algorithm):
+        """The variants of ``algorithm`` this device can run, best first."""
+        if algorithm == "cooperative" and self.subgroup_arithmetic and \
+                self.subgroup_size in (4, 8, 16, 32, 64) and \
+                self.subgroup_size <= self.max_invocations:
+            return ("subgroup", "portable")
+        return ("portable",)
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,14 @@ class Kernel:
     lanes: int              # weight layout interleave
     group_size: int
     out_int8: bool
+    variant: str = "portable"
+
+    @property
+    def blocks_per_workgroup(self):
+        """Channel blocks (of 8) per workgroup: the local axis that is not workers."""
+        if self.algorithm == "cooperative" and self.variant == "subgroup":
+            return self.local_size[1]
+        return self.local_size[0]
 
     @property
     def spec_constants(self):
@@ -73,7 +96,7 @@ class Kernel:
         """``(gx, gy, n_dispatches)``: one grid of ``gx x gy`` workgroups, dispatched
         ``n_dispatches`` times with ``token_base`` advancing by ``gy * tokens_per_row``
         when the token rows exceed the device's ``maxComputeWorkGroupCount[1]``."""
-        gx = (np_ // 8) // self.local_size[0]
+        gx = (np_ // 8) // self.blocks_per_workgroup
         if gx > max_count[0]:
             raise ValueError(f"w_packed: N={np_} output channels need {gx} workgroups, "
                              f"more than this device's limit of {max_count[0]}")
@@ -100,20 +123,35 @@ def token_tile(t, limit):
     return tm
 
 
-def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None):
+def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, variant=None):
     """The :class:`Kernel` for ``algorithm`` ("tiled", "cooperative" or "auto") at ``t``
-    tokens on a device described by ``caps`` (:class:`DeviceCaps`)."""
+    tokens on a device described by ``caps`` (:class:`DeviceCaps`). ``variant`` (or
+    ``$VKQLINEAR_VARIANT``) forces a variant; it must be one the device supports."""
     if algorithm == "auto":
         limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
         algorithm = "cooperative" if t <= limit else "tiled"
     lanes = lanes_for(caps)
     if algorithm == "tiled":
+        if variant not in (None, "portable"):
+            raise ValueError(f"variant: the tiled kernel has only 'portable', got {variant!r}")
         tm = token_tile(t, GEMM_TM)
         local_y = max(1, min(64 // lanes, caps.max_invocations // lanes))
         return Kernel("tiled", "gemm_tiled.comp", (), (lanes, local_y), tm, lanes,
                       group_size, bool(out_int8))
     if algorithm == "cooperative":
         tm = token_tile(t, COOP_MAX_TM)
+        possible = caps.variants("cooperative")
+        variant = variant or os.environ.get("VKQLINEAR_VARIANT") or possible[0]
+        if variant not in possible:
+            raise ValueError(f"variant: {variant!r} is not available on this device "
+                             f"(available: {', '.join(possible)})")
+        if variant == "subgroup":
+            sg = caps.subgroup_size
+            blocks = 1
+            while blocks * 2 <= min(lanes, caps.max_invocations // sg):
+                blocks *= 2
+            return Kernel("cooperative", "gemv_coop.comp", (("SUBGROUP_REDUCE", 1),),
+                          (sg, blocks), tm, lanes, group_size, bool(out_int8), "subgroup")
         workers = COOP_WORKERS
         while workers > 1 and (lanes * workers > caps.max_invocations
                                or lanes * workers * tm * 8 * 4 > caps.max_shared_memory):
