@@ -125,3 +125,29 @@ def test_threads_share_a_device(rng, device):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors, errors
+
+
+def test_threads_on_two_device_objects(rng):
+    """Two Device objects (here on the same physical device) used from 4 threads."""
+    devs = [vq.Device(), vq.Device()]
+    d = make_layer(rng, 5, 64, 16, 32)
+    ref = _ref(d)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                y = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                          algorithm=("tiled", "cooperative")[i % 2],
+                                          device=devs[i % 2])
+                np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors, errors
+    assert len(qw._device_state) == 2          # uploaded once per device
+    for dev in devs:
+        dev.close()

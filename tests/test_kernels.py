@@ -62,13 +62,14 @@ def test_tuning_file_round_trip(tmp_path, monkeypatch):
     from vkqlinear import devices
     monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
     info = devices()[0]
-    assert K.auto_threshold(info) == K.DEFAULT_AUTO_THRESHOLD
+    builtin = K.BUILTIN_THRESHOLDS.get(info.driver_name, K.DEFAULT_AUTO_THRESHOLD)
+    assert K.auto_threshold(info) == builtin
     path = K.store_threshold(info, 17, {"measured": "test"})
     assert K.auto_threshold(info) == 17
     data = json.loads(path.read_text())
     assert data[K.device_key(info)]["measured"] == "test"
     (tmp_path / "t.json").write_text("{broken")
-    assert K.auto_threshold(info) == K.DEFAULT_AUTO_THRESHOLD
+    assert K.auto_threshold(info) == builtin
 
 
 def test_cooperative_variants():

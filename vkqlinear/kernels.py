@@ -12,7 +12,8 @@ The ``"auto"`` rule: the COOPERATIVE GEMV for ``T <= threshold``, the TILED GEMM
 The threshold is per device: :func:`auto_threshold` reads it from the tuning file
 (``$VKQLINEAR_TUNING_FILE``, else ``~/.cache/vkqlinear/tuning.json``) which
 ``python -m vkqlinear bench --tune`` writes, keyed by device name and driver; without an
-entry it uses :data:`DEFAULT_AUTO_THRESHOLD`.
+entry it uses the built-in value for the driver (:data:`BUILTIN_THRESHOLDS`), else
+:data:`DEFAULT_AUTO_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ __all__ = ["Kernel", "DeviceCaps", "choose_kernel", "lanes_for", "auto_threshold
            "tuning_file", "store_threshold", "DEFAULT_AUTO_THRESHOLD", "token_tile"]
 
 DEFAULT_AUTO_THRESHOLD = 4
+# Thresholds measured with `python -m vkqlinear bench --quick` where no tuning file has an
+# entry, by driver name. lavapipe (2 cores, 2026-11-22): the tiled kernel was fastest from
+# T = 1 on every quick shape, so auto never takes the cooperative kernel there.
+BUILTIN_THRESHOLDS = {"llvmpipe": 0}
 GEMM_TM = 4              # tokens per invocation of the TILED GEMM (T >= 4)
 COOP_WORKERS = 8         # workers splitting K in the COOPERATIVE GEMV (power of two)
 COOP_MAX_TM = 4
@@ -175,12 +180,14 @@ def device_key(info):
 
 
 def auto_threshold(info):
-    """The stored T threshold for ``info``'s device, else :data:`DEFAULT_AUTO_THRESHOLD`."""
+    """The T threshold for ``info``'s device: the tuning file's entry, else the built-in
+    measurement for its driver (:data:`BUILTIN_THRESHOLDS`), else
+    :data:`DEFAULT_AUTO_THRESHOLD`."""
     try:
         data = json.loads(tuning_file().read_text())
         return int(data[device_key(info)]["auto_threshold"])
     except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_AUTO_THRESHOLD
+        return BUILTIN_THRESHOLDS.get(info.driver_name, DEFAULT_AUTO_THRESHOLD)
 
 
 def store_threshold(info, threshold, extra=None):
