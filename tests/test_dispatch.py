@@ -108,23 +108,31 @@ def test_large_k_and_n(t, k, n, g, algorithm, device):
     assert ok, msg
 
 
-def test_threads_share_a_device(rng, device):
-    layers = [make_layer(rng, t, 64, n, 32) for t, n in ((1, 8), (3, 16), (6, 24), (9, 8))]
-    refs = [_ref(d) for d in layers]
+def _in_threads(check, n=4, repeat=10):
+    """Run ``check(i)`` ``repeat`` times in each of ``n`` threads; re-raise any failure."""
     errors = []
 
     def work(i):
         try:
-            for _ in range(10):
-                for alg in ("tiled", "cooperative"):
-                    y = vq.linear_qta8a_qga4w(**layers[i], algorithm=alg, device=device)
-                    np.testing.assert_allclose(y, refs[i], rtol=1e-5, atol=1e-5)
+            for _ in range(repeat):
+                check(i)
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors, errors
+
+
+def test_threads_share_a_device(rng, device):
+    layers = [make_layer(rng, t, 64, n, 32) for t, n in ((1, 8), (3, 16), (6, 24), (9, 8))]
+    refs = [_ref(d) for d in layers]
+
+    def check(i):
+        for alg in ("tiled", "cooperative"):
+            y = vq.linear_qta8a_qga4w(**layers[i], algorithm=alg, device=device)
+            np.testing.assert_allclose(y, refs[i], rtol=1e-5, atol=1e-5)
+    _in_threads(check)
 
 
 def test_threads_on_two_device_objects(rng):
@@ -133,21 +141,13 @@ def test_threads_on_two_device_objects(rng):
     d = make_layer(rng, 5, 64, 16, 32)
     ref = _ref(d)
     qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
-    errors = []
 
-    def work(i):
-        try:
-            for _ in range(10):
-                y = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
-                                          algorithm=("tiled", "cooperative")[i % 2],
-                                          device=devs[i % 2])
-                np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert not errors, errors
+    def check(i):
+        y = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                  algorithm=("tiled", "cooperative")[i % 2],
+                                  device=devs[i % 2])
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    _in_threads(check)
     assert len(qw._device_state) == 2          # uploaded once per device
     for dev in devs:
         dev.close()

@@ -125,8 +125,7 @@ def measure_point(dev, qw, t, runs, rng):
     period = dev.info.limits["timestamp_period_ns"] * 1e-9
     r = _runs_for(t * n * k, runs)
     point = {"T": t, "K": k, "N": n, "group_size": g, "runs": r, "kernels": {}}
-    nbytes = (qw.w_packed.nbytes + qw.w_scales.nbytes + qw.w_offsets.nbytes + t * k
-              + t * 8 + t * n * 4)
+    nbytes = qw.nbytes + t * k + t * 8 + t * n * 4   # + activations, qparams, output
     caps = DeviceCaps.from_info(dev.info)
     calls = {}
     for alg in KERNELS:   # correctness first, and the warm-up

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,7 +69,6 @@ class Case:
     regime: str = "normal"  # see make_inputs
     seed: int = 0
     quick: bool = True     # part of --quick
-    tags: tuple = field(default=(), compare=False)
 
     @property
     def t(self):

@@ -73,10 +73,9 @@ _probe_cache = None
 
 
 def _run_probe():
-    env = dict(os.environ)
     try:
         proc = subprocess.run([sys.executable, "-m", "vkqlinear._probe"], capture_output=True,
-                              text=True, timeout=120, env=env)
+                              text=True, timeout=120)
     except subprocess.TimeoutExpired:
         raise VulkanUnavailableError("the Vulkan device probe did not finish in 120 s") from None
     try:

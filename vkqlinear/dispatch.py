@@ -53,7 +53,6 @@ class RecordedCall:
         for i in range(n_disp):
             self.seq.record(kp.OpAlgoDispatch(self.algo, self._push(i * gy * kernel.tokens_per_row)))
         self.seq.record(kp.OpTensorSyncLocal([self.y]))
-        self.timed = timed
         self._has_bias = False
 
     def _push(self, token_base):
