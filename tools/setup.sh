@@ -6,7 +6,7 @@
 #   3. kp (Kompute 0.9.0) built offline from its PyPI sdist with
 #      tools/kp-0.9.0-vkqlinear.patch, the wheel cached in
 #      $VKQ_WHEEL_CACHE (default ~/.cache/vkqlinear/wheels) so a rerun does not rebuild;
-#   4. vkqlinear itself (editable) with its test extras (and torch==2.13.0 CPU).
+#   4. vkqlinear itself (editable) with its test and bench extras (and torch==2.13.0 CPU).
 # A second run only checks and prints "ok" lines.
 set -euo pipefail
 
@@ -88,13 +88,14 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. vkqlinear
-stamp="$VENV/.vkq-$(sha256sum pyproject.toml | cut -c1-12)"
+EXTRAS="test,bench"
+stamp="$VENV/.vkq-$( (cat pyproject.toml; echo "$EXTRAS $TORCH_VERSION") | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  say "installing torch==$TORCH_VERSION (CPU) and vkqlinear[test] (editable)"
+  say "installing torch==$TORCH_VERSION (CPU) and vkqlinear[test,bench] (editable)"
   pip_q "torch==$TORCH_VERSION"
-  pip_q -e ".[test]"
+  pip_q -e ".[$EXTRAS]"
   touch "$stamp"
 else
-  say "ok: vkqlinear[test] installed in the venv"
+  say "ok: vkqlinear[test,bench] installed in the venv"
 fi
 say "done: activate with 'source $VENV/bin/activate'"
