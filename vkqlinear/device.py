@@ -155,7 +155,6 @@ class Device:
         self.enabled_features = frozenset(get() if get else ())
         self.lock = threading.RLock()
         self.closed = False
-        self.cache = {}  # owned by vkqlinear.dispatch: pipelines, buffers, sequences
 
     # -- description -------------------------------------------------------------------
     @property
@@ -192,7 +191,6 @@ class Device:
             if self.closed:
                 return
             self.closed = True
-            self.cache.clear()
             mgr, self._mgr = self._mgr, None
             mgr.destroy()
         global _default
