@@ -21,15 +21,13 @@ def _is_torch(x):
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def as_array(x, name, dtypes, *, allow_none=False):
+def as_array(x, name, dtypes):
     """``x`` as a C-contiguous, native-endian ndarray whose dtype is one of ``dtypes``.
 
     ``dtypes`` is a tuple of numpy dtypes; the first one is the canonical one that lists
     and tuples are converted to (if their values fit exactly).
     """
     if x is None:
-        if allow_none:
-            return None
         raise TypeError(f"{name}: expected an array, got None")
     if _is_torch(x):
         if getattr(x, "device", None) is not None and str(x.device) != "cpu":

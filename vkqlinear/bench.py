@@ -327,10 +327,12 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
           f"vkqlinear {__version__} {_git_commit()}")
-    biggest = max(k * n for k, n in shapes) // 2
-    rt, bw = read_bandwidth(dev, 4096 * 4096 // 2 if (4096, 4096) in shapes else biggest)
+    # The read calibration covers the packed bytes of the bars' 4096 x 4096 layer when it is
+    # in the sweep, else of the biggest layer.
+    read_bytes = (4096 * 4096 if (4096, 4096) in shapes else max(k * n for k, n in shapes)) // 2
+    rt, bw = read_bandwidth(dev, read_bytes)
     at, peak = alu_rate(dev)
-    calib = {"read_bytes": 4096 * 4096 // 2 if (4096, 4096) in shapes else biggest,
+    calib = {"read_bytes": read_bytes,
              "read_s": {"median": rt.median, "min": rt.min}, "read_bytes_per_s": bw,
              "alu_s": {"median": at.median, "min": at.min}, "alu_madd_per_s": peak}
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
