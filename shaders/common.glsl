@@ -32,6 +32,12 @@
 // and finally y = x_scale * y + bias, or its per-token int8 requantization.
 
 #extension GL_EXT_control_flow_attributes : require
+#ifdef STORAGE8
+#extension GL_EXT_shader_8bit_storage : require
+#endif
+#ifdef DOT_PRODUCT
+#extension GL_EXT_spirv_intrinsics : require
+#endif
 
 layout(constant_id = 0) const uint LOCAL_X = 8;      // workgroup x: channel blocks
 layout(constant_id = 1) const uint LOCAL_Y = 1;      // workgroup y: token tiles / workers
@@ -54,10 +60,18 @@ layout(push_constant) uniform Params {
     uint token_base;  // first token of this dispatch (grids larger than one dispatch)
 } p;
 
+#ifdef STORAGE8
+layout(std430, binding = 0) readonly buffer XBuf { i8vec4 X[]; };
+#else
 layout(std430, binding = 0) readonly buffer XBuf { uint X[]; };
+#endif
 layout(std430, binding = 1) readonly buffer XSBuf { float XS[]; };
 layout(std430, binding = 2) readonly buffer XZBuf { int XZ[]; };
+#ifdef DOT_PRODUCT
+layout(std430, binding = 3) readonly buffer WBuf { uvec4 W[]; };
+#else
 layout(std430, binding = 3) readonly buffer WBuf { uint W[]; };
+#endif
 layout(std430, binding = 4) readonly buffer WSBuf { vec4 WS[]; };
 layout(std430, binding = 5) readonly buffer WOBuf { vec4 WO[]; };
 layout(std430, binding = 6) readonly buffer WSUBuf { ivec4 WSU[]; };
@@ -65,11 +79,33 @@ layout(std430, binding = 7) readonly buffer BiasBuf { vec4 BIAS[]; };
 layout(std430, binding = 8) readonly buffer OSBuf { float OS[]; };
 layout(std430, binding = 9) readonly buffer OZBuf { int OZ[]; };
 layout(std430, binding = 10) writeonly buffer YBuf { uint Y[]; };
+#ifdef STORAGE8
+// The same output buffer seen as bytes, for int8 output (descriptor aliasing).
+layout(std430, binding = 10) writeonly buffer Y8Buf { int8_t Y8[]; };
+#endif
 
-// Signed int8 number j (0..3) of a word of 4 packed int8 activations.
-int x_byte(uint word, uint j) {
-    return bitfieldExtract(int(word), int(8u * j), 8);
+// The four signed int8 activations of word idx of X (k = 4 idx .. 4 idx + 3).
+ivec4 x_quad(uint idx) {
+#ifdef STORAGE8
+    return ivec4(X[idx]);
+#else
+    int w = int(X[idx]);
+    return ivec4(bitfieldExtract(w, 0, 8), bitfieldExtract(w, 8, 8),
+                 bitfieldExtract(w, 16, 8), bitfieldExtract(w, 24, 8));
+#endif
 }
+
+#ifdef DOT_PRODUCT
+// OpSDot with PackedVectorFormat4x8Bit: the dot product of two words of 4 signed int8
+// (SPV_KHR_integer_dot_product; the host uses this variant only where the device enables
+// shaderIntegerDotProduct). Debian's glslang 12 lacks GL_EXT_integer_dot_product, so the
+// instruction is declared through GL_EXT_spirv_intrinsics: capabilities DotProduct (6019)
+// and DotProductInput4x8BitPacked (6018), opcode 4450.
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018],
+                  id = 4450)
+int sdot4x8(uint a, uint b, spirv_literal int packed_format);
+int dot4(uint a, uint b) { return sdot4x8(a, b, 0); }
+#endif
 
 // Pair j (0..3) of a weight word: nibbles of channels j and j + 4 in the 16-bit halves.
 int nibble_pair(uint word, uint j) {
@@ -84,9 +120,16 @@ ivec2 swar_split(int acc) {
 }
 
 // Index of the first word of channel block b at k = 0 in W.
+// DOT_PRODUCT layout: in uvec4 units, two uvec4 (8 channels) per block and k-octet.
+#ifdef DOT_PRODUCT
+uint weight_base(uint b) {
+    return ((b / LANES) * (p.K / 8u) * LANES + (b % LANES)) * 2u;
+}
+#else
 uint weight_base(uint b) {
     return (b / LANES) * p.K * LANES + (b % LANES);
 }
+#endif
 
 // Index (in vec4 units) of the first group-data vec4 of block b at group g.
 uint group_base(uint b, uint g, uint G) {

@@ -31,10 +31,37 @@ void tile_flush() {
     }
 }
 
-// Adds group g of channel block b: exact integer sums, then s * A + o * S.
-void tile_group(uint b, uint g, uint G) {
-    int P[TM][8];
-    int sx[TM];
+#ifdef DOT_PRODUCT
+// P[i][c] = sum x * u and sx[i] = sum x over group g of block b, four products per OpSDot.
+// Weight word c of an octet holds channel c's nibbles u(8j + m) in the low and u(8j + 4 + m)
+// in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
+// the two activation words of the octet. u <= 15 is a non-negative int8: a signed dot.
+void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        sx[i] = 0;
+        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
+    }
+    uint wi = weight_base(b) + g * (GROUP_SIZE / 8u) * LANES * 2u;
+    uint xi = g * (GROUP_SIZE / 4u);
+    for (uint j = 0u; j < GROUP_SIZE / 8u; j++) {
+        uvec4 wv[2] = uvec4[2](W[wi + j * LANES * 2u], W[wi + j * LANES * 2u + 1u]);
+        uint lo[8], hi[8];
+        [[unroll]] for (uint c = 0u; c < 8u; c++) {
+            uint w = wv[c / 4u][c % 4u];
+            lo[c] = w & 0x0F0F0F0Fu;
+            hi[c] = (w >> 4u) & 0x0F0F0F0Fu;
+        }
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            uint x0 = X[tile_row[i] + xi + 2u * j], x1 = X[tile_row[i] + xi + 2u * j + 1u];
+            sx[i] += dot4(x0, 0x01010101u) + dot4(x1, 0x01010101u);
+            [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] += dot4(lo[c], x0) + dot4(hi[c], x1);
+        }
+    }
+}
+#else
+// P[i][c] = sum x * u and sx[i] = sum x over group g of block b, two channels per int32
+// multiply (SWAR, see common.glsl).
+void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
         [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
@@ -47,14 +74,14 @@ void tile_group(uint b, uint g, uint G) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
         }
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
-            uint xw[TM];
-            [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = X[tile_row[i] + xi + (c0 + k4) / 4u];
+            ivec4 xq[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
             [[unroll]] for (uint kk = 0u; kk < 4u; kk++) {
                 uint w = W[wi + (c0 + k4 + kk) * LANES];
                 int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
                 int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
                 [[unroll]] for (uint i = 0u; i < TM; i++) {
-                    int xv = x_byte(xw[i], kk);
+                    int xv = xq[i][kk];
                     sx[i] += xv;
                     acc[i][0] += xv * w0;
                     acc[i][1] += xv * w1;
@@ -71,6 +98,14 @@ void tile_group(uint b, uint g, uint G) {
             }
         }
     }
+}
+#endif
+
+// Adds group g of channel block b: exact integer sums, then s * A + o * S.
+void tile_group(uint b, uint g, uint G) {
+    int P[TM][8];
+    int sx[TM];
+    group_sums(b, g, P, sx);
     uint gb = group_base(b, g, G);
     vec4 s[2] = vec4[2](WS[gb], WS[gb + 1u]);
     vec4 o[2] = vec4[2](WO[gb], WO[gb + 1u]);
@@ -96,6 +131,11 @@ void tile_store_row(uint b, uint t, float sums[8]) {
     } else {
         float os = OS[t];
         int oz = OZ[t];
+#ifdef STORAGE8
+        [[unroll]] for (uint c = 0u; c < 8u; c++) {
+            Y8[t * p.NP + 8u * b + c] = int8_t(requantize(y[c], os, oz));
+        }
+#else
         [[unroll]] for (uint h = 0u; h < 2u; h++) {
             uint word = 0u;
             [[unroll]] for (uint c = 0u; c < 4u; c++) {
@@ -103,6 +143,7 @@ void tile_store_row(uint b, uint t, float sums[8]) {
             }
             Y[t * (p.NP / 4u) + 2u * b + h] = word;
         }
+#endif
     }
 }
 

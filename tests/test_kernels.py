@@ -90,6 +90,32 @@ def test_cooperative_variants():
         K.choose_kernel("tiled", 1, 32, False, sub, variant="subgroup")
 
 
+def test_feature_variants_only_where_enabled():
+    base = dict(subgroup_size=8, max_invocations=1024, max_shared_memory=32768)
+    assert K.DeviceCaps(**base).variants("tiled") == ("portable",)
+    dot = K.DeviceCaps(**base, integer_dot=True)
+    assert dot.variants("tiled") == ("portable", "dot")          # not accelerated: SWAR first
+    fast = K.DeviceCaps(**base, integer_dot=True, dot_accelerated=True, storage8=True)
+    assert fast.variants("tiled") == ("dot", "portable", "storage8")
+    k = K.choose_kernel("tiled", 8, 32, False, fast)
+    assert k.variant == "dot" and k.defines == (("DOT_PRODUCT", 1),) and k.layout == "dot"
+    sub = K.DeviceCaps(**base, subgroup_arithmetic=True, storage8=True)
+    assert sub.variants("cooperative") == ("subgroup", "subgroup+storage8", "portable",
+                                           "storage8")
+    k = K.choose_kernel("cooperative", 1, 32, True, sub, variant="subgroup+storage8")
+    assert k.defines == (("SUBGROUP_REDUCE", 1), ("STORAGE8", 1)) and k.layout == "swar"
+    assert k.blocks_per_workgroup == k.local_size[1]
+    with pytest.raises(ValueError, match="variant"):
+        K.choose_kernel("tiled", 1, 32, False, sub, variant="dot")     # not enabled
+
+
+def test_caps_from_info_enable_nothing_by_default(device):
+    stock = K.DeviceCaps.from_info(device.info)
+    assert not stock.integer_dot and not stock.storage8
+    assert set(K.DeviceCaps.from_device(device).variants("tiled")) <= {
+        "portable", "dot", "storage8"}
+
+
 def test_variant_env_override(monkeypatch):
     sub = K.DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
                        subgroup_arithmetic=True)

@@ -19,7 +19,7 @@ def _fmt_bytes(n):
 def cmd_info(args):
     from .compiler import cache_dir, compiler_version
     from .device import Device, devices
-    from .kernels import auto_threshold, lanes_for, tuning_file
+    from .kernels import DeviceCaps, auto_threshold, lanes_for, tuning_file
     infos = devices()
     try:
         opened = Device(args.device)
@@ -49,6 +49,9 @@ def cmd_info(args):
                 if isinstance(c, dict):
                     print(f"    {f:24s} supported={'yes' if c['supported'] else 'no ':3s}  "
                           f"enabled={'yes' if c['enabled'] else 'no'}   ({c['what']})")
+            caps = DeviceCaps.from_device(opened)
+            for alg in ("tiled", "cooperative"):
+                print(f"  {alg} variants (default first): {', '.join(caps.variants(alg))}")
             print(f"  weight layout lanes {lanes_for(d)}, auto threshold T <= "
                   f"{auto_threshold(d)} -> cooperative (tuning file {tuning_file()})")
     try:
@@ -120,9 +123,9 @@ def cmd_conformance(args):
                 failures += 1
                 print(f"  FAIL [{alg}/{var}] {c.name}: {msg}")
         rows.append((alg, var, passed, len(cs)))
-    print(f"\n{'algorithm':12s} {'variant':10s} {'passed':>8s} {'cases':>6s}  result")
+    print(f"\n{'algorithm':12s} {'variant':18s} {'passed':>8s} {'cases':>6s}  result")
     for alg, var, p, n in rows:
-        print(f"{alg:12s} {var:10s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
+        print(f"{alg:12s} {var:18s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
     return 1 if failures else 0
 
 

@@ -39,6 +39,10 @@ def probe():
             # Chain only the structs the device knows (core in 1.2 or exposed extension).
             sg = vk.VkPhysicalDeviceSubgroupProperties()
             head = sg
+            dotp = None
+            if has("VK_KHR_shader_integer_dot_product"):
+                dotp = vk.VkPhysicalDeviceShaderIntegerDotProductProperties(pNext=head)
+                head = dotp
             drv = None
             if api >= vk.VK_MAKE_VERSION(1, 2, 0) or has("VK_KHR_driver_properties"):
                 drv = vk.VkPhysicalDeviceDriverProperties(pNext=head)
@@ -102,6 +106,10 @@ def probe():
                     "shaderIntegerDotProduct": bool(fdot and fdot.shaderIntegerDotProduct),
                 },
                 "extensions": exts,
+                "properties": {
+                    "integer_dot_4x8_packed_accelerated": bool(
+                        dotp and dotp.integerDotProduct4x8BitPackedSignedAccelerated),
+                },
             })
     finally:
         vk.vkDestroyInstance(inst, None)

@@ -126,7 +126,7 @@ def measure_point(dev, qw, t, runs, rng):
     r = _runs_for(t * n * k, runs)
     point = {"T": t, "K": k, "N": n, "group_size": g, "runs": r, "kernels": {}}
     nbytes = qw.nbytes + t * k + t * 8 + t * n * 4   # + activations, qparams, output
-    caps = DeviceCaps.from_info(dev.info)
+    caps = DeviceCaps.from_device(dev)
     calls = {}
     for alg in KERNELS:   # correctness first, and the warm-up
         out, calls[alg] = ops._linear(acts, qw, None, None, None, alg, dev, timed=True)

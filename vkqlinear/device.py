@@ -56,6 +56,7 @@ class DeviceInfo:
     subgroup: dict
     features: dict
     extensions: list = field(repr=False)
+    properties: dict = field(default_factory=dict, repr=False)  # e.g. dot acceleration
 
     @property
     def is_lavapipe(self):

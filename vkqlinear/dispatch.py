@@ -93,7 +93,7 @@ def run(device, kernel, weights, x2d, xs, xz, bias=None, out_scale=None,
     t, k = x2d.shape
     with device.lock:
         device.check_open()
-        dw = weights.on_device(device, kernel.lanes)
+        dw = weights.on_device(device, kernel.lanes, kernel.layout)
         call = dw.call((kernel, t, k, timed),
                        lambda: RecordedCall(device, kernel, dw, t, k, weights.N, timed))
         out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)

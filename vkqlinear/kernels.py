@@ -3,10 +3,14 @@
 
 No GPU is needed to call anything here; the unit tests check the choices directly.
 
-Variants (code shapes): the COOPERATIVE GEMV reduces through subgroup arithmetic
-(``"subgroup"``, preferred where the device supports it in compute shaders) or through shared
-memory (``"portable"``). ``$VKQLINEAR_VARIANT`` forces one (``portable`` or ``subgroup``);
-the conformance suite uses it to prove every variant the device supports.
+Variants (code shapes, ``#define`` in the shaders; see :data:`VARIANT_PARTS`): the
+COOPERATIVE GEMV reduces through subgroup arithmetic (``subgroup``) or shared memory; both
+kernels multiply with the SWAR int32 path, or with OpSDot (``dot``, where the device
+*enables* ``shaderIntegerDotProduct``), or read int8 activations and write int8 outputs
+through 8-bit storage (``storage8``, where ``storageBuffer8BitAccess`` is enabled). The
+variant ``portable`` uses none and runs on every Vulkan 1.1 device. :meth:`DeviceCaps.variants`
+lists what a device can run, best first; ``$VKQLINEAR_VARIANT`` forces one (e.g.
+``subgroup+dot``); the conformance suite uses it to prove every variant the device runs.
 
 The ``"auto"`` rule: the COOPERATIVE GEMV for ``T <= threshold``, the TILED GEMM above.
 The threshold is per device: :func:`auto_threshold` reads it from the tuning file
@@ -24,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Kernel", "DeviceCaps", "choose_kernel", "lanes_for", "auto_threshold",
-           "tuning_file", "store_threshold", "DEFAULT_AUTO_THRESHOLD", "token_tile"]
+           "tuning_file", "store_threshold", "DEFAULT_AUTO_THRESHOLD", "token_tile",
+           "variant_defines", "VARIANT_PARTS"]
 
 DEFAULT_AUTO_THRESHOLD = 4
 # Thresholds measured with `python -m vkqlinear bench --quick` where no tuning file has an
@@ -36,31 +41,81 @@ COOP_WORKERS = 8         # workers splitting K in the COOPERATIVE GEMV (power of
 COOP_MAX_TM = 4
 
 
+# Code-shape variants: name -> (#define, the device feature it needs). A kernel's variant
+# is "portable" (none of them) or its parts joined by "+", e.g. "subgroup+dot".
+VARIANT_PARTS = {
+    "subgroup": ("SUBGROUP_REDUCE", "subgroupArithmetic"),        # cooperative only
+    "dot": ("DOT_PRODUCT", "shaderIntegerDotProduct"),
+    "storage8": ("STORAGE8", "storageBuffer8BitAccess"),
+}
+
+
 @dataclass(frozen=True)
 class DeviceCaps:
-    """The device facts the choice depends on (from :class:`~vkqlinear.DeviceInfo`)."""
+    """The device facts the choice depends on (:meth:`from_device`).
+
+    ``subgroup_arithmetic``, ``integer_dot`` and ``storage8`` mean *usable*: supported and,
+    for the last two, enabled on the device the library opened. ``dot_accelerated`` is the
+    driver's ``integerDotProduct4x8BitPackedSignedAccelerated``.
+    """
     subgroup_size: int = 8
     max_invocations: int = 128
     max_count: tuple = (65535, 65535, 65535)
     max_shared_memory: int = 16384
     subgroup_arithmetic: bool = False
+    integer_dot: bool = False
+    dot_accelerated: bool = False
+    storage8: bool = False
 
     @classmethod
-    def from_info(cls, info):
+    def from_info(cls, info, enabled=lambda feature: False):
+        """From a :class:`~vkqlinear.DeviceInfo`; ``enabled(feature)`` says whether an
+        optional feature is enabled (default: none, as with stock Kompute)."""
         lim = info.limits
         return cls(subgroup_size=int(info.subgroup.get("size") or 8),
                    max_invocations=int(lim["max_workgroup_invocations"]),
                    max_count=tuple(lim["max_workgroup_count"]),
                    max_shared_memory=int(lim["max_shared_memory"]),
-                   subgroup_arithmetic=info.supports("subgroupArithmetic"))
+                   subgroup_arithmetic=info.supports("subgroupArithmetic"),
+                   integer_dot=bool(enabled("shaderIntegerDotProduct")),
+                   dot_accelerated=bool(info.properties.get("integer_dot_4x8_packed_accelerated")),
+                   storage8=bool(enabled("storageBuffer8BitAccess")))
+
+    @classmethod
+    def from_device(cls, device):
+        """From an open :class:`~vkqlinear.Device` (features as enabled on it)."""
+        return cls.from_info(device.info, device.enabled)
 
     def variants(self, algorithm):
-        """The variants of ``algorithm`` this device can run, best first."""
+        """The variants of ``algorithm`` this device can run, best first.
+
+        Order: the subgroup reduction before shared memory (cooperative, where subgroup
+        arithmetic works at a usable subgroup size); then the arithmetic: OpSDot first only
+        where the driver says it is accelerated, else the SWAR int32 path first; the
+        8-bit-storage variant last (it reads the same bytes; no faster on lavapipe).
+        """
+        reductions = [""]
         if algorithm == "cooperative" and self.subgroup_arithmetic and \
                 self.subgroup_size in (4, 8, 16, 32, 64) and \
                 self.subgroup_size <= self.max_invocations:
-            return ("subgroup", "portable")
-        return ("portable",)
+            reductions = ["subgroup", ""]
+        maths = [""]
+        if self.integer_dot:
+            maths = ["dot", ""] if self.dot_accelerated else ["", "dot"]
+        if self.storage8:
+            maths.append("storage8")
+        out = []
+        for r in reductions:
+            for m in maths:
+                out.append("+".join(x for x in (r, m) if x) or "portable")
+        return tuple(out)
+
+
+def variant_defines(variant):
+    """The ``#define`` pairs of ``variant`` ("portable" or parts joined by "+")."""
+    if variant == "portable":
+        return ()
+    return tuple((VARIANT_PARTS[part][0], 1) for part in variant.split("+"))
 
 
 @dataclass(frozen=True)
@@ -81,9 +136,18 @@ class Kernel:
     variant: str = "portable"
 
     @property
+    def subgroup_reduce(self):
+        return "subgroup" in self.variant.split("+")
+
+    @property
+    def layout(self):
+        """The prepacked weight layout it reads: ``"dot"`` or ``"swar"`` (weights.py)."""
+        return "dot" if "dot" in self.variant.split("+") else "swar"
+
+    @property
     def blocks_per_workgroup(self):
         """Channel blocks (of 8) per workgroup: the local axis that is not workers."""
-        if self.algorithm == "cooperative" and self.variant == "subgroup":
+        if self.algorithm == "cooperative" and self.subgroup_reduce:
             return self.local_size[1]
         return self.local_size[0]
 
@@ -131,39 +195,41 @@ def token_tile(t, limit):
 def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, variant=None):
     """The :class:`Kernel` for ``algorithm`` ("tiled", "cooperative" or "auto") at ``t``
     tokens on a device described by ``caps`` (:class:`DeviceCaps`). ``variant`` (or
-    ``$VKQLINEAR_VARIANT``) forces a variant; it must be one the device supports."""
+    ``$VKQLINEAR_VARIANT``) forces a variant; it must be one the device supports for the
+    algorithm that runs, else ``ValueError``."""
     if algorithm == "auto":
         limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
         algorithm = "cooperative" if t <= limit else "tiled"
+    if algorithm not in ("tiled", "cooperative"):
+        raise ValueError(f"algorithm: expected 'tiled', 'cooperative' or 'auto', "
+                         f"got {algorithm!r}")
     lanes = lanes_for(caps)
+    possible = caps.variants(algorithm)
+    variant = variant or os.environ.get("VKQLINEAR_VARIANT") or possible[0]
+    if variant not in possible:
+        raise ValueError(f"variant: {variant!r} is not available for the {algorithm} kernel "
+                         f"on this device (available: {', '.join(possible)}; "
+                         "$VKQLINEAR_VARIANT forces one)")
+    defines = variant_defines(variant)
     if algorithm == "tiled":
-        if variant not in (None, "portable"):
-            raise ValueError(f"variant: the tiled kernel has only 'portable', got {variant!r}")
         tm = token_tile(t, GEMM_TM)
         local_y = max(1, min(64 // lanes, caps.max_invocations // lanes))
-        return Kernel("tiled", "gemm_tiled.comp", (), (lanes, local_y), tm, lanes,
-                      group_size, bool(out_int8))
-    if algorithm == "cooperative":
-        tm = token_tile(t, COOP_MAX_TM)
-        possible = caps.variants("cooperative")
-        variant = variant or os.environ.get("VKQLINEAR_VARIANT") or possible[0]
-        if variant not in possible:
-            raise ValueError(f"variant: {variant!r} is not available on this device "
-                             f"(available: {', '.join(possible)})")
-        if variant == "subgroup":
-            sg = caps.subgroup_size
-            blocks = 1
-            while blocks * 2 <= min(lanes, caps.max_invocations // sg):
-                blocks *= 2
-            return Kernel("cooperative", "gemv_coop.comp", (("SUBGROUP_REDUCE", 1),),
-                          (sg, blocks), tm, lanes, group_size, bool(out_int8), "subgroup")
-        workers = COOP_WORKERS
-        while workers > 1 and (lanes * workers > caps.max_invocations
-                               or lanes * workers * tm * 8 * 4 > caps.max_shared_memory):
-            workers //= 2
-        return Kernel("cooperative", "gemv_coop.comp", (), (lanes, workers), tm, lanes,
-                      group_size, bool(out_int8))
-    raise ValueError(f"algorithm: expected 'tiled', 'cooperative' or 'auto', got {algorithm!r}")
+        return Kernel("tiled", "gemm_tiled.comp", defines, (lanes, local_y), tm, lanes,
+                      group_size, bool(out_int8), variant)
+    tm = token_tile(t, COOP_MAX_TM)
+    if "subgroup" in variant.split("+"):
+        sg = caps.subgroup_size
+        blocks = 1
+        while blocks * 2 <= min(lanes, caps.max_invocations // sg):
+            blocks *= 2
+        return Kernel("cooperative", "gemv_coop.comp", defines, (sg, blocks), tm, lanes,
+                      group_size, bool(out_int8), variant)
+    workers = COOP_WORKERS
+    while workers > 1 and (lanes * workers > caps.max_invocations
+                           or lanes * workers * tm * 8 * 4 > caps.max_shared_memory):
+        workers //= 2
+    return Kernel("cooperative", "gemv_coop.comp", defines, (lanes, workers), tm, lanes,
+                  group_size, bool(out_int8), variant)
 
 
 # -- tuning file ---------------------------------------------------------------------------

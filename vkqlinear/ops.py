@@ -76,7 +76,7 @@ def _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device,
     if algorithm != "reference":
         try:
             dev = resolve(device)
-            caps = DeviceCaps.from_info(dev.info)
+            caps = DeviceCaps.from_device(dev)
             threshold = auto_threshold(dev.info) if algorithm == "auto" else None
             kernel = choose_kernel(algorithm, t, weights.group_size, out_int8, caps, threshold)
             from . import dispatch

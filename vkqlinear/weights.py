@@ -7,9 +7,14 @@ accept it in place of the raw weight arrays; :func:`prepack` makes one.
 The device layout (made by :func:`device_layout`, read by ``shaders/common.glsl``):
 
 * channels are padded to ``NP``, a multiple of ``8 * lanes``, and taken in blocks of 8;
-* one uint32 word holds the raw nibbles ``u = q + 8`` of the 8 channels of a block at one
-  k (bits ``4i .. 4i+3`` for channel ``8b + i``), ordered ``[b // lanes][k][b % lanes]``;
-* per group: ``s``, ``o`` (float32) and ``sum u`` (int32), ordered
+* layout ``"swar"`` (the SWAR int32 kernels): one uint32 word holds the raw nibbles
+  ``u = q + 8`` of the 8 channels of a block at one k (bits ``4i .. 4i+3`` for channel
+  ``8b + i``), ordered ``[b // lanes][k][b % lanes]``;
+* layout ``"dot"`` (the OpSDot kernels): one uint32 word holds 8 k of one channel, byte m
+  of k-octet j = ``u[8j + m] | u[8j + 4 + m] << 4``, so that ``w & 0x0F0F0F0F`` and
+  ``(w >> 4) & 0x0F0F0F0F`` pair with the two activation words of the octet; ordered
+  ``[b // lanes][j][b % lanes][8 channels]``;
+* per group (both): ``s``, ``o`` (float32) and ``sum u`` (int32), ordered
   ``[b // lanes][g][b % lanes][8]``.
 
 ``lanes`` is the number of neighbouring invocations that read neighbouring words at each
@@ -49,7 +54,7 @@ class QuantizedWeights:
         self.N, k2 = w_packed.shape
         self.K = 2 * k2
         self.G = self.K // group_size
-        self._device_state = {}  # (id(device), lanes) -> _DeviceWeights
+        self._device_state = {}  # (id(device), lanes, layout) -> _DeviceWeights
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -61,14 +66,15 @@ class QuantizedWeights:
         """Bytes of packed weights plus scales and offsets (public layout)."""
         return self.w_packed.nbytes + self.w_scales.nbytes + self.w_offsets.nbytes
 
-    def on_device(self, device, lanes):
-        """The device buffers for ``lanes`` on ``device``, uploading them on first use."""
+    def on_device(self, device, lanes, layout="swar"):
+        """The device buffers in ``layout`` for ``lanes`` on ``device``, uploading them on
+        first use."""
         device.check_open()
-        key = (id(device), lanes)
+        key = (id(device), lanes, layout)
         with self._lock:
             st = self._device_state.get(key)
             if st is None or st.device is not device:
-                st = _DeviceWeights(device, self, lanes)
+                st = _DeviceWeights(device, self, lanes, layout)
                 self._device_state[key] = st
             return st
 
@@ -78,12 +84,13 @@ class _DeviceWeights:
 
     MAX_CALLS = 8  # recorded (shape, kernel) entries kept per weights and device
 
-    def __init__(self, device, weights, lanes):
+    def __init__(self, device, weights, lanes, layout):
         import kp
         self.device = device
         self.lanes = lanes
         words, ws, wo, wsu, self.NP = device_layout(
-            weights.w_packed, weights.group_size, weights.w_scales, weights.w_offsets, lanes)
+            weights.w_packed, weights.group_size, weights.w_scales, weights.w_offsets, lanes,
+            layout)
         _check_range(device, words.nbytes, "w_packed (prepacked)")
         with device.lock:
             mgr = device.manager
@@ -112,8 +119,8 @@ def _check_range(device, nbytes, name):
                          f"device's maxStorageBufferRange of {lim} bytes")
 
 
-def device_layout(w_packed, group_size, w_scales, w_offsets, lanes):
-    """The shaders' weight layout (see the module doc).
+def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar"):
+    """The shaders' weight layout, ``"swar"`` or ``"dot"`` (see the module doc).
 
     Returns ``(words uint32, s float32, o float32, sum_u int32, NP)``, each flat.
     """
@@ -126,11 +133,20 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes):
     u = np.zeros((np_, k), dtype=np.uint8)          # raw nibbles; padding channels are 0
     u[:n, 0::2] = w_packed >> 4
     u[:n, 1::2] = w_packed & 0x0F
-    ub = u.reshape(nb, 8, k)
-    words = np.zeros((nb, k), dtype=np.uint32)
-    for i in range(8):
-        words |= ub[:, i, :].astype(np.uint32) << np.uint32(4 * i)
-    words = words.reshape(nb // lanes, lanes, k).transpose(0, 2, 1)
+    if layout == "swar":
+        ub = u.reshape(nb, 8, k)
+        words = np.zeros((nb, k), dtype=np.uint32)
+        for i in range(8):
+            words |= ub[:, i, :].astype(np.uint32) << np.uint32(4 * i)
+        words = words.reshape(nb // lanes, lanes, k).transpose(0, 2, 1)
+    elif layout == "dot":
+        uo = u.reshape(np_, k // 8, 2, 4).astype(np.uint32)   # [channel][octet][half][m]
+        byte = uo[:, :, 0, :] | (uo[:, :, 1, :] << np.uint32(4))
+        words = (byte << (np.arange(4, dtype=np.uint32) * np.uint32(8))).sum(
+            axis=2, dtype=np.uint32)                              # [channel][octet]
+        words = words.reshape(nb // lanes, lanes, 8, k // 8).transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(f"layout: expected 'swar' or 'dot', got {layout!r}")
 
     def groups(a, dtype):
         full = np.zeros((np_, g), dtype=dtype)
@@ -200,7 +216,8 @@ def prepack(w_packed, group_size, w_scales=None, w_zeros=None, *, scales_and_zer
     qw = QuantizedWeights(w, gs, np.ascontiguousarray(s, np.float32), o64, zeros)
     if device is not None:
         from .device import resolve
-        from .kernels import lanes_for
+        from .kernels import DeviceCaps, lanes_for
         dev = resolve(device)
-        qw.on_device(dev, lanes_for(dev.info))
+        best = DeviceCaps.from_device(dev).variants("tiled")[0]
+        qw.on_device(dev, lanes_for(dev.info), "dot" if "dot" in best.split("+") else "swar")
     return qw
