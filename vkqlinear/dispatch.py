@@ -18,19 +18,44 @@ from .weights import _check_range
 __all__ = ["RecordedCall", "run"]
 
 
-class RecordedCall:
-    """Tensors, pipeline and sequence for one (kernel, T, K) on one prepacked weights."""
+# Vulkan flag values for kp.OpMemoryBarrier (the patched kp binds it).
+_SHADER_READ, _SHADER_WRITE = 0x20, 0x40           # VkAccessFlagBits
+_COMPUTE_SHADER = 0x800                            # VkPipelineStageFlagBits
+QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
 
-    def __init__(self, device, kernel, dev_weights, t, k, n, timed=False):
+
+def _shader_barrier(kp, tensors):
+    """Compute-to-compute barrier: earlier shader writes of ``tensors`` become visible to
+    later shader reads (across submissions too: a barrier covers all earlier commands)."""
+    return kp.OpMemoryBarrier(tensors, _SHADER_WRITE, _SHADER_READ, _COMPUTE_SHADER,
+                              _COMPUTE_SHADER)
+
+
+class RecordedCall:
+    """Tensors, pipelines and sequence for one (kernel, T, K) on one prepacked weights.
+
+    ``float_input``: ``None`` for int8 activations uploaded from the host; else the
+    activations are float32 rows quantized on the device (``quantize_tokens.comp``) in
+    the same sequence, read either from this call's own ``xf`` tensor (``float_input ==
+    "host"``) or from another call's float output (``float_input`` is that
+    :class:`RecordedCall`: chaining without a host round trip). ``download=False`` leaves
+    the output on the device (read it later with :meth:`download`).
+    """
+
+    def __init__(self, device, kernel, dev_weights, t, k, n, timed=False, float_input=None,
+                 download=True):
         import kp
         self.kernel = kernel
         self.t, self.k, self.n, self.np_ = t, k, n, dev_weights.NP
+        self.device = device
+        self.generation = 0          # runs so far: a device-resident output's version
         np_ = self.np_
         out_words = t * np_ // 4 if kernel.out_int8 else t * np_
         _check_range(device, t * k, "x_q")
         _check_range(device, out_words * 4, "output")
         spirv = compile_shader(kernel.shader, dict(kernel.defines))
-        gx, gy, n_disp = kernel.grid(t, np_, device.info.limits["max_workgroup_count"])
+        limits = device.info.limits["max_workgroup_count"]
+        gx, gy, n_disp = kernel.grid(t, np_, limits)
         mgr = device.manager
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
         self.x = mgr.tensor_t(np.zeros(t * k // 4, np.uint32))
@@ -41,31 +66,53 @@ class RecordedCall:
         self.oz = mgr.tensor_t(np.zeros(q, np.int32))
         self.y = mgr.tensor_t(np.zeros(out_words, np.float32 if not kernel.out_int8
                                        else np.uint32))
-        inputs = [self.x, self.xs, self.xz, self.bias, self.os, self.oz]
         tensors = ([self.x, self.xs, self.xz] + dev_weights.tensors
                    + [self.bias, self.os, self.oz, self.y])
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
-        push = self._push(0)
-        self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, push)
+        self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, self._push(0))
         self.n_dispatch = n_disp
-        self.seq = mgr.sequence(0, n_disp + 2) if timed else mgr.sequence()
-        self.seq.record(kp.OpTensorSyncDevice(inputs))
+        self.float_input = float_input
+        self.source = float_input if isinstance(float_input, RecordedCall) else None
+        n_quant = 0
+        if float_input is None:
+            inputs = [self.x, self.xs, self.xz, self.bias, self.os, self.oz]
+        else:
+            if self.source is not None:      # the producer's padded float output rows
+                xf, stride = self.source.y, self.source.np_
+                inputs = [self.bias, self.os, self.oz]
+            else:
+                xf, stride = mgr.tensor_t(np.zeros(t * k, np.float32)), k
+                self.xf = xf
+                inputs = [xf, self.bias, self.os, self.oz]
+            qgy = min(t, limits[1])
+            n_quant = -(-t // qgy)
+            self._qpush = lambda base: np.array([t, k, stride, base], dtype=np.uint32)
+            self.qalgo = mgr.algorithm(
+                [xf, self.x, self.xs, self.xz], compile_shader("quantize_tokens.comp", {}),
+                (1, qgy, 1), np.array([QUANTIZE_LOCAL_X], np.uint32), self._qpush(0))
+        ops = [kp.OpTensorSyncDevice(inputs)]
+        if float_input is not None:
+            if self.source is not None:
+                ops.append(_shader_barrier(kp, [self.source.y]))
+            ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * qgy)) for i in range(n_quant)]
+            ops.append(_shader_barrier(kp, [self.x, self.xs, self.xz]))
+        self._first_linear = len(ops)     # timestamp i is taken after op i - 1
+        self.seq = mgr.sequence(0, len(ops) + n_disp + 2) if timed else mgr.sequence()
+        for op in ops:
+            self.seq.record(op)
         for i in range(n_disp):
             self.seq.record(kp.OpAlgoDispatch(self.algo, self._push(i * gy * kernel.tokens_per_row)))
-        self.seq.record(kp.OpTensorSyncLocal([self.y]))
+        self._download = download
+        if download:
+            self.seq.record(kp.OpTensorSyncLocal([self.y]))
         self._has_bias = False
 
     def _push(self, token_base):
         return np.array([self.t, self.k, self.n, self.np_, token_base], dtype=np.uint32)
 
-    def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
-        """Write the inputs, replay the sequence, return the output ``[T, N]``."""
-        self.x.data()[:] = x2d.reshape(-1).view(np.uint32)
-        self.xs.data()[:] = xs
-        self.xz.data()[:] = xz
+    def _write_epilogue(self, bias, out_scale, out_zero_point):
         if bias is not None:
-            b = self.bias.data()
-            b[:self.n] = bias
+            self.bias.data()[:self.n] = bias
             self._has_bias = True
         elif self._has_bias:
             self.bias.data()[:] = 0.0
@@ -73,7 +120,43 @@ class RecordedCall:
         if self.kernel.out_int8:
             self.os.data()[:] = out_scale
             self.oz.data()[:] = out_zero_point
+
+    def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
+        """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
+        self.x.data()[:] = x2d.reshape(-1).view(np.uint32)
+        self.xs.data()[:] = xs
+        self.xz.data()[:] = xz
+        return self._replay(bias, out_scale, out_zero_point)
+
+    def run_float(self, xf2d=None, bias=None, out_scale=None, out_zero_point=None):
+        """Float activations (``xf2d [T, K]``, or the source call's output on the device):
+        quantize and multiply in one submission. Returns the output, or ``None`` when it
+        stays on the device."""
+        if self.source is None:
+            self.xf.data()[:] = xf2d.reshape(-1)
+        return self._replay(bias, out_scale, out_zero_point)
+
+    def _replay(self, bias, out_scale, out_zero_point):
+        self._write_epilogue(bias, out_scale, out_zero_point)
         self.seq.eval()
+        self.generation += 1
+        return self._output() if self._download else None
+
+    def download(self):
+        """Copy the device-resident output to the host; returns ``[T, N]``."""
+        import kp
+        self.device.manager.sequence().eval(kp.OpTensorSyncLocal([self.y]))
+        return self._output()
+
+    def quantized_activations(self):
+        """The on-device quantizer's last result, ``(x_q [T, K], scale [T], zp [T])``
+        (downloads them; for tests and debugging)."""
+        import kp
+        self.device.manager.sequence().eval(kp.OpTensorSyncLocal([self.x, self.xs, self.xz]))
+        return (self.x.data().view(np.int8).reshape(self.t, self.k).copy(),
+                self.xs.data().copy(), self.xz.data().copy())
+
+    def _output(self):
         y = self.y.data()
         if self.kernel.out_int8:
             out = y.view(np.int8).reshape(self.t, self.np_)
@@ -82,9 +165,10 @@ class RecordedCall:
         return np.array(out[:, :self.n])  # copy: the tensor memory is reused by the next call
 
     def kernel_ns(self, timestamp_period_ns):
-        """Device time of the dispatches of the last run, in ns (``timed`` calls only)."""
+        """Device time of the linear dispatches of the last run, in ns (``timed`` only)."""
         ts = self.seq.get_timestamps()
-        return (int(ts[1 + self.n_dispatch]) - int(ts[1])) * timestamp_period_ns
+        first = self._first_linear
+        return (int(ts[first + self.n_dispatch]) - int(ts[first])) * timestamp_period_ns
 
 
 def run(device, kernel, weights, x2d, xs, xz, bias=None, out_scale=None,
@@ -97,4 +181,21 @@ def run(device, kernel, weights, x2d, xs, xz, bias=None, out_scale=None,
         call = dw.call((kernel, t, k, timed),
                        lambda: RecordedCall(device, kernel, dw, t, k, weights.N, timed))
         out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
+    return out, call
+
+
+def run_float(device, kernel, weights, t, xf2d=None, source=None, bias=None, out_scale=None,
+              out_zero_point=None, download=True):
+    """Quantize float activations on ``device`` and run ``kernel``: ``xf2d [T, K]`` from
+    the host, or ``source`` (a :class:`RecordedCall` whose float output is on the device).
+    Returns ``(out [T, N] or None, recorded_call)``."""
+    k = weights.K
+    with device.lock:
+        device.check_open()
+        dw = weights.on_device(device, kernel.lanes, kernel.layout)
+        mode = "host" if source is None else source
+        key = (kernel, t, k, "float", id(source), download)
+        call = dw.call(key, lambda: RecordedCall(device, kernel, dw, t, k, weights.N,
+                                                 float_input=mode, download=download))
+        out = call.run_float(xf2d, bias, out_scale, out_zero_point)
     return out, call

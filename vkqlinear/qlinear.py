@@ -1,0 +1,200 @@
+"""Float in, float out: :class:`QLinear`, a W4A8 linear layer with dynamic activation
+quantization on the device, and :class:`DeviceTensor`, a layer output left on the device
+so that the next layer reads it without a host round trip.
+
+One call of a layer on the GPU path is one recorded Kompute sequence: upload the float rows,
+quantize them per token (``shaders/quantize_tokens.comp``, bit-identical to
+:func:`vkqlinear.quantize_per_token`), a barrier, the linear kernel (``auto`` / ``tiled`` /
+``cooperative``), download. Calls at a seen shape reuse it: nothing is recorded or allocated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _args, reference
+from .device import Device, resolve
+from .kernels import DeviceCaps, auto_threshold, choose_kernel
+from .quant import quantize_per_token, quantize_weights
+from .weights import QuantizedWeights, prepack
+
+__all__ = ["QLinear", "DeviceTensor"]
+
+
+class DeviceTensor:
+    """A float32 layer output ``[..., N]`` that stays on the device.
+
+    Returned by ``layer(x, output="device")``; pass it to another :class:`QLinear` on the
+    same device as its input, or call :meth:`numpy` to download it. It shares the memory of
+    the producing layer's recorded call: the producer's next call at the same shape
+    overwrites it, after which using this handle raises ``ValueError`` (download first if
+    you need both).
+    """
+
+    def __init__(self, call, shape):
+        self._call = call
+        self._generation = call.generation
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(np.float32)
+
+    @property
+    def device(self):
+        return self._call.device
+
+    def _check(self, name="x"):
+        self._call.device.check_open()
+        if self._call.generation != self._generation:
+            raise ValueError(f"{name}: this DeviceTensor was overwritten by a later call of "
+                             "the layer that produced it (download it with .numpy() first)")
+
+    def numpy(self):
+        """Download: float32 ``ndarray`` of :attr:`shape`."""
+        self._check()
+        with self._call.device.lock:
+            return self._call.download().reshape(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self):
+        return f"<vkqlinear.DeviceTensor shape={list(self.shape)} on {self.device.name}>"
+
+
+class QLinear:
+    """``y = x @ w.T + bias`` with 4-bit group-quantized weights and int8 activations
+    quantized per token on the device (SPEC.md's ``linear_qta8a_qga4w``).
+
+    Make one with :meth:`from_float` (quantizes the weights) or :meth:`from_quantized`
+    (either zero-point convention), or from :class:`~vkqlinear.QuantizedWeights`. Call it on
+    float32 ``x [..., K]`` (numpy, list or torch CPU tensor, or a :class:`DeviceTensor`).
+    """
+
+    def __init__(self, weights, bias=None, device=None):
+        if not isinstance(weights, QuantizedWeights):
+            raise TypeError(f"weights: expected vkqlinear.QuantizedWeights, "
+                            f"got {type(weights).__name__}")
+        if device is not None and not isinstance(device, Device):
+            raise TypeError(f"device: expected a vkqlinear.Device or None, "
+                            f"got {type(device).__name__}")
+        self.weights = weights
+        self.bias = _args.bias_vector(bias, weights.N)
+        self.device = device
+
+    @property
+    def in_features(self):
+        return self.weights.K
+
+    @property
+    def out_features(self):
+        return self.weights.N
+
+    def __repr__(self):
+        return (f"<vkqlinear.QLinear in={self.in_features} out={self.out_features} "
+                f"group_size={self.weights.group_size} bias={self.bias is not None}>")
+
+    @classmethod
+    def from_float(cls, weight, bias=None, group_size=32, symmetric=False, method="minmax",
+                   device=None):
+        """Quantize float ``weight [N, K]`` (and keep float32 ``bias [N]``).
+
+        ``method="minmax"`` is SPEC.md's plain min/max quantization (integer zero points,
+        ``symmetric`` as in :func:`~vkqlinear.quantize_weights`); ``method="search"``
+        searches each group's scale and offset for the least squared reconstruction error
+        (:func:`~vkqlinear.quant.quantize_weights_search`; float offsets).
+        """
+        w = _args.as_array(weight, "weight", (np.float32, np.float64))
+        if method == "minmax":
+            wp, s, z = quantize_weights(w, group_size, symmetric=symmetric)
+            qw = prepack(wp, group_size, s, z, device=device)
+        elif method == "search":
+            from .quant import quantize_weights_search
+            wp, s, o = quantize_weights_search(w, group_size)
+            qw = prepack(wp, group_size, s, w_offsets=o, device=device)
+        else:
+            raise ValueError(f"method: expected 'minmax' or 'search', got {method!r}")
+        return cls(qw, bias, device)
+
+    @classmethod
+    def from_quantized(cls, w_packed, group_size, w_scales=None, w_zeros=None, *,
+                       w_offsets=None, scales_and_zeros=None, bias=None, device=None):
+        """From already-quantized weights, in any form :func:`~vkqlinear.prepack` takes."""
+        qw = prepack(w_packed, group_size, w_scales, w_zeros, w_offsets=w_offsets,
+                     scales_and_zeros=scales_and_zeros, device=device)
+        return cls(qw, bias, device)
+
+    def __call__(self, x, *, out_scale=None, out_zero_point=None, algorithm="auto",
+                 output="host"):
+        """Run the layer.
+
+        Args:
+            x: float32 ``[..., K]`` (finite), or a :class:`DeviceTensor` from another layer.
+            out_scale, out_zero_point: per-token int8 output qparams (both or neither):
+                the result is then int8, requantized as in SPEC.md.
+            algorithm: ``"auto"``, ``"tiled"``, ``"cooperative"`` or ``"reference"`` (the
+                CPU path: :func:`~vkqlinear.quantize_per_token` and the int8 reference).
+            output: ``"host"`` (an array; a torch tensor if ``x`` was one) or
+                ``"device"`` (a :class:`DeviceTensor`, float output only).
+
+        Returns: ``[..., N]`` float32 (or int8 with output qparams).
+        """
+        algorithm = _args.algorithm_name(algorithm)
+        if output not in ("host", "device"):
+            raise ValueError(f"output: expected 'host' or 'device', got {output!r}")
+        as_torch = _args._is_torch(x)
+        source = None
+        if isinstance(x, DeviceTensor):
+            x._check()
+            source, lead, k = x, x.shape[:-1], x.shape[-1]
+            if self.device is not None and x.device is not self.device:
+                raise ValueError("x: a DeviceTensor from another device than this layer's")
+        else:
+            xf = _args.as_array(x, "x", (np.float32,))
+            if xf.ndim < 1:
+                raise ValueError(f"x: expected shape [..., K], got {list(xf.shape)}")
+            lead, k = xf.shape[:-1], xf.shape[-1]
+            _args.check_finite(xf, "x")
+        if k != self.in_features:
+            raise ValueError(f"x: expected last dimension K={self.in_features}, got {k}")
+        t = int(np.prod(lead, dtype=np.int64))
+        out_int8 = out_scale is not None or out_zero_point is not None
+        os_ = oz = None
+        if out_int8:
+            os_, oz = _args.output_qparams(out_scale, out_zero_point, lead, t)
+            if output == "device":
+                raise ValueError("output: 'device' holds float32 results only; leave "
+                                 "out_scale / out_zero_point out")
+        out_shape = tuple(lead) + (self.out_features,)
+        if algorithm == "reference" or t == 0:
+            if output == "device":
+                raise ValueError(f"output: 'device' needs a GPU algorithm and T > 0 "
+                                 f"(algorithm={algorithm!r}, T={t})")
+            if source is not None:
+                xf = source.numpy()
+            y = self._reference(xf.reshape(t, k), os_, oz).reshape(out_shape)
+        else:
+            dev = source.device if source is not None else resolve(self.device)
+            caps = DeviceCaps.from_device(dev)
+            threshold = auto_threshold(dev.info) if algorithm == "auto" else None
+            kernel = choose_kernel(algorithm, t, self.weights.group_size, out_int8, caps,
+                                   threshold)
+            from . import dispatch
+            out, call = dispatch.run_float(
+                dev, kernel, self.weights, t,
+                xf2d=None if source is not None else xf.reshape(t, k),
+                source=source._call if source is not None else None, bias=self.bias,
+                out_scale=os_, out_zero_point=oz, download=output == "host")
+            if output == "device":
+                return DeviceTensor(call, out_shape)
+            y = out.reshape(out_shape)
+        if as_torch:
+            import torch
+            return torch.from_numpy(y)
+        return y
+
+    def _reference(self, x2d, os_, oz):
+        if x2d.shape[0] == 0:
+            dtype = np.int8 if os_ is not None else np.float32
+            return np.zeros((0, self.out_features), dtype)
+        xq, xs, xz = quantize_per_token(x2d)
+        return reference.run(xq, xs, xz, self.weights, self.bias, os_, oz)
