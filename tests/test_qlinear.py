@@ -94,7 +94,8 @@ def test_qlinear_int8_output_and_constructors(device, rng):
     o = vq.offsets_from_zero_points(s, z)
     layers = [vq.QLinear.from_quantized(wp, g, s, z),
               vq.QLinear.from_quantized(wp, g, s, w_offsets=o),
-              vq.QLinear.from_quantized(wp, g, scales_and_zeros=vq.offsets_to_scales_and_zeros(s, o)),
+              vq.QLinear.from_quantized(
+                  wp, g, scales_and_zeros=vq.offsets_to_scales_and_zeros(s, o)),
               vq.QLinear(vq.prepack(wp, g, s, z))]
     x = rng.standard_normal((5, k)).astype(np.float32)
     ys = [layer(x) for layer in layers]

@@ -79,7 +79,8 @@ def main(argv=None):
             spv = Path(tmp) / "v.spv"
             spv.write_bytes(compile_shader(shader, dict(defines), args.target_env))
             rc, out = run(["spirv-val", "--target-env", args.target_env, str(spv)])
-            print(f"{'ok  ' if rc == 0 else 'FAIL'} {label}: spirv-val{(': ' + out) if out else ''}")
+            detail = f": {out}" if out else ""
+            print(f"{'ok  ' if rc == 0 else 'FAIL'} {label}: spirv-val{detail}")
             failures += rc != 0
             for spec in sorted(specs):
                 sp = Path(tmp) / "s.spv"

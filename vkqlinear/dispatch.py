@@ -100,8 +100,9 @@ class RecordedCall:
         self.seq = mgr.sequence(0, len(ops) + n_disp + 2) if timed else mgr.sequence()
         for op in ops:
             self.seq.record(op)
+        rows = gy * kernel.tokens_per_row
         for i in range(n_disp):
-            self.seq.record(kp.OpAlgoDispatch(self.algo, self._push(i * gy * kernel.tokens_per_row)))
+            self.seq.record(kp.OpAlgoDispatch(self.algo, self._push(i * rows)))
         self._download = download
         if download:
             self.seq.record(kp.OpTensorSyncLocal([self.y]))
