@@ -38,6 +38,9 @@
 #ifdef DOT_PRODUCT
 #extension GL_EXT_spirv_intrinsics : require
 #endif
+#ifdef INT64_LOADS
+#extension GL_EXT_shader_explicit_arithmetic_types_int64 : require
+#endif
 
 layout(constant_id = 0) const uint LOCAL_X = 8;      // workgroup x: channel blocks
 layout(constant_id = 1) const uint LOCAL_Y = 1;      // workgroup y: token tiles / workers
@@ -60,21 +63,32 @@ layout(push_constant) uniform Params {
     uint token_base;  // first token of this dispatch (grids larger than one dispatch)
 } p;
 
-#ifdef STORAGE8
+#if defined(STORAGE8)
 layout(std430, binding = 0) readonly buffer XBuf { i8vec4 X[]; };
+#elif defined(INT64_LOADS)
+layout(std430, binding = 0) readonly buffer XBuf { uint64_t X[]; };   // 8 int8 per load
 #else
 layout(std430, binding = 0) readonly buffer XBuf { uint X[]; };
 #endif
 layout(std430, binding = 1) readonly buffer XSBuf { float XS[]; };
 layout(std430, binding = 2) readonly buffer XZBuf { int XZ[]; };
-#ifdef DOT_PRODUCT
+#if defined(DOT_PRODUCT)
 layout(std430, binding = 3) readonly buffer WBuf { uvec4 W[]; };
+#elif defined(INT64_LOADS)
+layout(std430, binding = 3) readonly buffer WBuf { uint64_t W[]; };   // k and k + 1
 #else
 layout(std430, binding = 3) readonly buffer WBuf { uint W[]; };
 #endif
+#ifdef INT64_LOADS
+// The same group data as 64-bit words: one u64vec4 = the 8 values of a block and group.
+layout(std430, binding = 4) readonly buffer WSBuf { u64vec4 WS[]; };
+layout(std430, binding = 5) readonly buffer WOBuf { u64vec4 WO[]; };
+layout(std430, binding = 6) readonly buffer WSUBuf { u64vec4 WSU[]; };
+#else
 layout(std430, binding = 4) readonly buffer WSBuf { vec4 WS[]; };
 layout(std430, binding = 5) readonly buffer WOBuf { vec4 WO[]; };
 layout(std430, binding = 6) readonly buffer WSUBuf { ivec4 WSU[]; };
+#endif
 layout(std430, binding = 7) readonly buffer BiasBuf { vec4 BIAS[]; };
 layout(std430, binding = 8) readonly buffer OSBuf { float OS[]; };
 layout(std430, binding = 9) readonly buffer OZBuf { int OZ[]; };
@@ -124,6 +138,12 @@ ivec2 swar_split(int acc) {
 #ifdef DOT_PRODUCT
 uint weight_base(uint b) {
     return ((b / LANES) * (p.K / 8u) * LANES + (b % LANES)) * 2u;
+}
+#elif defined(INT64_LOADS)
+// INT64_LOADS layout: uint64 words holding k and k + 1 of a block, ordered
+// [b / LANES][k / 2][b % LANES]; index of block b's first pair.
+uint weight_base(uint b) {
+    return (b / LANES) * (p.K / 2u) * LANES + (b % LANES);
 }
 #else
 uint weight_base(uint b) {

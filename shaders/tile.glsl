@@ -66,13 +66,39 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
         sx[i] = 0;
         [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
     }
+#ifdef INT64_LOADS
+    uint wi = weight_base(b) + g * (GROUP_SIZE / 2u) * LANES;
+#else
     uint wi = weight_base(b) + g * GROUP_SIZE * LANES;
+#endif
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
         int acc[TM][4];
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
         }
+#ifdef INT64_LOADS
+        [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
+            uvec2 xw[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(X[(tile_row[i] + xi + (c0 + k8) / 4u) / 2u]);
+            [[unroll]] for (uint kk = 0u; kk < 8u; kk += 2u) {
+                uvec2 wp = unpack32(W[wi + ((c0 + k8 + kk) / 2u) * LANES]);
+                [[unroll]] for (uint h = 0u; h < 2u; h++) {
+                    uint w = wp[h];
+                    int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+                    int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+                    [[unroll]] for (uint i = 0u; i < TM; i++) {
+                        int xv = bitfieldExtract(int(xw[i][(kk + h) / 4u]), int(8u * ((kk + h) % 4u)), 8);
+                        sx[i] += xv;
+                        acc[i][0] += xv * w0;
+                        acc[i][1] += xv * w1;
+                        acc[i][2] += xv * w2;
+                        acc[i][3] += xv * w3;
+                    }
+                }
+            }
+        }
+#else
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
@@ -90,6 +116,7 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
                 }
             }
         }
+#endif
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) {
                 ivec2 h = swar_split(acc[i][j]);
@@ -107,9 +134,19 @@ void tile_group(uint b, uint g, uint G) {
     int sx[TM];
     group_sums(b, g, P, sx);
     uint gb = group_base(b, g, G);
+#ifdef INT64_LOADS
+    u64vec4 ws = WS[gb / 2u], wo = WO[gb / 2u], wu = WSU[gb / 2u];
+    vec4 s[2] = vec4[2](vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y))),
+                        vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w))));
+    vec4 o[2] = vec4[2](vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y))),
+                        vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w))));
+    ivec4 su[2] = ivec4[2](ivec4(unpack32(wu.x), unpack32(wu.y)),
+                           ivec4(unpack32(wu.z), unpack32(wu.w)));
+#else
     vec4 s[2] = vec4[2](WS[gb], WS[gb + 1u]);
     vec4 o[2] = vec4[2](WO[gb], WO[gb + 1u]);
     ivec4 su[2] = ivec4[2](WSU[gb], WSU[gb + 1u]);
+#endif
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         int S = sx[i] - tile_zp[i] * int(GROUP_SIZE);
         float Sf = float(S);

@@ -109,11 +109,24 @@ def test_feature_variants_only_where_enabled():
         K.choose_kernel("tiled", 1, 32, False, sub, variant="dot")     # not enabled
 
 
+def test_int64_variant_order():
+    base = dict(subgroup_size=8, max_invocations=1024, max_shared_memory=32768)
+    caps = K.DeviceCaps(**base, int64=True, integer_dot=True, storage8=True,
+                        subgroup_arithmetic=True)
+    assert caps.variants("tiled") == ("int64", "portable", "dot", "storage8")
+    assert caps.variants("cooperative")[:2] == ("subgroup+int64", "subgroup")
+    k = K.choose_kernel("tiled", 4, 32, False, caps)
+    assert k.variant == "int64" and k.layout == "swar64"
+    assert k.defines == (("INT64_LOADS", 1),)
+    fast_dot = K.DeviceCaps(**base, int64=True, integer_dot=True, dot_accelerated=True)
+    assert fast_dot.variants("tiled")[0] == "dot"
+
+
 def test_caps_from_info_enable_nothing_by_default(device):
     stock = K.DeviceCaps.from_info(device.info)
     assert not stock.integer_dot and not stock.storage8
     assert set(K.DeviceCaps.from_device(device).variants("tiled")) <= {
-        "portable", "dot", "storage8"}
+        "portable", "dot", "storage8", "int64"}
 
 
 def test_variant_env_override(monkeypatch):

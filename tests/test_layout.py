@@ -31,6 +31,19 @@ def test_swar_layout(lanes, n):
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
+def test_swar64_layout_pairs_k(lanes):
+    k, g, n = 64, 32, 70
+    q, packed, s, o = _weights(n, k, g, seed=2)
+    words, *_ = device_layout(packed, g, s, o, lanes, "swar64")
+    for ch in range(n):
+        b, i = divmod(ch, 8)
+        for kk in range(k):
+            pair = ((b // lanes) * (k // 2) + kk // 2) * lanes + b % lanes
+            w = int(words[2 * pair + kk % 2])
+            assert (w >> (4 * i)) & 0xF == q[ch, kk] + 8
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("n", [8, 70])
 def test_dot_layout(lanes, n):
     k, g = 64, 32

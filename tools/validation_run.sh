@@ -4,7 +4,7 @@
 # The layer prints nothing unless a settings file asks it to, so this script writes one
 # (errors and warnings, logged to stderr) and points VK_LAYER_SETTINGS_PATH at it. It
 # first proves that errors really surface: a deliberately invalid shader (one declaring
-# the Int64 capability, which is never enabled) must produce a "Validation Error".
+# the Float64 capability, which vkqlinear never enables) must produce a "Validation Error".
 # Usage: tools/validation_run.sh [pytest args...]   (run inside the venv of tools/setup.sh)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,10 +25,9 @@ say "self-check: an invalid shader must be reported"
 "$PY" - > "$work/self.log" 2>&1 <<'PYEOF'
 import numpy as np, kp, subprocess, tempfile, os
 src = """#version 450
-#extension GL_ARB_gpu_shader_int64 : require
 layout(local_size_x = 1) in;
 layout(std430, binding = 0) buffer B { uint v[]; };
-void main() { uint64_t a = uint64_t(v[0]) * 3ul; v[0] = uint(a); }
+void main() { double a = double(v[0]) * 3.0lf; v[0] = uint(a); }
 """
 d = tempfile.mkdtemp()
 open(os.path.join(d, "bad.comp"), "w").write(src)

@@ -104,6 +104,7 @@ def probe():
                     "storageBuffer8BitAccess": bool(f8 and f8.storageBuffer8BitAccess),
                     "shaderInt8": bool(fi8 and fi8.shaderInt8),
                     "shaderIntegerDotProduct": bool(fdot and fdot.shaderIntegerDotProduct),
+                    "shaderInt64": bool(f2.features.shaderInt64),
                 },
                 "extensions": exts,
                 "properties": {

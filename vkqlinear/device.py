@@ -33,6 +33,7 @@ FEATURES = {
     "storageBuffer8BitAccess": "8-bit storage (int8 loads/stores in storage buffers)",
     "shaderInt8": "int8 arithmetic in shaders",
     "shaderIntegerDotProduct": "integer dot product (OpSDot, 4x8-bit packed)",
+    "shaderInt64": "64-bit integers (64-bit loads: half the load instructions)",
     "subgroupArithmetic": "subgroup arithmetic (subgroupAdd) in compute shaders",
 }
 

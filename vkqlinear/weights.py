@@ -10,6 +10,8 @@ The device layout (made by :func:`device_layout`, read by ``shaders/common.glsl`
 * layout ``"swar"`` (the SWAR int32 kernels): one uint32 word holds the raw nibbles
   ``u = q + 8`` of the 8 channels of a block at one k (bits ``4i .. 4i+3`` for channel
   ``8b + i``), ordered ``[b // lanes][k][b % lanes]``;
+* layout ``"swar64"`` (the SWAR kernels reading 64-bit words, ``int64`` variant): the same
+  words with k and k + 1 side by side, ``[b // lanes][k // 2][b % lanes][2]``;
 * layout ``"dot"`` (the OpSDot kernels): one uint32 word holds 8 k of one channel, byte m
   of k-octet j = ``u[8j + m] | u[8j + 4 + m] << 4``, so that ``w & 0x0F0F0F0F`` and
   ``(w >> 4) & 0x0F0F0F0F`` pair with the two activation words of the octet; ordered
@@ -133,12 +135,15 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     u = np.zeros((np_, k), dtype=np.uint8)          # raw nibbles; padding channels are 0
     u[:n, 0::2] = w_packed >> 4
     u[:n, 1::2] = w_packed & 0x0F
-    if layout == "swar":
+    if layout in ("swar", "swar64"):
         ub = u.reshape(nb, 8, k)
         words = np.zeros((nb, k), dtype=np.uint32)
         for i in range(8):
             words |= ub[:, i, :].astype(np.uint32) << np.uint32(4 * i)
-        words = words.reshape(nb // lanes, lanes, k).transpose(0, 2, 1)
+        if layout == "swar":
+            words = words.reshape(nb // lanes, lanes, k).transpose(0, 2, 1)
+        else:   # k and k + 1 side by side: [b // lanes][k // 2][b % lanes][2]
+            words = words.reshape(nb // lanes, lanes, k // 2, 2).transpose(0, 2, 1, 3)
     elif layout == "dot":
         uo = u.reshape(np_, k // 8, 2, 4).astype(np.uint32)   # [channel][octet][half][m]
         byte = uo[:, :, 0, :] | (uo[:, :, 1, :] << np.uint32(4))
@@ -146,7 +151,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
             axis=2, dtype=np.uint32)                              # [channel][octet]
         words = words.reshape(nb // lanes, lanes, 8, k // 8).transpose(0, 3, 1, 2)
     else:
-        raise ValueError(f"layout: expected 'swar' or 'dot', got {layout!r}")
+        raise ValueError(f"layout: expected 'swar', 'swar64' or 'dot', got {layout!r}")
 
     def groups(a, dtype):
         full = np.zeros((np_, g), dtype=dtype)
@@ -216,8 +221,8 @@ def prepack(w_packed, group_size, w_scales=None, w_zeros=None, *, scales_and_zer
     qw = QuantizedWeights(w, gs, np.ascontiguousarray(s, np.float32), o64, zeros)
     if device is not None:
         from .device import resolve
-        from .kernels import DeviceCaps, lanes_for
+        from .kernels import DeviceCaps, lanes_for, variant_layout
         dev = resolve(device)
-        best = DeviceCaps.from_device(dev).variants("tiled")[0]
-        qw.on_device(dev, lanes_for(dev.info), "dot" if "dot" in best.split("+") else "swar")
+        best = DeviceCaps.from_device(dev).variants("tiled")[0]   # the default kernel's
+        qw.on_device(dev, lanes_for(dev.info), variant_layout(best))
     return qw
