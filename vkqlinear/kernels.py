@@ -258,15 +258,33 @@ def device_key(info):
     return f"{info.name} | {info.driver_name} {info.driver_info}".strip()
 
 
+_threshold_cache = {}
+
+
 def auto_threshold(info):
     """The T threshold for ``info``'s device: the tuning file's entry, else the built-in
     measurement for its driver (:data:`BUILTIN_THRESHOLDS`), else
-    :data:`DEFAULT_AUTO_THRESHOLD`."""
+    :data:`DEFAULT_AUTO_THRESHOLD`. The file is re-read only when it changes (a stat per
+    call, so an op call does not parse JSON)."""
+    path = tuning_file()
     try:
-        data = json.loads(tuning_file().read_text())
-        return int(data[device_key(info)]["auto_threshold"])
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    key = (str(path), stamp, device_key(info))
+    hit = _threshold_cache.get(key)
+    if hit is not None:
+        return hit
+    try:
+        data = json.loads(Path(path).read_text())
+        value = int(data[device_key(info)]["auto_threshold"])
     except (OSError, ValueError, KeyError, TypeError):
-        return BUILTIN_THRESHOLDS.get(info.driver_name, DEFAULT_AUTO_THRESHOLD)
+        value = BUILTIN_THRESHOLDS.get(info.driver_name, DEFAULT_AUTO_THRESHOLD)
+    if len(_threshold_cache) > 64:
+        _threshold_cache.clear()
+    _threshold_cache[key] = value
+    return value
 
 
 def store_threshold(info, threshold, extra=None):
