@@ -21,6 +21,14 @@ def _is_torch(x):
     return type(x).__module__.split(".")[0] == "torch"
 
 
+def like_input(out, x):
+    """``out`` as a torch tensor when ``x`` (the activations) is one, else unchanged."""
+    if _is_torch(x):
+        import torch
+        return torch.from_numpy(out)
+    return out
+
+
 def as_array(x, name, dtypes):
     """``x`` as a C-contiguous, native-endian ndarray whose dtype is one of ``dtypes``.
 

@@ -115,12 +115,12 @@ def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_
         algorithm: ``"auto"``, ``"tiled"``, ``"cooperative"`` or ``"reference"``.
         device: a :class:`~vkqlinear.Device`, or ``None`` for the default device.
 
-    Returns: float32 ``[..., N]``.
+    Returns: float32 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
     algorithm, acts = _front(algorithm, device, x_q, x_scale, x_zero_point)
     weights = _weights(w_packed, group_size, acts[0].shape[1], w_scales=w_scales,
                        w_zeros=w_zeros)
-    return _linear(acts, weights, bias, None, None, algorithm, device)
+    return _args.like_input(_linear(acts, weights, bias, None, None, algorithm, device), x_q)
 
 
 def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=None,
@@ -142,7 +142,7 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
         bias: optional float32 ``[N]`` (an extension; ExecuTorch's op has none).
         algorithm, device: as in :func:`linear_qta8a_qga4w`.
 
-    Returns: int8 ``[..., N]``.
+    Returns: int8 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
     algorithm, acts = _front(algorithm, device, x_q, x_scale, x_zero_point)
     if not isinstance(w_packed, QuantizedWeights) and scales_and_zeros is None:
@@ -153,4 +153,5 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
         raise TypeError("out_scale: required (float32 [T])")
     if out_zero_point is None:
         raise TypeError("out_zero_point: required (int32 [T])")
-    return _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device)
+    return _args.like_input(
+        _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device), x_q)

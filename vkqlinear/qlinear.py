@@ -187,10 +187,7 @@ class QLinear:
             if output == "device":
                 return DeviceTensor(call, out_shape)
             y = out.reshape(out_shape)
-        if as_torch:
-            import torch
-            return torch.from_numpy(y)
-        return y
+        return _args.like_input(y, x) if as_torch else y
 
     def _reference(self, x2d, os_, oz):
         if x2d.shape[0] == 0:
