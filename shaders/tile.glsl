@@ -59,34 +59,6 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
     }
 }
 #else
-// The 8 weight words (8 channels each) and the TM x 8 activations of k = k0 .. k0 + 7 in
-// the group at weight index wi and activation word xi: 32-bit loads, or 64-bit ones with
-// INT64_LOADS (half the load instructions; layout "swar64").
-void load_octet(uint wi, uint xi, uint k0, out uint wk[8], out int xk[TM][8]) {
-#ifdef INT64_LOADS
-    [[unroll]] for (uint h = 0u; h < 4u; h++) {
-        uvec2 pair = unpack32(W[wi + (k0 / 2u + h) * LANES]);
-        wk[2u * h] = pair.x;
-        wk[2u * h + 1u] = pair.y;
-    }
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        uvec2 xw = unpack32(X[(tile_row[i] + xi + k0 / 4u) / 2u]);
-        [[unroll]] for (uint j = 0u; j < 8u; j++) {
-            xk[i][j] = bitfieldExtract(int(xw[j / 4u]), int(8u * (j % 4u)), 8);
-        }
-    }
-#else
-    [[unroll]] for (uint kk = 0u; kk < 8u; kk++) wk[kk] = W[wi + (k0 + kk) * LANES];
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        ivec4 lo = x_quad(tile_row[i] + xi + k0 / 4u), hi = x_quad(tile_row[i] + xi + k0 / 4u + 1u);
-        [[unroll]] for (uint j = 0u; j < 4u; j++) {
-            xk[i][j] = lo[j];
-            xk[i][j + 4u] = hi[j];
-        }
-    }
-#endif
-}
-
 // P[i][c] = sum x * u and sx[i] = sum x over group g of block b, two channels per int32
 // multiply (SWAR, see common.glsl).
 void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
@@ -105,15 +77,37 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
         }
+#ifdef INT64_LOADS
         [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
-            uint wk[8];
-            int xk[TM][8];
-            load_octet(wi, xi, c0 + k8, wk, xk);
-            [[unroll]] for (uint kk = 0u; kk < 8u; kk++) {
-                int w0 = nibble_pair(wk[kk], 0u), w1 = nibble_pair(wk[kk], 1u);
-                int w2 = nibble_pair(wk[kk], 2u), w3 = nibble_pair(wk[kk], 3u);
+            uvec2 xw[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(X[(tile_row[i] + xi + (c0 + k8) / 4u) / 2u]);
+            [[unroll]] for (uint kk = 0u; kk < 8u; kk += 2u) {
+                uvec2 wp = unpack32(W[wi + ((c0 + k8 + kk) / 2u) * LANES]);
+                [[unroll]] for (uint h = 0u; h < 2u; h++) {
+                    uint w = wp[h];
+                    int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+                    int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+                    [[unroll]] for (uint i = 0u; i < TM; i++) {
+                        int xv = bitfieldExtract(int(xw[i][(kk + h) / 4u]), int(8u * ((kk + h) % 4u)), 8);
+                        sx[i] += xv;
+                        acc[i][0] += xv * w0;
+                        acc[i][1] += xv * w1;
+                        acc[i][2] += xv * w2;
+                        acc[i][3] += xv * w3;
+                    }
+                }
+            }
+        }
+#else
+        [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
+            ivec4 xq[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
+            [[unroll]] for (uint kk = 0u; kk < 4u; kk++) {
+                uint w = W[wi + (c0 + k4 + kk) * LANES];
+                int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+                int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
                 [[unroll]] for (uint i = 0u; i < TM; i++) {
-                    int xv = xk[i][kk];
+                    int xv = xq[i][kk];
                     sx[i] += xv;
                     acc[i][0] += xv * w0;
                     acc[i][1] += xv * w1;
@@ -122,6 +116,7 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
                 }
             }
         }
+#endif
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) {
                 ivec2 h = swar_split(acc[i][j]);
