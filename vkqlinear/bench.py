@@ -37,7 +37,7 @@ import numpy as np
 from . import __version__, conformance, ops
 from .calibrate import alu_rate, read_bandwidth
 from .device import Device
-from .kernels import DeviceCaps, auto_threshold, choose_kernel, store_threshold
+from .kernels import kernel_for_device, store_threshold
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, \
     quantize_weights
 from .weights import prepack
@@ -126,7 +126,6 @@ def measure_point(dev, qw, t, runs, rng):
     r = _runs_for(t * n * k, runs)
     point = {"T": t, "K": k, "N": n, "group_size": g, "runs": r, "kernels": {}}
     nbytes = qw.nbytes + t * k + t * 8 + t * n * 4   # + activations, qparams, output
-    caps = DeviceCaps.from_device(dev)
     calls = {}
     for alg in KERNELS:   # correctness first, and the warm-up
         out, calls[alg] = ops._linear(acts, qw, None, None, None, alg, dev, timed=True)
@@ -150,8 +149,7 @@ def measure_point(dev, qw, t, runs, rng):
         v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
         v["ops_per_s"] = 2 * t * n * k / v["kernel_s"]["median"]
         v["bytes_per_s"] = nbytes / v["kernel_s"]["median"]
-        chosen = choose_kernel(alg, t, g, False, caps,
-                               auto_threshold(dev.info) if alg == "auto" else None)
+        chosen = kernel_for_device(dev, alg, t, g, False)
         v["chose"] = f"{chosen.algorithm} tm={chosen.tm} local={list(chosen.local_size)}"
     return point
 

@@ -71,7 +71,6 @@ class RecordedCall:
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
         self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, self._push(0))
         self.n_dispatch = n_disp
-        self.float_input = float_input
         self.source = float_input if isinstance(float_input, RecordedCall) else None
         n_quant = 0
         if float_input is None:
@@ -172,15 +171,22 @@ class RecordedCall:
         return (int(ts[first + self.n_dispatch]) - int(ts[first])) * timestamp_period_ns
 
 
+def _cached_call(device, kernel, weights, key, **kw):
+    """The weights' recorded call for ``(kernel, T, K, *key)`` on ``device`` (made with
+    ``kw`` on a miss); call with ``device.lock`` held."""
+    device.check_open()
+    dw = weights.on_device(device, kernel.lanes, kernel.layout)
+    t, k = key[0], weights.K
+    return dw.call((kernel,) + key,
+                   lambda: RecordedCall(device, kernel, dw, t, k, weights.N, **kw))
+
+
 def run(device, kernel, weights, x2d, xs, xz, bias=None, out_scale=None,
         out_zero_point=None, timed=False):
     """Run ``kernel`` on ``device``; returns ``(out [T, N], recorded_call)``."""
     t, k = x2d.shape
     with device.lock:
-        device.check_open()
-        dw = weights.on_device(device, kernel.lanes, kernel.layout)
-        call = dw.call((kernel, t, k, timed),
-                       lambda: RecordedCall(device, kernel, dw, t, k, weights.N, timed))
+        call = _cached_call(device, kernel, weights, (t, k, timed), timed=timed)
         out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
     return out, call
 
@@ -190,13 +196,10 @@ def run_float(device, kernel, weights, t, xf2d=None, source=None, bias=None, out
     """Quantize float activations on ``device`` and run ``kernel``: ``xf2d [T, K]`` from
     the host, or ``source`` (a :class:`RecordedCall` whose float output is on the device).
     Returns ``(out [T, N] or None, recorded_call)``."""
-    k = weights.K
     with device.lock:
-        device.check_open()
-        dw = weights.on_device(device, kernel.lanes, kernel.layout)
-        mode = "host" if source is None else source
-        key = (kernel, t, k, "float", id(source), download)
-        call = dw.call(key, lambda: RecordedCall(device, kernel, dw, t, k, weights.N,
-                                                 float_input=mode, download=download))
+        call = _cached_call(device, kernel, weights,
+                            (t, weights.K, "float", id(source), download),
+                            float_input="host" if source is None else source,
+                            download=download)
         out = call.run_float(xf2d, bias, out_scale, out_zero_point)
     return out, call

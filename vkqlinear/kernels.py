@@ -28,7 +28,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Kernel", "DeviceCaps", "choose_kernel", "lanes_for", "auto_threshold",
+__all__ = ["Kernel", "DeviceCaps", "choose_kernel", "kernel_for_device", "lanes_for",
+           "auto_threshold",
            "tuning_file", "store_threshold", "DEFAULT_AUTO_THRESHOLD", "token_tile",
            "variant_defines", "variant_layout", "VARIANT_PARTS"]
 
@@ -243,6 +244,14 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
         workers //= 2
     return Kernel("cooperative", "gemv_coop.comp", defines, (lanes, workers), tm, lanes,
                   group_size, bool(out_int8), variant)
+
+
+def kernel_for_device(device, algorithm, t, group_size, out_int8):
+    """:func:`choose_kernel` on an open :class:`~vkqlinear.Device`: its capabilities (as
+    enabled) and, for ``"auto"``, its threshold (:func:`auto_threshold`)."""
+    threshold = auto_threshold(device.info) if algorithm == "auto" else None
+    return choose_kernel(algorithm, t, group_size, out_int8, DeviceCaps.from_device(device),
+                         threshold)
 
 
 # -- tuning file ---------------------------------------------------------------------------

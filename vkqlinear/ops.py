@@ -20,7 +20,7 @@ import numpy as np
 from . import _args, reference
 from .device import Device, resolve
 from .errors import CompilerNotFoundError, VulkanUnavailableError
-from .kernels import DeviceCaps, auto_threshold, choose_kernel
+from .kernels import kernel_for_device
 from .weights import QuantizedWeights, prepack
 
 __all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o"]
@@ -76,9 +76,7 @@ def _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device,
     if algorithm != "reference":
         try:
             dev = resolve(device)
-            caps = DeviceCaps.from_device(dev)
-            threshold = auto_threshold(dev.info) if algorithm == "auto" else None
-            kernel = choose_kernel(algorithm, t, weights.group_size, out_int8, caps, threshold)
+            kernel = kernel_for_device(dev, algorithm, t, weights.group_size, out_int8)
             from . import dispatch
             out, call = dispatch.run(dev, kernel, weights, x2d, xs, xz, b, os_, oz, timed)
             if timed:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _args, reference
 from .device import Device, resolve
-from .kernels import DeviceCaps, auto_threshold, choose_kernel
+from .kernels import kernel_for_device
 from .quant import quantize_per_token, quantize_weights
 from .weights import QuantizedWeights, prepack
 
@@ -141,7 +141,6 @@ class QLinear:
         algorithm = _args.algorithm_name(algorithm)
         if output not in ("host", "device"):
             raise ValueError(f"output: expected 'host' or 'device', got {output!r}")
-        as_torch = _args._is_torch(x)
         source = None
         if isinstance(x, DeviceTensor):
             x._check()
@@ -174,10 +173,7 @@ class QLinear:
             y = self._reference(xf.reshape(t, k), os_, oz).reshape(out_shape)
         else:
             dev = source.device if source is not None else resolve(self.device)
-            caps = DeviceCaps.from_device(dev)
-            threshold = auto_threshold(dev.info) if algorithm == "auto" else None
-            kernel = choose_kernel(algorithm, t, self.weights.group_size, out_int8, caps,
-                                   threshold)
+            kernel = kernel_for_device(dev, algorithm, t, self.weights.group_size, out_int8)
             from . import dispatch
             out, call = dispatch.run_float(
                 dev, kernel, self.weights, t,
@@ -187,7 +183,7 @@ class QLinear:
             if output == "device":
                 return DeviceTensor(call, out_shape)
             y = out.reshape(out_shape)
-        return _args.like_input(y, x) if as_torch else y
+        return _args.like_input(y, x)
 
     def _reference(self, x2d, os_, oz):
         if x2d.shape[0] == 0:

@@ -138,7 +138,10 @@ def quantize_weights_search(w, group_size, steps=21, iterations=2):
     mn = wg.min(axis=-1, keepdims=True)
     mx = wg.max(axis=-1, keepdims=True)
     rng = mx - mn
-    flat = rng <= 0
+
+    def sq_err(u, s32, o32):
+        """Squared error per group of the stored (float32) s and o for nibbles u."""
+        return (((u - 8) * s32.astype(np.float64) + o32.astype(np.float64) - wg) ** 2).sum(-1)
 
     def fit(u):
         """Least-squares s, o (w ~= s * (u - 8) + o) for nibbles u, and its error."""
@@ -151,8 +154,7 @@ def quantize_weights_search(w, group_size, steps=21, iterations=2):
         m = (sw - s_ * su) / gs
         s32 = s_.astype(np.float32)
         o32 = (m + 8 * s_).astype(np.float32)
-        err = (((u - 8) * s32.astype(np.float64) + o32.astype(np.float64) - wg) ** 2).sum(-1)
-        return s32, o32, err
+        return s32, o32, sq_err(u, s32, o32)
 
     # SPEC.md's min/max quantization as the first candidate
     wp0, s0, z0 = quantize_weights(w, group_size)
@@ -160,9 +162,8 @@ def quantize_weights_search(w, group_size, steps=21, iterations=2):
     best_u = u0
     best_s = s0[..., None]
     best_o = (-s0.astype(np.float64) * z0).astype(np.float32)[..., None]
-    best_err = (((u0 - 8) * best_s.astype(np.float64) + best_o.astype(np.float64) - wg) ** 2
-                ).sum(-1)
-    safe = np.where(flat, 1.0, rng)
+    best_err = sq_err(u0, best_s, best_o)
+    safe = np.where(rng > 0, rng, 1.0)               # flat groups: any positive value
     for d in np.linspace(-1.0, 1.0, steps):
         u = np.clip(np.rint((15 + d) / safe * (wg - mn)), 0, 15)
         for _ in range(iterations):
