@@ -1,8 +1,9 @@
 // common.glsl: interface and conventions shared by every linear_qta8a_qga4w kernel.
 //
-// Contract (the host side is vkqlinear/dispatch.py, the layouts vkqlinear/prepack.py):
+// Contract (the host side is vkqlinear/dispatch.py, the layouts vkqlinear/weights.py):
 //
-// Bindings (std430 storage buffers, 32-bit words only: valid on every Vulkan 1.1 device)
+// Bindings (std430 storage buffers; 32-bit words unless a variant below says otherwise,
+// which keeps the portable variant valid on every Vulkan 1.1 device)
 //   0 X      uint [T][K/4]     int8 activations x_q, 4 per word, k = 4w + j in byte j
 //   1 XS     float[T]          per-token activation scale
 //   2 XZ     int  [T]          per-token activation zero point
@@ -20,7 +21,9 @@
 // (0..15) of the 8 channels of a block at one k: bits 4i..4i+3 <- channel 8b + i. Words are
 // ordered [b / LANES][k][b % LANES]: LANES neighbouring invocations read LANES consecutive
 // words at each k, and each set of LANES blocks streams through its own contiguous memory.
-// Per-group data (s, o, sum u) is ordered [b / LANES][g][b % LANES][8 channels].
+// Per-group data (s, o, sum u) is ordered [b / LANES][g][b % LANES][8 channels]. The
+// cooperative kernel's workers instead read neighbouring groups of one block (GROUP_ORDER,
+// see weight_unit below); INT64_LOADS and DOT_PRODUCT read wider units of the same words.
 //
 // Why raw nibbles: the product x * u is formed for two channels at once in the two 16-bit
 // halves of one int32 (SWAR): (w >> 4j) & 0x000F000F holds the nibbles of channels j and
@@ -133,27 +136,44 @@ ivec2 swar_split(int acc) {
     return ivec2(lo, (acc - lo) >> 16);
 }
 
-// Index of the first word of channel block b at k = 0 in W.
-// DOT_PRODUCT layout: in uvec4 units, two uvec4 (8 channels) per block and k-octet.
-#ifdef DOT_PRODUCT
-uint weight_base(uint b) {
-    return ((b / LANES) * (p.K / 8u) * LANES + (b % LANES)) * 2u;
-}
+// Weight units: a unit is what one load brings of one channel block: the 8 channels at
+// K_PER_UNIT consecutive k (one uint; one uint64_t with INT64_LOADS; two uvec4 with
+// DOT_PRODUCT, which index W in uvec4 units and so use 2 * unit). Two orders of the units:
+//   default      [b / LANES][k unit][b % LANES]: LANES neighbouring invocations (channel
+//                blocks, the TILED kernel) read LANES neighbouring units at each k.
+//   GROUP_ORDER  [b][g / LANES][k unit within the group][g % LANES], the last round of
+//                groups holding only G % LANES (when not 0): LANES neighbouring workers
+//                that take groups w, w + LANES, ... of one block (the subgroup COOPERATIVE
+//                kernel) read neighbouring units.
+#if defined(DOT_PRODUCT)
+const uint K_PER_UNIT = 8u;
 #elif defined(INT64_LOADS)
-// INT64_LOADS layout: uint64 words holding k and k + 1 of a block, ordered
-// [b / LANES][k / 2][b % LANES]; index of block b's first pair.
-uint weight_base(uint b) {
-    return (b / LANES) * (p.K / 2u) * LANES + (b % LANES);
-}
+const uint K_PER_UNIT = 2u;
 #else
-uint weight_base(uint b) {
-    return (b / LANES) * p.K * LANES + (b % LANES);
-}
+const uint K_PER_UNIT = 1u;
 #endif
+const uint UNITS_PER_GROUP = GROUP_SIZE / K_PER_UNIT;
 
-// Index (in vec4 units) of the first group-data vec4 of block b at group g.
+// The first unit of group g (of G) of block b; `stride`: units between its consecutive k.
+uint weight_unit(uint b, uint g, uint G, out uint stride) {
+#ifdef GROUP_ORDER
+    uint r = g / LANES;
+    stride = min(LANES, G - r * LANES);
+    return b * (p.K / K_PER_UNIT) + r * LANES * UNITS_PER_GROUP + (g - r * LANES);
+#else
+    stride = LANES;
+    return ((b / LANES) * (p.K / K_PER_UNIT) + g * UNITS_PER_GROUP) * LANES + (b % LANES);
+#endif
+}
+
+// Index (in vec4 units) of the first group-data vec4 of block b at group g. Ordered
+// [b / LANES][g][b % LANES][8 channels], or [b][g][8 channels] with GROUP_ORDER.
 uint group_base(uint b, uint g, uint G) {
+#ifdef GROUP_ORDER
+    return (b * G + g) * 2u;
+#else
     return (((b / LANES) * G + g) * LANES + (b % LANES)) * 2u;
+#endif
 }
 
 // SPEC.md's per-token int8 requantization: clamp(roundEven(y / scale) + zp, -128, 127).

@@ -36,15 +36,16 @@ void tile_flush() {
 // Weight word c of an octet holds channel c's nibbles u(8j + m) in the low and u(8j + 4 + m)
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
 // the two activation words of the octet. u <= 15 is a non-negative int8: a signed dot.
-void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
+void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
         [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
     }
-    uint wi = weight_base(b) + g * (GROUP_SIZE / 8u) * LANES * 2u;
+    uint stride;
+    uint wi = 2u * weight_unit(b, g, G, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint j = 0u; j < GROUP_SIZE / 8u; j++) {
-        uvec4 wv[2] = uvec4[2](W[wi + j * LANES * 2u], W[wi + j * LANES * 2u + 1u]);
+        uvec4 wv[2] = uvec4[2](W[wi + j * stride * 2u], W[wi + j * stride * 2u + 1u]);
         uint lo[8], hi[8];
         [[unroll]] for (uint c = 0u; c < 8u; c++) {
             uint w = wv[c / 4u][c % 4u];
@@ -61,16 +62,13 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
 #else
 // P[i][c] = sum x * u and sx[i] = sum x over group g of block b, two channels per int32
 // multiply (SWAR, see common.glsl).
-void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
+void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
         [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
     }
-#ifdef INT64_LOADS
-    uint wi = weight_base(b) + g * (GROUP_SIZE / 2u) * LANES;
-#else
-    uint wi = weight_base(b) + g * GROUP_SIZE * LANES;
-#endif
+    uint stride;
+    uint wi = weight_unit(b, g, G, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
         int acc[TM][4];
@@ -82,7 +80,7 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
             uvec2 xw[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(X[(tile_row[i] + xi + (c0 + k8) / 4u) / 2u]);
             [[unroll]] for (uint kk = 0u; kk < 8u; kk += 2u) {
-                uvec2 wp = unpack32(W[wi + ((c0 + k8 + kk) / 2u) * LANES]);
+                uvec2 wp = unpack32(W[wi + ((c0 + k8 + kk) / 2u) * stride]);
                 [[unroll]] for (uint h = 0u; h < 2u; h++) {
                     uint w = wp[h];
                     int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
@@ -103,7 +101,7 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
             [[unroll]] for (uint kk = 0u; kk < 4u; kk++) {
-                uint w = W[wi + (c0 + k4 + kk) * LANES];
+                uint w = W[wi + (c0 + k4 + kk) * stride];
                 int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
                 int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
                 [[unroll]] for (uint i = 0u; i < TM; i++) {
@@ -132,7 +130,7 @@ void group_sums(uint b, uint g, out int P[TM][8], out int sx[TM]) {
 void tile_group(uint b, uint g, uint G) {
     int P[TM][8];
     int sx[TM];
-    group_sums(b, g, P, sx);
+    group_sums(b, g, G, P, sx);
     uint gb = group_base(b, g, G);
 #ifdef INT64_LOADS
     u64vec4 ws = WS[gb / 2u], wo = WO[gb / 2u], wu = WSU[gb / 2u];

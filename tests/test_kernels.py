@@ -76,11 +76,17 @@ def test_cooperative_variants():
     sub = K.DeviceCaps(subgroup_size=32, max_invocations=1024, max_shared_memory=32768,
                        subgroup_arithmetic=True)
     k = K.choose_kernel("cooperative", 1, 32, False, sub)
-    assert k.variant == "subgroup" and k.defines == (("SUBGROUP_REDUCE", 1),)
+    assert k.variant == "subgroup"
+    assert k.defines == (("SUBGROUP_REDUCE", 1), ("GROUP_ORDER", 1)) and k.order == "groups"
     assert k.local_size[0] == 32 and k.blocks_per_workgroup == k.local_size[1]
+    assert k.lanes == 32                 # the groups order interleaves by the workers
+    small = K.choose_kernel("cooperative", 1, 32, False, K.DeviceCaps(
+        subgroup_size=4, max_invocations=128, subgroup_arithmetic=True))
+    assert small.local_size[0] == small.lanes == 4
+    assert small.blocks_per_workgroup <= small.lanes   # NP (8 * lanes) holds whole workgroups
     assert k.local_size[0] * k.local_size[1] <= sub.max_invocations
     p = K.choose_kernel("cooperative", 1, 32, False, sub, variant="portable")
-    assert p.variant == "portable" and p.defines == ()
+    assert p.variant == "portable" and p.defines == () and p.order == "blocks"
     assert p.blocks_per_workgroup == p.local_size[0]
     # no subgroup arithmetic: only the shared-memory reduction, and forcing it is an error
     assert K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE).variant == "portable"
@@ -103,7 +109,8 @@ def test_feature_variants_only_where_enabled():
     assert sub.variants("cooperative") == ("subgroup", "subgroup+storage8", "portable",
                                            "storage8")
     k = K.choose_kernel("cooperative", 1, 32, True, sub, variant="subgroup+storage8")
-    assert k.defines == (("SUBGROUP_REDUCE", 1), ("STORAGE8", 1)) and k.layout == "swar"
+    assert k.defines == (("SUBGROUP_REDUCE", 1), ("STORAGE8", 1), ("GROUP_ORDER", 1))
+    assert k.layout == "swar"
     assert k.blocks_per_workgroup == k.local_size[1]
     with pytest.raises(ValueError, match="variant"):
         K.choose_kernel("tiled", 1, 32, False, sub, variant="dot")     # not enabled
@@ -117,7 +124,7 @@ def test_int64_variant_order():
     assert caps.variants("cooperative")[:2] == ("subgroup+int64", "subgroup")
     k = K.choose_kernel("tiled", 4, 32, False, caps)
     assert k.variant == "int64" and k.layout == "swar64"
-    assert k.defines == (("INT64_LOADS", 1),)
+    assert k.defines == (("INT64_LOADS", 1),) and k.order == "blocks"
     fast_dot = K.DeviceCaps(**base, int64=True, integer_dot=True, dot_accelerated=True)
     assert fast_dot.variants("tiled")[0] == "dot"
 

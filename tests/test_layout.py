@@ -70,7 +70,57 @@ def test_dot_layout(lanes, n):
             assert wsu[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
 
 
+def _unit_of(layout, b, kk, k, g, lanes, order):
+    """Index of the unit holding (block b, k = kk), decoded from the docs: blocks order
+    [b // lanes][j][b % lanes]; groups order [b][g // lanes][j in group][g % lanes], the
+    last round holding only the groups left."""
+    kpu = {"swar": 1, "swar64": 2, "dot": 8}[layout]
+    j = kk // kpu
+    if order == "blocks":
+        return ((b // lanes) * (k // kpu) + j) * lanes + b % lanes
+    ng, upg = k // g, g // kpu
+    gi, jin = divmod(j, upg)
+    r0 = gi - gi % lanes
+    width = min(lanes, ng - r0)
+    return b * (k // kpu) + r0 * upg + jin * width + gi - r0
+
+
+@pytest.mark.parametrize("order", ["blocks", "groups"])
+@pytest.mark.parametrize("layout", ["swar", "swar64", "dot"])
+@pytest.mark.parametrize("k,g,lanes", [(64, 32, 8), (96, 8, 8), (160, 32, 4), (64, 16, 32)])
+def test_every_layout_and_order(layout, order, k, g, lanes):
+    n = 20
+    q, packed, s, o = _weights(n, k, g, seed=3)
+    words, ws, wo, wsu, np_ = device_layout(packed, g, s, o, lanes, layout, order)
+    assert words.size == np_ * k // 8 and ws.size == np_ * (k // g)
+    width = {"swar": 1, "swar64": 2, "dot": 8}[layout]
+    seen = set()
+    for ch in range(n):
+        b, i = divmod(ch, 8)
+        for kk in range(k):
+            unit = _unit_of(layout, b, kk, k, g, lanes, order)
+            seen.add(unit)
+            if layout == "dot":
+                w = int(words[unit * 8 + i])
+                m = kk % 8
+                nib = (w >> (8 * (m % 4) + 4 * (m // 4))) & 0xF
+            else:
+                w = int(words[unit * width + kk % width])
+                nib = (w >> (4 * i)) & 0xF
+            assert nib == q[ch, kk] + 8
+        for gi in range(k // g):
+            if order == "blocks":
+                idx = (((b // lanes) * (k // g) + gi) * lanes + b % lanes) * 8 + i
+            else:
+                idx = (b * (k // g) + gi) * 8 + i
+            assert ws[idx] == s[ch, gi] and wo[idx] == o[ch, gi]
+            assert wsu[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
+    assert len(seen) == -(-n // 8) * (k // {"swar": 1, "swar64": 2, "dot": 8}[layout])
+
+
 def test_unknown_layout_is_refused():
     q, packed, s, o = _weights(8, 32, 32)
     with pytest.raises(ValueError, match="layout"):
         device_layout(packed, 32, s, o, 8, "nibbles")
+    with pytest.raises(ValueError, match="order"):
+        device_layout(packed, 32, s, o, 8, "swar", "rows")

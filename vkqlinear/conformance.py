@@ -90,6 +90,9 @@ def cases(quick=False):
         ("g=8", (3,), 64, 16, 8), ("g=K", (3,), 256, 16, 256),
         ("large K", (2,), 4096, 16, 128), ("large K, g=8", (1,), 2048, 8, 8),
         ("batch dims", (2, 3), 64, 16, 32), ("batch dims with 0", (2, 0), 64, 16, 32),
+        # groups not a multiple of the cooperative workers (subgroup size 8, 16, 32 or 64):
+        # the last round of the "groups" weight order is partial
+        ("G=12", (3,), 96, 16, 8), ("G=40", (2,), 1280, 24, 32),
     ]
     for j, (name, lead, k, n, g) in enumerate(edge):
         for zeros, outk, bias in (("int", "float", True), ("float", "int8", False),

@@ -159,6 +159,12 @@ class Kernel:
         return variant_layout(self.variant)
 
     @property
+    def order(self):
+        """The order of the weight units it reads (vkqlinear/weights.py): ``"groups"``
+        for the subgroup COOPERATIVE kernel (``GROUP_ORDER``), else ``"blocks"``."""
+        return "groups" if ("GROUP_ORDER", 1) in self.defines else "blocks"
+
+    @property
     def blocks_per_workgroup(self):
         """Channel blocks (of 8) per workgroup: the local axis that is not workers."""
         if self.algorithm == "cooperative" and self.subgroup_reduce:
@@ -232,12 +238,14 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
                       group_size, bool(out_int8), variant)
     tm = token_tile(t, COOP_MAX_TM)
     if "subgroup" in variant.split("+"):
+        # The workers of a block are the lanes of a subgroup, reading neighbouring groups
+        # of one block: the weights in "groups" order, interleaved by the subgroup size.
         sg = caps.subgroup_size
         blocks = 1
-        while blocks * 2 <= min(lanes, caps.max_invocations // sg):
+        while blocks * 2 <= min(sg, caps.max_invocations // sg):
             blocks *= 2
-        return Kernel("cooperative", "gemv_coop.comp", defines, (sg, blocks), tm, lanes,
-                      group_size, bool(out_int8), variant)
+        return Kernel("cooperative", "gemv_coop.comp", defines + (("GROUP_ORDER", 1),),
+                      (sg, blocks), tm, sg, group_size, bool(out_int8), variant)
     workers = COOP_WORKERS
     while workers > 1 and (lanes * workers > caps.max_invocations
                            or lanes * workers * tm * 8 * 4 > caps.max_shared_memory):
