@@ -10,6 +10,7 @@ floats to ints or back), wrong shapes, out-of-range values.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -86,7 +87,8 @@ def per_token(x, name, dtypes, lead, t):
 
 
 def check_finite_positive(a, name):
-    if a.size and not (np.all(np.isfinite(a)) and np.all(a > 0)):
+    # min and max propagate NaN, which fails both comparisons
+    if a.size and not (a.min() > 0 and a.max() < np.inf):
         raise ValueError(f"{name}: expected finite values > 0")
 
 
@@ -125,7 +127,7 @@ def activations(x_q, x_scale, x_zero_point):
     if k == 0 or k % 2:
         raise ValueError(f"x_q: K (last dimension) must be even and > 0, got K={k}")
     lead = x.shape[:-1]
-    t = int(np.prod(lead, dtype=np.int64))
+    t = math.prod(lead)
     xs = per_token(x_scale, "x_scale", (np.float32,), lead, t)
     check_finite_positive(xs, "x_scale")
     xz = per_token(x_zero_point, "x_zero_point", _SIGNED_INTS, lead, t)

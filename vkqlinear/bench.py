@@ -5,8 +5,9 @@ COOPERATIVE kernels forced, and ``auto``:
 
 * kernel time from Vulkan timestamps (converted with the device's timestamp period) and
   end-to-end call time (Python call to numpy result, weights prepacked), each as median and
-  min of ``--runs`` runs after a warm-up; every configuration is checked against SPEC.md's
-  tolerance before it is timed;
+  min of at least ``--runs`` runs (more where they fit ``--budget`` seconds a point), the
+  kernels interleaved, after a warm-up of the device; every configuration is checked
+  against SPEC.md's tolerance before it is timed;
 * ops/s counted as ``2*T*N*K``; effective bytes/s (packed weights + scales/offsets +
   activations + outputs); the fraction of the device's roofline, calibrated in the same run
   by a streaming-read kernel over exactly the packed weight bytes and an int32
@@ -104,9 +105,20 @@ def _time_host(fn, runs):
     return _stats(ts)
 
 
-def _runs_for(macs, runs):
-    """Fewer runs for the slowest points, so that a sweep stays within its budget."""
-    return max(2, min(runs, int(runs * 2e9 / max(macs, 1))))
+def _runs_for(rep_s, runs, budget_s):
+    """Timed runs at a point whose one round (every kernel, timed and end to end) takes
+    ``rep_s``: at least ``runs``, more while they fit in ``budget_s`` (at most 8x). lavapipe
+    on a shared host has slow spells (about 1 call in 5 at 1.5x to 2x), so a median needs
+    more than a handful of runs."""
+    return max(runs, min(8 * runs, int(budget_s / max(rep_s, 1e-6))))
+
+
+def warm_up(dev, seconds=1.0):
+    """Keeps the device busy for ``seconds`` before anything is timed: the first few
+    hundred milliseconds of lavapipe work in a process run up to 2x slower (measured)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        read_bandwidth(dev, 1 << 22, runs=4)
 
 
 def _inputs(qw, t, rng):
@@ -114,7 +126,7 @@ def _inputs(qw, t, rng):
     return quantize_per_token(x)
 
 
-def measure_point(dev, qw, t, runs, rng):
+def measure_point(dev, qw, t, runs, rng, budget_s=2.0):
     """Kernel and end-to-end times of every kernel at one point, checked first."""
     k, n, g = qw.K, qw.N, qw.group_size
     x_q, x_scale, x_zp = _inputs(qw, t, rng)
@@ -123,8 +135,7 @@ def measure_point(dev, qw, t, runs, rng):
              group_size=g, w_scales=qw.w_scales, w_zeros=qw.w_zeros, w_offsets=None,
              bias=None)
     period = dev.info.limits["timestamp_period_ns"] * 1e-9
-    r = _runs_for(t * n * k, runs)
-    point = {"T": t, "K": k, "N": n, "group_size": g, "runs": r, "kernels": {}}
+    point = {"T": t, "K": k, "N": n, "group_size": g, "kernels": {}}
     nbytes = qw.nbytes + t * k + t * 8 + t * n * 4   # + activations, qparams, output
     calls = {}
     for alg in KERNELS:   # correctness first, and the warm-up
@@ -133,8 +144,10 @@ def measure_point(dev, qw, t, runs, rng):
         if not ok:
             raise AssertionError(f"{alg} at T={t} K={k} N={n} g={g} is wrong: {msg}")
         point["kernels"][alg] = {"check": msg, "runs_kernel": [], "runs_e2e": []}
+    t0 = time.perf_counter()
     for alg in KERNELS:
         ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
+    r = point["runs"] = _runs_for(2 * (time.perf_counter() - t0), runs, budget_s)
     # Kernels and end-to-end calls interleaved, so that drifts of the (shared) host hit
     # all of them alike.
     for _ in range(r):
@@ -157,7 +170,7 @@ def measure_point(dev, qw, t, runs, rng):
 def measure_baselines(qw, point, rng):
     """CPU baselines at one point. Run after all device timings: their worker threads
     (BLAS, OpenMP) may keep spinning for a while and would slow lavapipe's threads."""
-    k, n, g, t, r = qw.K, qw.N, qw.group_size, point["T"], point["runs"]
+    k, n, g, t, r = qw.K, qw.N, qw.group_size, point["T"], min(point["runs"], 15)
     x_q, x_scale, x_zp = _inputs(qw, t, rng)
     w_deq = dequantize_weights(qw.w_packed, g, qw.w_scales, qw.w_offsets)
     xf = dequantize_per_token(x_q, x_scale, x_zp)
@@ -303,13 +316,18 @@ def main(argv=None):
                                  .splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
-                      help="shapes 'quick' (default), group sizes 32 and 128, 3 runs")
+                      help="shapes 'quick' (default), group sizes 32 and 128, at least 5 runs")
     mode.add_argument("--full", action="store_true",
-                      help="llama-7b and minilm shapes, group sizes 32 and 128, 5 runs")
+                      help="llama-7b and minilm shapes, group sizes 32 and 128, at least 7 runs")
     ap.add_argument("--shapes", help="KxN list or set names (quick, llama-7b, minilm)")
     ap.add_argument("--tokens", help=f"T list (default {','.join(map(str, TOKENS))})")
     ap.add_argument("--group-sizes", help="group sizes (default 32,128)")
-    ap.add_argument("--runs", type=int, help="timed runs per point")
+    ap.add_argument("--runs", type=int,
+                    help="timed runs per point at least (more where they fit the budget)")
+    ap.add_argument("--budget", type=float,
+                    help="seconds of timed runs per point (default 2, --full 4)")
+    ap.add_argument("--warm-up", type=float, default=1.0,
+                    help="seconds of device work before calibrating (default 1)")
     ap.add_argument("--device", type=int, default=None)
     ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
     ap.add_argument("--no-baselines", action="store_true")
@@ -320,7 +338,8 @@ def main(argv=None):
         SHAPE_SETS["llama-7b"] + SHAPE_SETS["minilm"] if a.full else SHAPE_SETS["quick"])
     tokens = _parse_list(a.tokens) if a.tokens else TOKENS
     gsizes = _parse_list(a.group_sizes) if a.group_sizes else [32, 128]
-    runs = a.runs or (5 if a.full else 3)
+    runs = a.runs or (7 if a.full else 5)
+    budget = a.budget if a.budget is not None else (4.0 if a.full else 2.0)
     dev = Device(a.device)
     rng = np.random.default_rng(0)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
@@ -328,7 +347,8 @@ def main(argv=None):
     # The read calibration covers the packed bytes of the bars' 4096 x 4096 layer when it is
     # in the sweep, else of the biggest layer.
     read_bytes = (4096 * 4096 if (4096, 4096) in shapes else max(k * n for k, n in shapes)) // 2
-    rt, bw = read_bandwidth(dev, read_bytes)
+    warm_up(dev, a.warm_up)
+    rt, bw = read_bandwidth(dev, read_bytes, runs=20)
     at, peak = alu_rate(dev)
     calib = {"read_bytes": read_bytes,
              "read_s": {"median": rt.median, "min": rt.min}, "read_bytes_per_s": bw,
@@ -343,7 +363,7 @@ def main(argv=None):
         qw = weights[(k, n, g)] = prepack(w_packed, g, w_scales, w_zeros, device=dev)
         for t in tokens:
             prog.step(f"K={k} N={n} g={g} T={t}")
-            points.append(measure_point(dev, qw, t, runs, rng))
+            points.append(measure_point(dev, qw, t, runs, rng, budget))
     if not a.no_baselines:
         prog = Progress(len(points))
         for p in points:

@@ -169,6 +169,16 @@ class Device:
             return self.info.supports(feature)
         return feature in self.enabled_features and self.info.supports(feature)
 
+    @property
+    def caps(self):
+        """The :class:`~vkqlinear.kernels.DeviceCaps` the kernel choice reads (features as
+        enabled on this device; fixed once it is open, so made once)."""
+        caps = self.__dict__.get("_caps")
+        if caps is None:
+            from .kernels import DeviceCaps
+            caps = self._caps = DeviceCaps.from_device(self)
+        return caps
+
     def capabilities(self):
         """``{feature: {"supported": bool, "enabled": bool, "what": str}}`` plus the
         subgroup size."""

@@ -23,6 +23,7 @@ entry it uses the built-in value for the driver (:data:`BUILTIN_THRESHOLDS`), el
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -216,7 +217,14 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
     """The :class:`Kernel` for ``algorithm`` ("tiled", "cooperative" or "auto") at ``t``
     tokens on a device described by ``caps`` (:class:`DeviceCaps`). ``variant`` (or
     ``$VKQLINEAR_VARIANT``) forces a variant; it must be one the device supports for the
-    algorithm that runs, else ``ValueError``."""
+    algorithm that runs, else ``ValueError``. A pure function of its arguments (and the
+    variable), so its results are memoized: an op call does not pay for the choice."""
+    return _choose(algorithm, t, group_size, bool(out_int8), caps, threshold,
+                   variant or os.environ.get("VKQLINEAR_VARIANT") or None)
+
+
+@functools.lru_cache(maxsize=512)
+def _choose(algorithm, t, group_size, out_int8, caps, threshold, variant):
     if algorithm == "auto":
         limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
         algorithm = "cooperative" if t <= limit else "tiled"
@@ -225,7 +233,7 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
                          f"got {algorithm!r}")
     lanes = lanes_for(caps)
     possible = caps.variants(algorithm)
-    variant = variant or os.environ.get("VKQLINEAR_VARIANT") or possible[0]
+    variant = variant or possible[0]
     if variant not in possible:
         raise ValueError(f"variant: {variant!r} is not available for the {algorithm} kernel "
                          f"on this device (available: {', '.join(possible)}; "
@@ -258,8 +266,7 @@ def kernel_for_device(device, algorithm, t, group_size, out_int8):
     """:func:`choose_kernel` on an open :class:`~vkqlinear.Device`: its capabilities (as
     enabled) and, for ``"auto"``, its threshold (:func:`auto_threshold`)."""
     threshold = auto_threshold(device.info) if algorithm == "auto" else None
-    return choose_kernel(algorithm, t, group_size, out_int8, DeviceCaps.from_device(device),
-                         threshold)
+    return choose_kernel(algorithm, t, group_size, out_int8, device.caps, threshold)
 
 
 # -- tuning file ---------------------------------------------------------------------------

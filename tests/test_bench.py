@@ -1,0 +1,70 @@
+"""The benchmark: a tiny sweep end to end (table, JSON, tuning) and its derived figures."""
+
+import json
+
+import pytest
+
+from vkqlinear import bench, kernels
+
+
+def _point(t, tiled, coop, auto, k=4096, n=4096, g=32):
+    def kern(s):
+        return {"kernel_s": {"median": s, "min": s}, "e2e_s": {"median": 1.5 * s, "min": s}}
+    return {"T": t, "K": k, "N": n, "group_size": g,
+            "kernels": {"tiled": kern(tiled), "cooperative": kern(coop), "auto": kern(auto)}}
+
+
+def test_derived_figures_and_bars():
+    calib = {"read_bytes_per_s": 8e9, "alu_madd_per_s": 2e10, "read_s": {"median": 1e-3}}
+    points = [_point(1, 2e-3, 1e-3, 1.2e-3), _point(2, 2e-3, 3e-3, 3e-3),
+              _point(512, 0.5, 0.6, 0.5)]
+    cross = bench.derive(points, calib)
+    assert cross == {"4096x4096 g32": 2}                 # first T where tiled wins
+    assert [p["best"] for p in points] == ["cooperative", "tiled", "tiled"]
+    assert points[0]["auto_regret"] == pytest.approx(1.2)
+    assert points[1]["auto_regret"] == pytest.approx(1.5)
+    assert points[0]["e2e_over_kernel"] == pytest.approx(1.5)
+    # T = 1 moves 8 MiB of weights in 1 ms at 8 GB/s roofline: 4096*4096 MACs / 8.39e-4 s
+    attainable = 8e9 * 4096 * 4096 / (4096 * 4096 / 2)
+    assert points[0]["kernels"]["cooperative"]["roofline_fraction"] == \
+        pytest.approx(4096 * 4096 / 1e-3 / attainable)
+    b = bench.bars(points, calib)
+    assert b["gemv_T1_over_read (<= 1.5)"] == pytest.approx(1.0)
+    assert b["coop_T1_over_best (<= 1.3)"] == pytest.approx(1.0)
+    assert b["gemm_T512_alu_fraction (>= 0.70)"] == pytest.approx(4096 * 4096 * 512 / 0.5 / 2e10)
+    assert b["auto_regret_max (<= 1.10)"] == pytest.approx(1.5)
+
+
+def test_runs_fill_the_budget_within_limits():
+    assert bench._runs_for(1.0, 5, 2.0) == 5           # slow point: the minimum
+    assert bench._runs_for(0.1, 5, 2.0) == 20
+    assert bench._runs_for(1e-4, 5, 2.0) == 40          # at most 8x the minimum
+
+
+def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
+    tuning = tmp_path / "tuning.json"
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tuning))
+    out = tmp_path / "out"
+    assert bench.main(["--shapes", "64x48", "--tokens", "1,5", "--group-sizes", "32",
+                       "--runs", "2", "--budget", "0", "--warm-up", "0", "--out", str(out),
+                       "--tune"]) == 0
+    text = capsys.readouterr().out
+    assert "64x48" in text and "crossover T" in text
+    doc = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert [p["T"] for p in doc["points"]] == [1, 5]
+    for p in doc["points"]:
+        assert p["runs"] == 2
+        for alg in bench.KERNELS:
+            v = p["kernels"][alg]
+            assert len(v["runs_kernel"]) == len(v["runs_e2e"]) == 2
+            assert v["check"].startswith("max error / tolerance")
+            assert 0 < v["kernel_s"]["min"] <= v["kernel_s"]["median"]
+        assert set(p["baselines"]) >= {"numpy_float32", "reference_int8"}
+    assert doc["calibration"]["read_bytes"] == 64 * 48 // 2
+    assert doc["bars"] == {"auto_regret_max (<= 1.10)": pytest.approx(
+        max(p["auto_regret"] for p in doc["points"]))}
+    stored = json.loads(tuning.read_text())
+    (entry,) = stored.values()
+    cross = doc["crossovers"]["64x48 g32"]
+    assert entry["auto_threshold"] == (cross - 1 if cross else 5)
+    assert kernels.auto_threshold(device.info) == entry["auto_threshold"]   # auto reads it
