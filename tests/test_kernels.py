@@ -34,7 +34,7 @@ def test_kernels_respect_device_limits(caps, t):
         k = K.choose_kernel(alg, t, 32, False, caps)
         x, y = k.local_size
         assert x * y <= caps.max_invocations
-        assert k.tm in (1, 2, 4) and k.tm <= max(t, 1)
+        assert k.tm in (1, 2, 4, 8) and k.tm <= max(t, 1)
         assert k.spec_constants == (x, y, 32, k.lanes, k.tm, 0)
         if alg == "cooperative":
             assert y & (y - 1) == 0                        # workers: a power of two
