@@ -69,7 +69,10 @@ layout(push_constant) uniform Params {
 #if defined(STORAGE8)
 layout(std430, binding = 0) readonly buffer XBuf { i8vec4 X[]; };
 #elif defined(INT64_LOADS)
-layout(std430, binding = 0) readonly buffer XBuf { uint64_t X[]; };   // 8 int8 per load
+// 8 int8 per uint64_t, and the same memory seen 16 bytes at a time (descriptor
+// aliasing): lavapipe pays per load instruction, not per byte.
+layout(std430, binding = 0) readonly buffer XBuf { uint64_t X[]; };
+layout(std430, binding = 0) readonly buffer X2Buf { u64vec2 X2[]; };
 #else
 layout(std430, binding = 0) readonly buffer XBuf { uint X[]; };
 #endif
@@ -78,7 +81,7 @@ layout(std430, binding = 2) readonly buffer XZBuf { int XZ[]; };
 #if defined(DOT_PRODUCT)
 layout(std430, binding = 3) readonly buffer WBuf { uvec4 W[]; };
 #elif defined(INT64_LOADS)
-layout(std430, binding = 3) readonly buffer WBuf { uint64_t W[]; };   // k and k + 1
+layout(std430, binding = 3) readonly buffer WBuf { u64vec4 W[]; };    // k .. k + 7
 #else
 layout(std430, binding = 3) readonly buffer WBuf { uint W[]; };
 #endif
@@ -137,8 +140,8 @@ ivec2 swar_split(int acc) {
 }
 
 // Weight units: a unit is what one load brings of one channel block: the 8 channels at
-// K_PER_UNIT consecutive k (one uint; one uint64_t with INT64_LOADS; two uvec4 with
-// DOT_PRODUCT, which index W in uvec4 units and so use 2 * unit). Two orders of the units:
+// K_PER_UNIT consecutive k (one uint; one u64vec4 of four k-pairs with INT64_LOADS; two
+// uvec4 with DOT_PRODUCT, which index W in uvec4 units and so use 2 * unit). Two orders:
 //   default      [b / LANES][k unit][b % LANES]: LANES neighbouring invocations (channel
 //                blocks, the TILED kernel) read LANES neighbouring units at each k.
 //   GROUP_ORDER  [b][g / LANES][k unit within the group][g % LANES], the last round of
@@ -148,7 +151,7 @@ ivec2 swar_split(int acc) {
 #if defined(DOT_PRODUCT)
 const uint K_PER_UNIT = 8u;
 #elif defined(INT64_LOADS)
-const uint K_PER_UNIT = 2u;
+const uint K_PER_UNIT = 8u;
 #else
 const uint K_PER_UNIT = 1u;
 #endif

@@ -59,6 +59,58 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
         }
     }
 }
+#elif defined(INT64_LOADS)
+// The CHUNK activations from uint word `word` of X on: one 16-byte load (or 8 for
+// CHUNK = 8), half the loads of 8-byte words (lavapipe pays per load instruction; 32-byte
+// loads measured no faster at T = 1 and slower at 8 tokens per invocation).
+u64vec2 x_chunk(uint word) {
+    if (CHUNK == 16u) return X2[word / 4u];
+    return u64vec2(X[word / 2u], 0ul);
+}
+
+// As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
+void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        sx[i] = 0;
+        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
+    }
+    uint stride;
+    uint wi = weight_unit(b, g, G, stride);
+    uint xi = g * (GROUP_SIZE / 4u);
+    for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
+        int acc[TM][4];
+        u64vec2 xs[TM];
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
+            xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
+        }
+        [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
+            u64vec4 wq = W[wi + ((c0 + k8) / 8u) * stride];
+            uvec2 xw[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(xs[i][k8 / 8u]);
+            [[unroll]] for (uint kk = 0u; kk < 8u; kk++) {
+                uint w = unpack32(wq[kk / 2u])[kk % 2u];
+                int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+                int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+                [[unroll]] for (uint i = 0u; i < TM; i++) {
+                    int xv = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
+                    sx[i] += xv;
+                    acc[i][0] += xv * w0;
+                    acc[i][1] += xv * w1;
+                    acc[i][2] += xv * w2;
+                    acc[i][3] += xv * w3;
+                }
+            }
+        }
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                ivec2 h = swar_split(acc[i][j]);
+                P[i][j] += h.x;
+                P[i][j + 4u] += h.y;
+            }
+        }
+    }
+}
 #else
 // P[i][c] = sum x * u and sx[i] = sum x over group g of block b, two channels per int32
 // multiply (SWAR, see common.glsl).
@@ -75,28 +127,6 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
         }
-#ifdef INT64_LOADS
-        [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
-            uvec2 xw[TM];
-            [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(X[(tile_row[i] + xi + (c0 + k8) / 4u) / 2u]);
-            [[unroll]] for (uint kk = 0u; kk < 8u; kk += 2u) {
-                uvec2 wp = unpack32(W[wi + ((c0 + k8 + kk) / 2u) * stride]);
-                [[unroll]] for (uint h = 0u; h < 2u; h++) {
-                    uint w = wp[h];
-                    int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
-                    int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
-                    [[unroll]] for (uint i = 0u; i < TM; i++) {
-                        int xv = bitfieldExtract(int(xw[i][(kk + h) / 4u]), int(8u * ((kk + h) % 4u)), 8);
-                        sx[i] += xv;
-                        acc[i][0] += xv * w0;
-                        acc[i][1] += xv * w1;
-                        acc[i][2] += xv * w2;
-                        acc[i][3] += xv * w3;
-                    }
-                }
-            }
-        }
-#else
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
@@ -114,7 +144,6 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
                 }
             }
         }
-#endif
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint j = 0u; j < 4u; j++) {
                 ivec2 h = swar_split(acc[i][j]);

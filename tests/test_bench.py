@@ -7,32 +7,56 @@ import pytest
 from vkqlinear import bench, kernels
 
 
-def _point(t, tiled, coop, auto, k=4096, n=4096, g=32):
+def _point(t, tiled, coop, auto, k=4096, n=4096, g=32, calib=None):
+    """A measured point with three rounds; the second round ran in a slow spell (2x)."""
     def kern(s):
-        return {"kernel_s": {"median": s, "min": s}, "e2e_s": {"median": 1.5 * s, "min": s}}
-    return {"T": t, "K": k, "N": n, "group_size": g,
-            "kernels": {"tiled": kern(tiled), "cooperative": kern(coop), "auto": kern(auto)}}
+        runs = [s, 2 * s, s]
+        return {"runs_kernel": runs, "runs_e2e": [1.5 * r for r in runs],
+                "kernel_s": {"median": s, "min": s}, "e2e_s": {"median": 1.5 * s, "min": s}}
+    p = {"T": t, "K": k, "N": n, "group_size": g,
+         "kernels": {"tiled": kern(tiled), "cooperative": kern(coop), "auto": kern(auto)}}
+    if calib:
+        name, secs, work = calib
+        p["calibration_runs"] = {name: [secs, 2 * secs, secs]}
+        p["calibration_work"] = {name: work}
+    return p
 
 
 def test_derived_figures_and_bars():
     calib = {"read_bytes_per_s": 8e9, "alu_madd_per_s": 2e10, "read_s": {"median": 1e-3}}
-    points = [_point(1, 2e-3, 1e-3, 1.2e-3), _point(2, 2e-3, 3e-3, 3e-3),
-              _point(512, 0.5, 0.6, 0.5)]
+    points = [_point(1, 2e-3, 1e-3, 1.2e-3, calib=("read", 0.8e-3, 4096 * 4096 // 2)),
+              _point(2, 2e-3, 3e-3, 3e-3),
+              _point(512, 0.5, 0.6, 0.5, calib=("alu", 0.01, 2.5e8))]
     cross = bench.derive(points, calib)
     assert cross == {"4096x4096 g32": 2}                 # first T where tiled wins
     assert [p["best"] for p in points] == ["cooperative", "tiled", "tiled"]
     assert points[0]["auto_regret"] == pytest.approx(1.2)
     assert points[1]["auto_regret"] == pytest.approx(1.5)
+    assert points[0]["coop_over_best"] == pytest.approx(1.0)
+    assert points[1]["coop_over_best"] == pytest.approx(1.5)
     assert points[0]["e2e_over_kernel"] == pytest.approx(1.5)
-    # T = 1 moves 8 MiB of weights in 1 ms at 8 GB/s roofline: 4096*4096 MACs / 8.39e-4 s
+    assert points[0]["best_over_read"] == pytest.approx(1e-3 / 0.8e-3)
+    # 2.5e8 multiply-adds in 10 ms: 2.5e10/s; the kernel's 4096*4096*512 in 0.5 s
+    assert points[2]["alu_fraction"] == pytest.approx(4096 * 4096 * 512 / 0.5 / 2.5e10)
+    # T = 1 moves 8 MiB of weights: at 8 GB/s the roofline is bandwidth-bound
     attainable = 8e9 * 4096 * 4096 / (4096 * 4096 / 2)
     assert points[0]["kernels"]["cooperative"]["roofline_fraction"] == \
         pytest.approx(4096 * 4096 / 1e-3 / attainable)
     b = bench.bars(points, calib)
     assert b["gemv_T1_over_read (<= 1.5)"] == pytest.approx(1.0)
+    assert b["gemv_T1_over_read, in-round (<= 1.5)"] == pytest.approx(1.25)
     assert b["coop_T1_over_best (<= 1.3)"] == pytest.approx(1.0)
+    assert b["e2e_T1_over_kernel (<= 1.1)"] == pytest.approx(1.5)
     assert b["gemm_T512_alu_fraction (>= 0.70)"] == pytest.approx(4096 * 4096 * 512 / 0.5 / 2e10)
+    assert b["gemm_T512_alu_fraction, in-round (>= 0.70)"] == \
+        pytest.approx(points[2]["alu_fraction"])
     assert b["auto_regret_max (<= 1.10)"] == pytest.approx(1.5)
+
+
+def test_ratios_are_taken_round_by_round():
+    # auto ran the same kernel; the slow spells hit different rounds of the two medians
+    assert bench._ratio([1.0, 1.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 2.0, 2.0]) == 1.0
+    assert bench._ratio([1.1, 2.2, 1.1], [1.0, 2.0, 1.0]) == pytest.approx(1.1)
 
 
 def test_runs_fill_the_budget_within_limits():
@@ -60,6 +84,9 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
             assert v["check"].startswith("max error / tolerance")
             assert 0 < v["kernel_s"]["min"] <= v["kernel_s"]["median"]
         assert set(p["baselines"]) >= {"numpy_float32", "reference_int8"}
+    p1 = doc["points"][0]                  # T = 1: the read calibration in every round
+    assert len(p1["calibration_runs"]["read"]) == 2 and p1["best_over_read"] > 0
+    assert p1["calibration_work"]["read"] == 64 * 48 // 2
     assert doc["calibration"]["read_bytes"] == 64 * 48 // 2
     assert doc["bars"] == {"auto_regret_max (<= 1.10)": pytest.approx(
         max(p["auto_regret"] for p in doc["points"]))}

@@ -31,15 +31,15 @@ def test_swar_layout(lanes, n):
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_swar64_layout_pairs_k(lanes):
+def test_swar64_layout_octets_of_k(lanes):
     k, g, n = 64, 32, 70
     q, packed, s, o = _weights(n, k, g, seed=2)
     words, *_ = device_layout(packed, g, s, o, lanes, "swar64")
     for ch in range(n):
         b, i = divmod(ch, 8)
         for kk in range(k):
-            pair = ((b // lanes) * (k // 2) + kk // 2) * lanes + b % lanes
-            w = int(words[2 * pair + kk % 2])
+            octet = ((b // lanes) * (k // 8) + kk // 8) * lanes + b % lanes
+            w = int(words[8 * octet + kk % 8])
             assert (w >> (4 * i)) & 0xF == q[ch, kk] + 8
 
 
@@ -74,7 +74,7 @@ def _unit_of(layout, b, kk, k, g, lanes, order):
     """Index of the unit holding (block b, k = kk), decoded from the docs: blocks order
     [b // lanes][j][b % lanes]; groups order [b][g // lanes][j in group][g % lanes], the
     last round holding only the groups left."""
-    kpu = {"swar": 1, "swar64": 2, "dot": 8}[layout]
+    kpu = {"swar": 1, "swar64": 8, "dot": 8}[layout]
     j = kk // kpu
     if order == "blocks":
         return ((b // lanes) * (k // kpu) + j) * lanes + b % lanes
@@ -93,7 +93,7 @@ def test_every_layout_and_order(layout, order, k, g, lanes):
     q, packed, s, o = _weights(n, k, g, seed=3)
     words, ws, wo, wsu, np_ = device_layout(packed, g, s, o, lanes, layout, order)
     assert words.size == np_ * k // 8 and ws.size == np_ * (k // g)
-    width = {"swar": 1, "swar64": 2, "dot": 8}[layout]
+    width = {"swar": 1, "swar64": 8, "dot": 8}[layout]
     seen = set()
     for ch in range(n):
         b, i = divmod(ch, 8)
@@ -115,7 +115,7 @@ def test_every_layout_and_order(layout, order, k, g, lanes):
                 idx = (b * (k // g) + gi) * 8 + i
             assert ws[idx] == s[ch, gi] and wo[idx] == o[ch, gi]
             assert wsu[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
-    assert len(seen) == -(-n // 8) * (k // {"swar": 1, "swar64": 2, "dot": 8}[layout])
+    assert len(seen) == -(-n // 8) * (k // {"swar": 1, "swar64": 8, "dot": 8}[layout])
 
 
 def test_unknown_layout_is_refused():

@@ -11,7 +11,8 @@ import numpy as np
 
 from .compiler import compile_shader
 
-__all__ = ["Timing", "time_dispatches", "read_bandwidth", "alu_rate"]
+__all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel",
+           "read_bandwidth", "alu_rate"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,23 @@ def time_dispatches(device, algo, push, runs):
     return Timing(tuple(deltas[1:]))
 
 
-def read_bandwidth(device, nbytes, runs=10):
-    """``(Timing, bytes_per_s)`` of the streaming-read kernel over ``nbytes`` bytes."""
+class Calibration:
+    """A calibration kernel made once and timed on demand: ``work`` (bytes read or
+    multiply-adds) per dispatch; :meth:`time` dispatches it back to back (warm)."""
+
+    def __init__(self, device, algo, push, work, tensors):
+        self.device, self.algo, self.push, self.work = device, algo, push, work
+        self._tensors = tensors      # kept alive with the algorithm
+
+    def time(self, runs):
+        """:class:`Timing` of ``runs`` warm dispatches."""
+        return time_dispatches(self.device, self.algo, self.push, runs)
+
+
+def read_kernel(device, nbytes):
+    """The streaming-read kernel over ``nbytes`` bytes (rounded down to 16-byte words):
+    workgroup w reads its own contiguous chunk with 16-byte loads."""
+    import kp
     words = max(1, nbytes // 16)
     local = max(8, min(64, int(device.info.subgroup.get("size") or 8)))
     wgs = 256
@@ -53,17 +69,16 @@ def read_bandwidth(device, nbytes, runs=10):
         mgr = device.manager
         src = mgr.tensor_t(np.arange(words * 4, dtype=np.uint32))
         dst = mgr.tensor_t(np.zeros(wgs * local, np.uint32))
-        import kp
         mgr.sequence().eval(kp.OpTensorSyncDevice([src]))
         push = np.array([words, chunk], np.uint32)
         algo = mgr.algorithm([src, dst], compile_shader("calib_read.comp"), (wgs, 1, 1),
                              np.array([local], np.uint32), push)
-    t = time_dispatches(device, algo, push, runs)
-    return t, words * 16 / t.median
+    return Calibration(device, algo, push, words * 16, (src, dst))
 
 
-def alu_rate(device, runs=5, iters=2048):
-    """``(Timing, multiply_adds_per_s)`` of the int32 multiply-add kernel (32 chains)."""
+def alu_kernel(device, iters=2048):
+    """The int32 multiply-add kernel: 32 independent chains of ``iters`` steps in each
+    of 64 x 64 invocations."""
     local, wgs, chains = 64, 64, 32
     with device.lock:
         mgr = device.manager
@@ -71,5 +86,18 @@ def alu_rate(device, runs=5, iters=2048):
         push = np.array([iters, 1664525, 1013904223 & 0x7FFFFFFF], np.uint32)
         algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
                              np.array([local], np.uint32), push)
-    t = time_dispatches(device, algo, push, runs)
-    return t, wgs * local * iters * chains / t.median
+    return Calibration(device, algo, push, wgs * local * iters * chains, (dst,))
+
+
+def read_bandwidth(device, nbytes, runs=10):
+    """``(Timing, bytes_per_s)`` of the streaming-read kernel over ``nbytes`` bytes."""
+    cal = read_kernel(device, nbytes)
+    t = cal.time(runs)
+    return t, cal.work / t.median
+
+
+def alu_rate(device, runs=5, iters=2048):
+    """``(Timing, multiply_adds_per_s)`` of the int32 multiply-add kernel (32 chains)."""
+    cal = alu_kernel(device, iters)
+    t = cal.time(runs)
+    return t, cal.work / t.median

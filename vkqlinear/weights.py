@@ -11,8 +11,8 @@ The device layout (made by :func:`device_layout`, read by ``shaders/common.glsl`
   - layout ``"swar"`` (the SWAR int32 kernels): a unit is one uint32 word holding the raw
     nibbles ``u = q + 8`` of the 8 channels of a block at one k (bits ``4i .. 4i+3`` for
     channel ``8b + i``);
-  - layout ``"swar64"`` (SWAR reading 64-bit words, ``int64`` variant): two such words, k
-    and k + 1 side by side;
+  - layout ``"swar64"`` (SWAR reading 64-bit words, ``int64`` variant): eight such words,
+    k .. k + 7 side by side, read as one u64vec4 (lavapipe pays per load instruction);
   - layout ``"dot"`` (the OpSDot kernels): eight words, one per channel, each holding 8 k:
     byte m of k-octet j = ``u[8j + m] | u[8j + 4 + m] << 4``, so that ``w & 0x0F0F0F0F``
     and ``(w >> 4) & 0x0F0F0F0F`` pair with the two activation words of the octet;
@@ -152,7 +152,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         words = np.zeros((nb, k), dtype=np.uint32)
         for i in range(8):
             words |= ub[:, i, :].astype(np.uint32) << np.uint32(4 * i)
-        per = 1 if layout == "swar" else 2       # swar64: k and k + 1 side by side
+        per = 1 if layout == "swar" else 8       # swar64: k .. k + 7 side by side
         units = words.reshape(nb, k // per, per)
     elif layout == "dot":
         uo = u.reshape(np_, k // 8, 2, 4).astype(np.uint32)   # [channel][octet][half][m]
