@@ -2,9 +2,11 @@
 # Run the test suite under the Khronos validation layer; any validation error fails.
 #
 # The layer prints nothing unless a settings file asks it to, so this script writes one
-# (errors and warnings, logged to stderr) and points VK_LAYER_SETTINGS_PATH at it. It
-# first proves that errors really surface: a deliberately invalid shader (one declaring
-# the Float64 capability, which vkqlinear never enables) must produce a "Validation Error".
+# (errors and warnings, logged to stderr, and synchronization validation on) and points
+# VK_LAYER_SETTINGS_PATH at it. It first proves that errors really surface: a deliberately
+# invalid shader (one declaring the Float64 capability, which vkqlinear never enables) and
+# a read-after-write hazard (two dispatches with no barrier between them) must each produce
+# a "Validation Error".
 # Usage: tools/validation_run.sh [pytest args...]   (run inside the venv of tools/setup.sh)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +19,7 @@ cat > "$work/vk_layer_settings.txt" <<SETTINGS
 khronos_validation.report_flags = error,warn
 khronos_validation.debug_action = VK_DBG_LAYER_ACTION_LOG_MSG
 khronos_validation.log_filename = /dev/stderr
+khronos_validation.enables = VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT
 SETTINGS
 export VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation
 export VK_LAYER_SETTINGS_PATH="$work/vk_layer_settings.txt"
@@ -46,6 +49,35 @@ if ! grep -q "Validation Error" "$work/self.log"; then
   exit 1
 fi
 say "ok: the layer reports errors"
+
+say "self-check: a missing barrier must be reported (synchronization validation)"
+"$PY" - > "$work/sync.log" 2>&1 <<'PYEOF'
+import numpy as np, kp, subprocess, tempfile, os
+src = """#version 450
+layout(local_size_x = 1) in;
+layout(std430, binding = 0) readonly buffer A { uint a[]; };
+layout(std430, binding = 1) writeonly buffer B { uint b[]; };
+void main() { b[0] = a[0] + 1u; }
+"""
+d = tempfile.mkdtemp()
+open(os.path.join(d, "c.comp"), "w").write(src)
+subprocess.run(["glslangValidator", "-V", "--target-env", "vulkan1.1", "-o",
+                os.path.join(d, "c.spv"), os.path.join(d, "c.comp")], check=True,
+               capture_output=True)
+spv = open(os.path.join(d, "c.spv"), "rb").read()
+m = kp.Manager()
+t = [m.tensor_t(np.ones(4, dtype=np.uint32)) for _ in range(3)]
+none = np.array([], np.uint32)
+first = m.algorithm([t[0], t[1]], spv, (1, 1, 1), none, none)
+second = m.algorithm([t[1], t[2]], spv, (1, 1, 1), none, none)   # reads what first wrote
+m.sequence().record(kp.OpAlgoDispatch(first)).record(kp.OpAlgoDispatch(second)).eval()
+PYEOF
+if ! grep -q "SYNC-HAZARD-READ-AFTER-WRITE" "$work/sync.log"; then
+  say "FAILED: the layer did not report the hazard; synchronization validation is off:"
+  cat "$work/sync.log"
+  exit 1
+fi
+say "ok: the layer reports hazards"
 
 say "device probe under the layer"
 "$PY" -m vkqlinear._probe > /dev/null 2> "$work/probe.log"
