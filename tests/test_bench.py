@@ -77,15 +77,15 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     doc = json.loads(next(out.glob("bench-*.json")).read_text())
     assert [p["T"] for p in doc["points"]] == [1, 5]
     for p in doc["points"]:
-        assert p["runs"] == 2
+        assert p["runs"] == (4 if p["T"] == 1 else 2)     # the bars' points: twice the runs
         for alg in bench.KERNELS:
             v = p["kernels"][alg]
-            assert len(v["runs_kernel"]) == len(v["runs_e2e"]) == 2
+            assert len(v["runs_kernel"]) == len(v["runs_e2e"]) == p["runs"]
             assert v["check"].startswith("max error / tolerance")
             assert 0 < v["kernel_s"]["min"] <= v["kernel_s"]["median"]
         assert set(p["baselines"]) >= {"numpy_float32", "reference_int8"}
     p1 = doc["points"][0]                  # T = 1: the read calibration in every round
-    assert len(p1["calibration_runs"]["read"]) == 2 and p1["best_over_read"] > 0
+    assert len(p1["calibration_runs"]["read"]) == 4 and p1["best_over_read"] > 0
     assert p1["calibration_work"]["read"] == 64 * 48 // 2
     assert doc["calibration"]["read_bytes"] == 64 * 48 // 2
     assert doc["bars"] == {"auto_regret_max (<= 1.10)": pytest.approx(

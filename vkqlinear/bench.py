@@ -154,18 +154,18 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
     t0 = time.perf_counter()
     for alg in KERNELS:
         ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
-    rep_s = 2 * (time.perf_counter() - t0)
+    rep_s = 3 * (time.perf_counter() - t0)
+    if calibrations:      # the bars' points: twice the runs
+        runs, budget_s = 2 * runs, 2 * budget_s
     r = point["runs"] = _runs_for(rep_s, runs, budget_s)
-    # Each kernel runs once untimed right before its timed runs where that is cheap: the
-    # kernels read different weight layouts, so without it a kernel that follows another
-    # would find its weights out of cache where the one that follows itself would not.
-    warm = rep_s < 0.05
     # Kernels and end-to-end calls interleaved, so that drifts of the (shared) host hit
     # all of them alike.
     for _ in range(r):
         for alg in KERNELS:
-            if warm:
-                ops._linear(acts, qw, None, None, None, alg, dev, timed=True)
+            # once untimed first: the kernels read different weight layouts, and one that
+            # followed another would find its weights out of the host's caches (auto ran
+            # 1.25x slower than the same tiled kernel at 4096 x 4096, g = 128, T = 256)
+            ops._linear(acts, qw, None, None, None, alg, dev, timed=True)
             ops._linear(acts, qw, None, None, None, alg, dev, timed=True)
             point["kernels"][alg]["runs_kernel"].append(calls[alg].kernel_ns(1.0) * period)
             t0 = time.perf_counter()
