@@ -59,7 +59,33 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
         }
     }
 }
-#elif defined(INT64_LOADS)
+#else
+// The SWAR multiply-adds of one k: weight word w (the nibbles of the block's 8 channels)
+// times each token's activation xv[i], two channels per int32 product (see common.glsl).
+void swar_madd(uint w, int xv[TM], inout int acc[TM][4], inout int sx[TM]) {
+    int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+    int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        sx[i] += xv[i];
+        acc[i][0] += xv[i] * w0;
+        acc[i][1] += xv[i] * w1;
+        acc[i][2] += xv[i] * w2;
+        acc[i][3] += xv[i] * w3;
+    }
+}
+
+// Adds the two halves of each SWAR accumulator of a finished chunk into P.
+void swar_flush(int acc[TM][4], inout int P[TM][8]) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint j = 0u; j < 4u; j++) {
+            ivec2 h = swar_split(acc[i][j]);
+            P[i][j] += h.x;
+            P[i][j + 4u] += h.y;
+        }
+    }
+}
+
+#ifdef INT64_LOADS
 // The CHUNK activations from uint word `word` of X on: one 16-byte load (or 8 for
 // CHUNK = 8), half the loads of 8-byte words (lavapipe pays per load instruction; 32-byte
 // loads measured no faster at T = 1 and slower at 8 tokens per invocation).
@@ -89,26 +115,14 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
             uvec2 xw[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(xs[i][k8 / 8u]);
             [[unroll]] for (uint kk = 0u; kk < 8u; kk++) {
-                uint w = unpack32(wq[kk / 2u])[kk % 2u];
-                int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
-                int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+                int xv[TM];
                 [[unroll]] for (uint i = 0u; i < TM; i++) {
-                    int xv = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
-                    sx[i] += xv;
-                    acc[i][0] += xv * w0;
-                    acc[i][1] += xv * w1;
-                    acc[i][2] += xv * w2;
-                    acc[i][3] += xv * w3;
+                    xv[i] = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
                 }
+                swar_madd(unpack32(wq[kk / 2u])[kk % 2u], xv, acc, sx);
             }
         }
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint j = 0u; j < 4u; j++) {
-                ivec2 h = swar_split(acc[i][j]);
-                P[i][j] += h.x;
-                P[i][j + 4u] += h.y;
-            }
-        }
+        swar_flush(acc, P);
     }
 }
 #else
@@ -131,29 +145,16 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
             [[unroll]] for (uint kk = 0u; kk < 4u; kk++) {
-                uint w = W[wi + (c0 + k4 + kk) * stride];
-                int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
-                int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
-                [[unroll]] for (uint i = 0u; i < TM; i++) {
-                    int xv = xq[i][kk];
-                    sx[i] += xv;
-                    acc[i][0] += xv * w0;
-                    acc[i][1] += xv * w1;
-                    acc[i][2] += xv * w2;
-                    acc[i][3] += xv * w3;
-                }
+                int xv[TM];
+                [[unroll]] for (uint i = 0u; i < TM; i++) xv[i] = xq[i][kk];
+                swar_madd(W[wi + (c0 + k4 + kk) * stride], xv, acc, sx);
             }
         }
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint j = 0u; j < 4u; j++) {
-                ivec2 h = swar_split(acc[i][j]);
-                P[i][j] += h.x;
-                P[i][j + 4u] += h.y;
-            }
-        }
+        swar_flush(acc, P);
     }
 }
-#endif
+#endif  // INT64_LOADS
+#endif  // DOT_PRODUCT
 
 // Adds group g of channel block b: exact integer sums, then s * A + o * S.
 void tile_group(uint b, uint g, uint G) {
