@@ -31,16 +31,20 @@ void tile_flush() {
     }
 }
 
+void sums_zero(out int P[TM][8], out int sx[TM]) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        sx[i] = 0;
+        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
+    }
+}
+
 #ifdef DOT_PRODUCT
 // P[i][c] = sum x * u and sx[i] = sum x over group g of block b, four products per OpSDot.
 // Weight word c of an octet holds channel c's nibbles u(8j + m) in the low and u(8j + 4 + m)
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
 // the two activation words of the octet. u <= 15 is a non-negative int8: a signed dot.
 void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        sx[i] = 0;
-        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
-    }
+    sums_zero(P, sx);
     uint stride;
     uint wi = 2u * weight_unit(b, g, G, stride);
     uint xi = g * (GROUP_SIZE / 4u);
@@ -96,10 +100,7 @@ u64vec2 x_chunk(uint word) {
 
 // As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
 void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        sx[i] = 0;
-        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
-    }
+    sums_zero(P, sx);
     uint stride;
     uint wi = weight_unit(b, g, G, stride);
     uint xi = g * (GROUP_SIZE / 4u);
@@ -129,10 +130,7 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
 // P[i][c] = sum x * u and sx[i] = sum x over group g of block b, two channels per int32
 // multiply (SWAR, see common.glsl).
 void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        sx[i] = 0;
-        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
-    }
+    sums_zero(P, sx);
     uint stride;
     uint wi = weight_unit(b, g, G, stride);
     uint xi = g * (GROUP_SIZE / 4u);
