@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, conformance, ops
-from .calibrate import alu_kernel, read_bandwidth, read_kernel
+from .calibrate import alu_kernel, read_kernel
 from .device import Device
 from .kernels import kernel_for_device, store_threshold
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, \
@@ -113,12 +113,13 @@ def _runs_for(rep_s, runs, budget_s):
     return max(runs, min(8 * runs, int(budget_s / max(rep_s, 1e-6))))
 
 
-def warm_up(dev, seconds=1.0):
-    """Keeps the device busy for ``seconds`` before anything is timed: the first few
-    hundred milliseconds of lavapipe work in a process run up to 2x slower (measured)."""
+def warm_up(cal, seconds=1.0):
+    """Keeps the device busy with calibration kernel ``cal`` for ``seconds`` before
+    anything is timed: the first few hundred milliseconds of lavapipe work in a process
+    run up to 2x slower (measured)."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        read_bandwidth(dev, 1 << 22, runs=4)
+        cal.time(4)
 
 
 def _inputs(qw, t, rng):
@@ -385,14 +386,22 @@ def main(argv=None):
     # The read calibration covers the packed bytes of the bars' 4096 x 4096 layer when it is
     # in the sweep, else of the biggest layer.
     read_bytes = (4096 * 4096 if (4096, 4096) in shapes else max(k * n for k, n in shapes)) // 2
-    warm_up(dev, a.warm_up)
-    rt, bw = read_bandwidth(dev, read_bytes, runs=20)
+    reads = {}     # read calibration kernels by byte count, made once
+
+    def read_cal(nbytes):
+        if nbytes not in reads:
+            reads[nbytes] = read_kernel(dev, nbytes)
+        return reads[nbytes]
+
+    warm_up(read_cal(read_bytes), a.warm_up)
+    rt = read_cal(read_bytes).time(20)
     alu = alu_kernel(dev)
     at = alu.time(5)
-    peak = alu.work / at.median
-    calib = {"read_bytes": read_bytes,
-             "read_s": {"median": rt.median, "min": rt.min}, "read_bytes_per_s": bw,
-             "alu_s": {"median": at.median, "min": at.min}, "alu_madd_per_s": peak}
+    calib = {"read_bytes": read_cal(read_bytes).work,
+             "read_s": {"median": rt.median, "min": rt.min},
+             "read_bytes_per_s": read_cal(read_bytes).work / rt.median,
+             "alu_s": {"median": at.median, "min": at.min},
+             "alu_madd_per_s": alu.work / at.median}
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
     prog = Progress(len(configs) * len(tokens))
     points = []
@@ -404,7 +413,7 @@ def main(argv=None):
         for t in tokens:
             prog.step(f"K={k} N={n} g={g} T={t}")
             # the bars' calibrations, timed again in each round of their points
-            cals = {"read": read_kernel(dev, k * n // 2)} if t == 1 else \
+            cals = {"read": read_cal(k * n // 2)} if t == 1 else \
                 {"alu": alu} if t == 512 else {}
             points.append(measure_point(dev, qw, t, runs, rng, budget, cals))
     if not a.no_baselines:

@@ -11,8 +11,7 @@ import numpy as np
 
 from .compiler import compile_shader
 
-__all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel",
-           "read_bandwidth", "alu_rate"]
+__all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel"]
 
 
 @dataclass(frozen=True)
@@ -87,17 +86,3 @@ def alu_kernel(device, iters=2048):
         algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
                              np.array([local], np.uint32), push)
     return Calibration(device, algo, push, wgs * local * iters * chains, (dst,))
-
-
-def read_bandwidth(device, nbytes, runs=10):
-    """``(Timing, bytes_per_s)`` of the streaming-read kernel over ``nbytes`` bytes."""
-    cal = read_kernel(device, nbytes)
-    t = cal.time(runs)
-    return t, cal.work / t.median
-
-
-def alu_rate(device, runs=5, iters=2048):
-    """``(Timing, multiply_adds_per_s)`` of the int32 multiply-add kernel (32 chains)."""
-    cal = alu_kernel(device, iters)
-    t = cal.time(runs)
-    return t, cal.work / t.median
