@@ -148,9 +148,7 @@ ivec2 swar_split(int acc) {
 //                groups holding only G % LANES (when not 0): LANES neighbouring workers
 //                that take groups w, w + LANES, ... of one block (the subgroup COOPERATIVE
 //                kernel) read neighbouring units.
-#if defined(DOT_PRODUCT)
-const uint K_PER_UNIT = 8u;
-#elif defined(INT64_LOADS)
+#if defined(DOT_PRODUCT) || defined(INT64_LOADS)
 const uint K_PER_UNIT = 8u;
 #else
 const uint K_PER_UNIT = 1u;

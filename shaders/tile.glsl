@@ -31,6 +31,7 @@ void tile_flush() {
     }
 }
 
+// Zeroes a group's integer sums (group_sums' outputs).
 void sums_zero(out int P[TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;

@@ -19,7 +19,7 @@ def _fmt_bytes(n):
 def cmd_info(args):
     from .compiler import cache_dir, compiler_version
     from .device import Device, devices
-    from .kernels import DeviceCaps, auto_threshold, lanes_for, tuning_file
+    from .kernels import auto_threshold, lanes_for, tuning_file
     infos = devices()
     try:
         opened = Device(args.device)
@@ -49,7 +49,7 @@ def cmd_info(args):
                 if isinstance(c, dict):
                     print(f"    {f:24s} supported={'yes' if c['supported'] else 'no ':3s}  "
                           f"enabled={'yes' if c['enabled'] else 'no'}   ({c['what']})")
-            caps = DeviceCaps.from_device(opened)
+            caps = opened.caps
             for alg in ("tiled", "cooperative"):
                 print(f"  {alg} variants (default first): {', '.join(caps.variants(alg))}")
             print(f"  weight layout lanes {lanes_for(d)}, auto threshold T <= "

@@ -27,9 +27,7 @@ ALGORITHMS = ("tiled", "cooperative")
 
 def kernel_variants(device):
     """``[(algorithm, variant)]`` for every kernel variant ``device`` can run."""
-    from .kernels import DeviceCaps
-    caps = DeviceCaps.from_device(device)
-    return [(a, v) for a in ALGORITHMS for v in caps.variants(a)]
+    return [(a, v) for a in ALGORITHMS for v in device.caps.variants(a)]
 
 
 @contextlib.contextmanager

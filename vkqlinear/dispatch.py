@@ -175,7 +175,7 @@ def _cached_call(device, kernel, weights, key, **kw):
     """The weights' recorded call for ``(kernel, T, K, *key)`` on ``device`` (made with
     ``kw`` on a miss); call with ``device.lock`` held."""
     device.check_open()
-    dw = weights.on_device(device, kernel.lanes, kernel.layout, kernel.order)
+    dw = weights.on_device(device, kernel)
     t, k = key[0], weights.K
     return dw.call((kernel,) + key,
                    lambda: RecordedCall(device, kernel, dw, t, k, weights.N, **kw))

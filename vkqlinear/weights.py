@@ -77,10 +77,11 @@ class QuantizedWeights:
         """Bytes of packed weights plus scales and offsets (public layout)."""
         return self.w_packed.nbytes + self.w_scales.nbytes + self.w_offsets.nbytes
 
-    def on_device(self, device, lanes, layout="swar", order="blocks"):
-        """The device buffers in ``layout`` and ``order`` for ``lanes`` on ``device``,
-        uploading them on first use."""
+    def on_device(self, device, kernel):
+        """The device buffers ``kernel`` (a :class:`~vkqlinear.kernels.Kernel`) reads on
+        ``device`` (its ``lanes``, ``layout`` and ``order``), uploading them on first use."""
         device.check_open()
+        lanes, layout, order = kernel.lanes, kernel.layout, kernel.order
         key = (id(device), lanes, layout, order)
         with self._lock:
             st = self._device_state.get(key)
@@ -242,8 +243,9 @@ def prepack(w_packed, group_size, w_scales=None, w_zeros=None, *, scales_and_zer
     qw = QuantizedWeights(w, gs, np.ascontiguousarray(s, np.float32), o64, zeros)
     if device is not None:
         from .device import resolve
-        from .kernels import DeviceCaps, lanes_for, variant_layout
+        from .kernels import choose_kernel
         dev = resolve(device)
-        best = DeviceCaps.from_device(dev).variants("tiled")[0]   # the default kernel's
-        qw.on_device(dev, lanes_for(dev.info), variant_layout(best))
+        default = dev.caps.variants("tiled")[0]          # the default tiled kernel's layout
+        kernel = choose_kernel("tiled", 1, gs, False, dev.caps, variant=default)
+        qw.on_device(dev, kernel)
     return qw
