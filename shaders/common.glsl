@@ -3,8 +3,10 @@
 // Contract (the host side is vkqlinear/dispatch.py, the layouts vkqlinear/weights.py):
 //
 // Bindings (std430 storage buffers; 32-bit words unless a variant below says otherwise,
-// which keeps the portable variant valid on every Vulkan 1.1 device)
+// which keeps the portable variant valid on every Vulkan 1.1 device; with TEXEL_LOADS,
+// 0 and 3 to 6 are uniform texel buffers of R32G32B32A32_UINT over the same bytes)
 //   0 X      uint [T][K/4]     int8 activations x_q, 4 per word, k = 4w + j in byte j
+//                              (the buffer padded to a multiple of 16 bytes)
 //   1 XS     float[T]          per-token activation scale
 //   2 XZ     int  [T]          per-token activation zero point
 //   3 W      uint              weights, "block-of-8-channels" layout (below)
@@ -66,8 +68,17 @@ layout(push_constant) uniform Params {
     uint token_base;  // first token of this dispatch (grids larger than one dispatch)
 } p;
 
+#if defined(TEXEL_LOADS) && !defined(INT64_LOADS)
+#error "TEXEL_LOADS replaces the loads of the INT64_LOADS code path: define both"
+#endif
+// TEXEL_LOADS: X, W and the group data are uniform texel buffers of R32G32B32A32_UINT
+// (16 bytes per texelFetch) instead of storage buffers: the same bytes, read through the
+// accessors below. lavapipe fetches texels for all lanes with vector code, where each
+// storage-buffer load instruction is a loop over the lanes.
 #if defined(STORAGE8)
 layout(std430, binding = 0) readonly buffer XBuf { i8vec4 X[]; };
+#elif defined(TEXEL_LOADS)
+layout(binding = 0) uniform usamplerBuffer XT;
 #elif defined(INT64_LOADS)
 // 8 int8 per uint64_t, and the same memory seen 16 bytes at a time (descriptor
 // aliasing): lavapipe pays per load instruction, not per byte.
@@ -80,12 +91,18 @@ layout(std430, binding = 1) readonly buffer XSBuf { float XS[]; };
 layout(std430, binding = 2) readonly buffer XZBuf { int XZ[]; };
 #if defined(DOT_PRODUCT)
 layout(std430, binding = 3) readonly buffer WBuf { uvec4 W[]; };
+#elif defined(TEXEL_LOADS)
+layout(binding = 3) uniform usamplerBuffer WT;
 #elif defined(INT64_LOADS)
 layout(std430, binding = 3) readonly buffer WBuf { u64vec4 W[]; };    // k .. k + 7
 #else
 layout(std430, binding = 3) readonly buffer WBuf { uint W[]; };
 #endif
-#ifdef INT64_LOADS
+#if defined(TEXEL_LOADS)
+layout(binding = 4) uniform usamplerBuffer WST;
+layout(binding = 5) uniform usamplerBuffer WOT;
+layout(binding = 6) uniform usamplerBuffer WSUT;
+#elif defined(INT64_LOADS)
 // The same group data as 64-bit words: one u64vec4 = the 8 values of a block and group.
 layout(std430, binding = 4) readonly buffer WSBuf { u64vec4 WS[]; };
 layout(std430, binding = 5) readonly buffer WOBuf { u64vec4 WO[]; };
@@ -104,6 +121,36 @@ layout(std430, binding = 10) writeonly buffer YBuf { uint Y[]; };
 layout(std430, binding = 10) writeonly buffer Y8Buf { int8_t Y8[]; };
 #endif
 
+#ifdef INT64_LOADS
+// Loads of the INT64_LOADS path, in 64-bit words: from storage buffers, or two texels.
+#ifdef TEXEL_LOADS
+u64vec4 texels32(usamplerBuffer buf, uint i) {   // the 32 bytes from byte 32 i
+    uvec4 a = texelFetch(buf, int(2u * i)), b = texelFetch(buf, int(2u * i + 1u));
+    return u64vec4(pack64(a.xy), pack64(a.zw), pack64(b.xy), pack64(b.zw));
+}
+u64vec4 w_unit(uint i) { return texels32(WT, i); }      // weight unit i (8 k of a block)
+u64vec4 ws_vec(uint i) { return texels32(WST, i); }     // s of a block and group
+u64vec4 wo_vec(uint i) { return texels32(WOT, i); }     // o
+u64vec4 wsu_vec(uint i) { return texels32(WSUT, i); }   // sum u
+u64vec2 x16(uint i) {                                   // activation bytes 16 i ..
+    uvec4 a = texelFetch(XT, int(i));
+    return u64vec2(pack64(a.xy), pack64(a.zw));
+}
+uint64_t x8(uint i) {                                   // activation bytes 8 i ..
+    uvec4 a = texelFetch(XT, int(i / 2u));
+    return (i % 2u == 0u) ? pack64(a.xy) : pack64(a.zw);
+}
+#else
+u64vec4 w_unit(uint i) { return W[i]; }
+u64vec4 ws_vec(uint i) { return WS[i]; }
+u64vec4 wo_vec(uint i) { return WO[i]; }
+u64vec4 wsu_vec(uint i) { return WSU[i]; }
+u64vec2 x16(uint i) { return X2[i]; }
+uint64_t x8(uint i) { return X[i]; }
+#endif
+#endif
+
+#ifndef INT64_LOADS
 // The four signed int8 activations of word idx of X (k = 4 idx .. 4 idx + 3).
 ivec4 x_quad(uint idx) {
 #ifdef STORAGE8
@@ -114,6 +161,7 @@ ivec4 x_quad(uint idx) {
                  bitfieldExtract(w, 16, 8), bitfieldExtract(w, 24, 8));
 #endif
 }
+#endif
 
 #ifdef DOT_PRODUCT
 // OpSDot with PackedVectorFormat4x8Bit: the dot product of two words of 4 signed int8

@@ -95,8 +95,8 @@ void swar_flush(int acc[TM][4], inout int P[TM][8]) {
 // CHUNK = 8), half the loads of 8-byte words (lavapipe pays per load instruction; 32-byte
 // loads measured no faster at T = 1 and slower at 8 tokens per invocation).
 u64vec2 x_chunk(uint word) {
-    if (CHUNK == 16u) return X2[word / 4u];
-    return u64vec2(X[word / 2u], 0ul);
+    if (CHUNK == 16u) return x16(word / 4u);
+    return u64vec2(x8(word / 2u), 0ul);
 }
 
 // As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
@@ -113,7 +113,7 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
             xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
         }
         [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
-            u64vec4 wq = W[wi + ((c0 + k8) / 8u) * stride];
+            u64vec4 wq = w_unit(wi + ((c0 + k8) / 8u) * stride);
             uvec2 xw[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(xs[i][k8 / 8u]);
             [[unroll]] for (uint kk = 0u; kk < 8u; kk++) {
@@ -162,7 +162,7 @@ void tile_group(uint b, uint g, uint G) {
     group_sums(b, g, G, P, sx);
     uint gb = group_base(b, g, G);
 #ifdef INT64_LOADS
-    u64vec4 ws = WS[gb / 2u], wo = WO[gb / 2u], wu = WSU[gb / 2u];
+    u64vec4 ws = ws_vec(gb / 2u), wo = wo_vec(gb / 2u), wu = wsu_vec(gb / 2u);
     vec4 s[2] = vec4[2](vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y))),
                         vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w))));
     vec4 o[2] = vec4[2](vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y))),

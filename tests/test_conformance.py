@@ -12,9 +12,10 @@ CASES = C.cases()
 
 
 # Every variant the library ships (a device runs those its features allow; lavapipe all).
-KERNELS = ([("tiled", v) for v in ("portable", "int64", "dot", "storage8")]
-           + [("cooperative", v) for v in ("portable", "int64", "dot", "storage8", "subgroup",
-                                           "subgroup+int64", "subgroup+dot",
+KERNELS = ([("tiled", v) for v in ("portable", "int64", "texel+int64", "dot", "storage8")]
+           + [("cooperative", v) for v in ("portable", "int64", "texel+int64", "dot", "storage8",
+                                           "subgroup", "subgroup+int64",
+                                           "subgroup+texel+int64", "subgroup+dot",
                                            "subgroup+storage8")]
            + [("auto", None)])
 

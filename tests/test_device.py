@@ -55,7 +55,8 @@ def test_stock_kompute_enables_nothing(monkeypatch):
     monkeypatch.setattr(devmod, "_import_kp", lambda: FakeKp)
     dev = vq.Device()
     caps = dev.capabilities()
-    for f in ("storageBuffer8BitAccess", "shaderInt8", "shaderIntegerDotProduct"):
+    for f in ("storageBuffer8BitAccess", "shaderInt8", "shaderIntegerDotProduct",
+              "shaderInt64", "texelBufferLoads"):
         assert caps[f]["enabled"] is False
     dev.close()
 

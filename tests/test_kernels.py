@@ -129,11 +129,39 @@ def test_int64_variant_order():
     assert fast_dot.variants("tiled")[0] == "dot"
 
 
+def test_texel_variant_order_and_defines():
+    base = dict(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
+                subgroup_arithmetic=True)
+    caps = K.DeviceCaps(**base, int64=True, texel=True)
+    assert caps.variants("tiled") == ("texel+int64", "int64", "portable")
+    assert caps.variants("cooperative")[:3] == ("subgroup+texel+int64", "subgroup+int64",
+                                                "subgroup")
+    k = K.choose_kernel("tiled", 1, 32, False, caps)
+    assert k.texel_loads and k.layout == "swar64"
+    assert set(k.defines) == {("TEXEL_LOADS", 1), ("INT64_LOADS", 1)}
+    assert not K.choose_kernel("tiled", 1, 32, False, caps, variant="int64").texel_loads
+    # texel loads reuse the int64 code: without 64-bit integers there is no texel variant
+    assert "texel" not in "".join(K.DeviceCaps(**base, texel=True).variants("tiled"))
+
+
+def test_texel_loads_need_texel_buffers_as_large_as_storage_buffers(device):
+    import dataclasses
+    info = device.info
+    lim = dict(info.limits, max_storage_buffer_range=1 << 27)
+    fits = dataclasses.replace(info, limits=dict(lim, max_texel_buffer_elements=1 << 23))
+    small = dataclasses.replace(info, limits=dict(lim, max_texel_buffer_elements=65536))
+    unknown = dataclasses.replace(info, limits={k: v for k, v in lim.items()
+                                               if k != "max_texel_buffer_elements"})
+    assert fits.supports("texelBufferLoads")
+    assert not small.supports("texelBufferLoads")
+    assert not unknown.supports("texelBufferLoads")
+
+
 def test_caps_from_info_enable_nothing_by_default(device):
     stock = K.DeviceCaps.from_info(device.info)
     assert not stock.integer_dot and not stock.storage8
     assert set(K.DeviceCaps.from_device(device).variants("tiled")) <= {
-        "portable", "dot", "storage8", "int64"}
+        "portable", "dot", "storage8", "int64", "texel+int64"}
 
 
 def test_variant_env_override(monkeypatch):

@@ -56,7 +56,7 @@ pip_q() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 pyver="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 patch_hash="$(sha256sum "$PATCH" | cut -c1-12)"
 wheel_dir="$CACHE/kp-$KP_VERSION-$pyver-$(uname -m)-$patch_hash"
-have_kp="$("$PY" -c 'import kp; print(hasattr(kp.Manager, "enabled_features"))' 2>/dev/null || true)"
+have_kp="$("$PY" -c 'import kp; print(hasattr(kp.Algorithm, "set_next_texel_formats"))' 2>/dev/null || true)"
 if [ "$have_kp" = "True" ] && [ -f "$VENV/.kp-$patch_hash" ]; then
   say "ok: kp $KP_VERSION (patched) in the venv"
 else

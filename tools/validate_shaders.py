@@ -27,10 +27,11 @@ from vkqlinear.kernels import DeviceCaps, choose_kernel
 DEVICES = {
     "lavapipe": DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
                            subgroup_arithmetic=True, integer_dot=True, storage8=True,
-                           int64=True),
+                           int64=True, texel=True),
     "gpu-subgroup-32": DeviceCaps(subgroup_size=32, max_invocations=1024,
                                   max_shared_memory=49152, subgroup_arithmetic=True,
-                                  integer_dot=True, dot_accelerated=True, storage8=True),
+                                  integer_dot=True, dot_accelerated=True, storage8=True,
+                                  int64=True, texel=True),
     "gpu-subgroup-64-min-limits": DeviceCaps(subgroup_size=64, max_invocations=128,
                                              max_shared_memory=16384,
                                              subgroup_arithmetic=True),

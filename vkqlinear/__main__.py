@@ -123,9 +123,9 @@ def cmd_conformance(args):
                 failures += 1
                 print(f"  FAIL [{alg}/{var}] {c.name}: {msg}")
         rows.append((alg, var, passed, len(cs)))
-    print(f"\n{'algorithm':12s} {'variant':18s} {'passed':>8s} {'cases':>6s}  result")
+    print(f"\n{'algorithm':12s} {'variant':22s} {'passed':>8s} {'cases':>6s}  result")
     for alg, var, p, n in rows:
-        print(f"{alg:12s} {var:18s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
+        print(f"{alg:12s} {var:22s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
     return 1 if failures else 0
 
 

@@ -88,6 +88,7 @@ def probe():
                     "max_workgroup_invocations": int(lim.maxComputeWorkGroupInvocations),
                     "max_shared_memory": int(lim.maxComputeSharedMemorySize),
                     "max_storage_buffer_range": int(lim.maxStorageBufferRange),
+                    "max_texel_buffer_elements": int(lim.maxTexelBufferElements),
                     "max_push_constants_size": int(lim.maxPushConstantsSize),
                     "timestamp_period_ns": float(lim.timestampPeriod),
                     "timestamp_compute_and_graphics": bool(lim.timestampComputeAndGraphics),

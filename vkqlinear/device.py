@@ -35,7 +35,15 @@ FEATURES = {
     "shaderIntegerDotProduct": "integer dot product (OpSDot, 4x8-bit packed)",
     "shaderInt64": "64-bit integers (64-bit loads: half the load instructions)",
     "subgroupArithmetic": "subgroup arithmetic (subgroupAdd) in compute shaders",
+    "texelBufferLoads": "loads through uniform texel buffers (vector loads on lavapipe)",
 }
+# Texel-buffer loads bind X, W and the group data as uniform texel buffers of 16-byte
+# texels. They are offered only where a texel buffer can hold every buffer a storage
+# buffer can (maxTexelBufferElements * 16 >= maxStorageBufferRange), so no layer needs a
+# size-dependent fallback, and only with the kp that tools/setup.sh builds (its patch adds
+# texel-buffer bindings to kp.Algorithm).
+TEXEL_BYTES = 16
+R32G32B32A32_UINT = 107          # VkFormat of those texels
 
 _TYPE_RANK = {"discrete-gpu": 0, "integrated-gpu": 1, "virtual-gpu": 2, "other": 3, "cpu": 4}
 
@@ -64,6 +72,10 @@ class DeviceInfo:
         return self.driver_name == "llvmpipe" or self.name.startswith("llvmpipe")
 
     def supports(self, feature):
+        if feature == "texelBufferLoads":
+            lim = self.limits
+            return (int(lim.get("max_texel_buffer_elements", 0)) * TEXEL_BYTES
+                    >= int(lim["max_storage_buffer_range"]))
         if feature == "subgroupArithmetic":
             sg = self.subgroup
             return bool(sg.get("compute")) and "arithmetic" in sg.get("operations", [])
@@ -154,7 +166,9 @@ class Device:
             raise VulkanUnavailableError(f"Kompute could not open device {self.index} "
                                          f"({self.info.name}): {e}") from None
         get = getattr(self._mgr, "enabled_features", None)
-        self.enabled_features = frozenset(get() if get else ())
+        texel = hasattr(getattr(kp, "Algorithm", None), "set_next_texel_formats")  # patched kp
+        self.enabled_features = frozenset((get() if get else ())) | (
+            {"texelBufferLoads"} if texel else set())
         self.lock = threading.RLock()
         self.closed = False
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compiler import compile_shader
+from .device import R32G32B32A32_UINT, TEXEL_BYTES
 from .weights import _check_range
 
 __all__ = ["RecordedCall", "run"]
@@ -58,7 +59,8 @@ class RecordedCall:
         gx, gy, n_disp = kernel.grid(t, np_, limits)
         mgr = device.manager
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
-        self.x = mgr.tensor_t(np.zeros(t * k // 4, np.uint32))
+        # X rounded up to whole 16-byte texels (the texel-load variant reads 16 at a time)
+        self.x = mgr.tensor_t(np.zeros(-(-t * k // TEXEL_BYTES) * (TEXEL_BYTES // 4), np.uint32))
         self.xs = mgr.tensor_t(np.zeros(t, np.float32))
         self.xz = mgr.tensor_t(np.zeros(t, np.int32))
         self.bias = mgr.tensor_t(np.zeros(np_, np.float32))
@@ -69,6 +71,9 @@ class RecordedCall:
         tensors = ([self.x, self.xs, self.xz] + dev_weights.tensors
                    + [self.bias, self.os, self.oz, self.y])
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
+        if kernel.texel_loads:        # X, W, WS, WO, WSU as texel buffers (kp patch)
+            kp.Algorithm.set_next_texel_formats(
+                [R32G32B32A32_UINT if i in (0, 3, 4, 5, 6) else 0 for i in range(len(tensors))])
         self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, self._push(0))
         self.n_dispatch = n_disp
         self.source = float_input if isinstance(float_input, RecordedCall) else None
@@ -123,7 +128,7 @@ class RecordedCall:
 
     def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
         """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
-        self.x.data()[:] = x2d.reshape(-1).view(np.uint32)
+        self.x.data()[:x2d.size // 4] = x2d.reshape(-1).view(np.uint32)
         self.xs.data()[:] = xs
         self.xz.data()[:] = xz
         return self._replay(bias, out_scale, out_zero_point)
@@ -153,7 +158,7 @@ class RecordedCall:
         (downloads them; for tests and debugging)."""
         import kp
         self.device.manager.sequence().eval(kp.OpTensorSyncLocal([self.x, self.xs, self.xz]))
-        return (self.x.data().view(np.int8).reshape(self.t, self.k).copy(),
+        return (self.x.data().view(np.int8)[:self.t * self.k].reshape(self.t, self.k).copy(),
                 self.xs.data().copy(), self.xz.data().copy())
 
     def _output(self):
