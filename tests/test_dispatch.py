@@ -75,7 +75,7 @@ def test_split_grid_is_correct(rng, algorithm):
     dev = vq.Device()
     lim = dict(dev.info.limits, max_workgroup_count=[65535, 2, 65535])
     dev.info = dataclasses.replace(dev.info, limits=lim)
-    d = make_layer(rng, 300, 64, 16, 32)   # tiled: 5 rows of 64 tokens, 2 rows a dispatch
+    d = make_layer(rng, 300, 64, 16, 32)   # tiled: rows of 32 or 64 tokens, 2 a dispatch
     y = vq.linear_qta8a_qga4w(**d, algorithm=algorithm, device=dev)
     qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
     vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw, algorithm=algorithm,

@@ -41,6 +41,8 @@ DEFAULT_AUTO_THRESHOLD = 4
 BUILTIN_THRESHOLDS = {"llvmpipe": 0}
 GEMM_TM = 8              # tokens per invocation of the TILED GEMM (T >= 8); on lavapipe
                          # 8 was 8% to 20% faster than 4 at T = 64 ... 512 (16: slower)
+GEMM_TM_TEXEL = 4        # the same with texel loads, whose loads are cheap: 4 was 5% (T =
+                         # 512) to 13% (T = 64) faster than 8 on lavapipe, 2 slower
 COOP_WORKERS = 8         # workers splitting K in the COOPERATIVE GEMV (power of two)
 COOP_MAX_TM = 4
 
@@ -254,7 +256,7 @@ def _choose(algorithm, t, group_size, out_int8, caps, threshold, variant):
                          "$VKQLINEAR_VARIANT forces one)")
     defines = variant_defines(variant)
     if algorithm == "tiled":
-        tm = token_tile(t, GEMM_TM)
+        tm = token_tile(t, GEMM_TM_TEXEL if "texel" in variant.split("+") else GEMM_TM)
         local_y = max(1, min(64 // lanes, caps.max_invocations // lanes))
         return Kernel("tiled", "gemm_tiled.comp", defines, (lanes, local_y), tm, lanes,
                       group_size, bool(out_int8), variant)
