@@ -106,7 +106,7 @@ class DeviceCaps:
         where the driver says it is accelerated; else SWAR with 64-bit loads (``int64``:
         half the load instructions, 1.3x to 1.8x faster on lavapipe) where 64-bit integers
         are enabled, preceded by the same with the loads from texel buffers
-        (``texel+int64``: 1.6x to 1.8x faster again on lavapipe, whose texel fetches are
+        (``texel+int64``: 1.5x to 1.9x faster again on lavapipe, whose texel fetches are
         vector code) where those are usable; then SWAR with 32-bit loads; unaccelerated
         OpSDot after those; the 8-bit-storage variant last (it reads the same bytes; slower
         on lavapipe).
