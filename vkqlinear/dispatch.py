@@ -52,15 +52,16 @@ class RecordedCall:
         self.generation = 0          # runs so far: a device-resident output's version
         np_ = self.np_
         out_words = t * np_ // 4 if kernel.out_int8 else t * np_
-        _check_range(device, t * k, "x_q")
+        # X rounded up to whole 16-byte texels (the texel-load variant reads 16 at a time)
+        x_words = -(-t * k // TEXEL_BYTES) * (TEXEL_BYTES // 4)
+        _check_range(device, x_words * 4, "x_q")
         _check_range(device, out_words * 4, "output")
         spirv = compile_shader(kernel.shader, dict(kernel.defines))
         limits = device.info.limits["max_workgroup_count"]
         gx, gy, n_disp = kernel.grid(t, np_, limits)
         mgr = device.manager
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
-        # X rounded up to whole 16-byte texels (the texel-load variant reads 16 at a time)
-        self.x = mgr.tensor_t(np.zeros(-(-t * k // TEXEL_BYTES) * (TEXEL_BYTES // 4), np.uint32))
+        self.x = mgr.tensor_t(np.zeros(x_words, np.uint32))
         self.xs = mgr.tensor_t(np.zeros(t, np.float32))
         self.xz = mgr.tensor_t(np.zeros(t, np.int32))
         self.bias = mgr.tensor_t(np.zeros(np_, np.float32))
@@ -71,9 +72,10 @@ class RecordedCall:
         tensors = ([self.x, self.xs, self.xz] + dev_weights.tensors
                    + [self.bias, self.os, self.oz, self.y])
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
-        if kernel.texel_loads:        # X, W, WS, WO, WSU as texel buffers (kp patch)
+        if kernel.texel_loads:        # X and the weight tensors as texel buffers (kp patch)
+            texel = [self.x] + dev_weights.tensors
             kp.Algorithm.set_next_texel_formats(
-                [R32G32B32A32_UINT if i in (0, 3, 4, 5, 6) else 0 for i in range(len(tensors))])
+                [R32G32B32A32_UINT if any(u is v for v in texel) else 0 for u in tensors])
         self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, self._push(0))
         self.n_dispatch = n_disp
         self.source = float_input if isinstance(float_input, RecordedCall) else None
