@@ -151,3 +151,29 @@ def test_threads_on_two_device_objects(rng):
     assert len(qw._device_state) == 2          # uploaded once per device
     for dev in devs:
         dev.close()
+
+
+def test_one_weights_alternating_shapes_algorithms_and_outputs(rng, device):
+    """A repeated call reuses the weights' last recorded call: any change of T,
+    algorithm, output type or device must not."""
+    big = make_layer(rng, 3, 64, 16, 32)
+    qw = vq.prepack(big["w_packed"], 32, big["w_scales"], big["w_zeros"])
+    for t, alg, int8 in [(1, "tiled", False), (1, "tiled", False), (2, "tiled", False),
+                         (1, "cooperative", False), (1, "tiled", True), (1, "tiled", False),
+                         (3, "auto", True), (3, "auto", False), (1, "tiled", False)]:
+        d = dict(big, x_q=big["x_q"][:t], x_scale=big["x_scale"][:t],
+                 x_zero_point=big["x_zero_point"][:t])
+        if int8:
+            kw = dict(out_scale=np.full(t, 0.05, np.float32),
+                      out_zero_point=np.arange(t, dtype=np.int32))
+            y = vq.linear_qta8a_qga4w_qta8o(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                            algorithm=alg, device=device, **kw)
+            want = vq.linear_qta8a_qga4w_qta8o(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                               algorithm="reference", **kw)
+            assert y.dtype == np.int8 and y.shape == (t, 16)
+            assert np.abs(y.astype(int) - want).max() <= 1, f"T={t} {alg} int8"
+        else:
+            y = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                      algorithm=alg, device=device)
+            np.testing.assert_allclose(y, _ref(d), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"T={t} {alg}")

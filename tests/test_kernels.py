@@ -172,3 +172,24 @@ def test_variant_env_override(monkeypatch):
     monkeypatch.setenv("VKQLINEAR_VARIANT", "bogus")
     with pytest.raises(ValueError, match="variant"):
         K.choose_kernel("cooperative", 2, 32, False, sub)
+
+
+def test_open_device_rechecks_the_tuning_file(tmp_path, monkeypatch, device):
+    """auto's threshold on an open device: at once after store_threshold, within
+    THRESHOLD_RECHECK_S after another process changed the file."""
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
+    monkeypatch.setattr(device, "threshold_memo", None)
+
+    def auto(t):
+        return K.kernel_for_device(device, "auto", t, 32, False).algorithm
+    K.store_threshold(device.info, 5)
+    assert (auto(5), auto(6)) == ("cooperative", "tiled")
+    K.store_threshold(device.info, 7)                 # this process: seen at once
+    assert auto(6) == "cooperative"
+    data = json.loads((tmp_path / "t.json").read_text())
+    data[K.device_key(device.info)]["auto_threshold"] = 1000
+    (tmp_path / "t.json").write_text(json.dumps(data))  # "another process"
+    monkeypatch.setattr(K, "THRESHOLD_RECHECK_S", 3600.0)
+    assert auto(100) == "tiled"                      # not re-checked yet
+    monkeypatch.setattr(K, "THRESHOLD_RECHECK_S", 0.0)
+    assert auto(100) == "cooperative"

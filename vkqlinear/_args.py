@@ -24,7 +24,7 @@ def _is_torch(x):
 
 def like_input(out, x):
     """``out`` as a torch tensor when ``x`` (the activations) is one, else unchanged."""
-    if _is_torch(x):
+    if type(x) is not np.ndarray and _is_torch(x):
         import torch
         return torch.from_numpy(out)
     return out
@@ -33,9 +33,12 @@ def like_input(out, x):
 def as_array(x, name, dtypes):
     """``x`` as a C-contiguous, native-endian ndarray whose dtype is one of ``dtypes``.
 
-    ``dtypes`` is a tuple of numpy dtypes; the first one is the canonical one that lists
-    and tuples are converted to (if their values fit exactly).
+    ``dtypes`` is a tuple of numpy scalar types (``np.int8``, ...); the first one is the
+    canonical one that lists and tuples are converted to (if their values fit exactly).
     """
+    if (type(x) is np.ndarray and x.dtype.type in dtypes and x.dtype.isnative
+            and x.flags.c_contiguous):
+        return x                 # the common case, first: an op call checks five arrays
     if x is None:
         raise TypeError(f"{name}: expected an array, got None")
     if _is_torch(x):
@@ -83,12 +86,26 @@ def per_token(x, name, dtypes, lead, t):
     if tuple(a.shape) not in ((t,), tuple(lead)):
         raise ValueError(f"{name}: expected shape [{t}] or {list(lead)} (one per token), "
                          f"got {list(a.shape)}")
-    return a.reshape(t)
+    return a if a.ndim == 1 else a.reshape(t)
+
+
+# Vectors up to this size are checked element by element in Python: cheaper than numpy's
+# reductions for the few tokens of a decode step (an op call right after a kernel finds
+# the host's caches cold, where each numpy call costs several microseconds).
+_SMALL = 16
+
+
+def _values(a):
+    """The elements of a small array as a flat Python list."""
+    return (a if a.ndim == 1 else a.reshape(-1)).tolist()
 
 
 def check_finite_positive(a, name):
-    # min and max propagate NaN, which fails both comparisons
-    if a.size and not (a.min() > 0 and a.max() < np.inf):
+    if a.size <= _SMALL:
+        ok = all(0.0 < v < math.inf for v in _values(a))     # false for NaN too
+    else:   # min and max propagate NaN, which fails both comparisons
+        ok = a.min() > 0 and a.max() < np.inf
+    if not ok:
         raise ValueError(f"{name}: expected finite values > 0")
 
 
@@ -98,7 +115,11 @@ def check_finite(a, name):
 
 
 def check_int8_range(a, name):
-    if a.size and (a.min() < -128 or a.max() > 127):
+    if a.size <= _SMALL:
+        ok = all(-128 <= v <= 127 for v in _values(a))
+    else:
+        ok = a.min() >= -128 and a.max() <= 127
+    if not ok:
         raise ValueError(f"{name}: expected values in [-128, 127], "
                          f"got [{a.min()}, {a.max()}]")
 
@@ -117,6 +138,10 @@ def check_group_size(group_size, k):
 _SIGNED_INTS = (np.int32, np.int8, np.int16, np.int64)
 
 
+def _int32(a):
+    return a if a.dtype.type is np.int32 else a.astype(np.int32)
+
+
 def activations(x_q, x_scale, x_zero_point):
     """Check ``x_q [..., K]`` int8 and its per-token qparams; returns
     ``(x_q [T, K], x_scale [T], x_zero_point [T], lead)``."""
@@ -132,7 +157,7 @@ def activations(x_q, x_scale, x_zero_point):
     check_finite_positive(xs, "x_scale")
     xz = per_token(x_zero_point, "x_zero_point", _SIGNED_INTS, lead, t)
     check_int8_range(xz, "x_zero_point")
-    return x.reshape(t, k), xs, xz.astype(np.int32), lead
+    return (x if x.ndim == 2 else x.reshape(t, k)), xs, _int32(xz), lead
 
 
 def packed_weights(w_packed, k):
@@ -148,7 +173,7 @@ def output_qparams(out_scale, out_zero_point, lead, t):
     check_finite_positive(os_, "out_scale")
     oz = per_token(out_zero_point, "out_zero_point", _SIGNED_INTS, lead, t)
     check_int8_range(oz, "out_zero_point")
-    return os_, oz.astype(np.int32)
+    return os_, _int32(oz)
 
 
 def bias_vector(bias, n):

@@ -171,6 +171,8 @@ class Device:
             {"texelBufferLoads"} if texel else set())
         self.lock = threading.RLock()
         self.closed = False
+        self.kernel_memo = {}      # kernels.kernel_for_device's choices on this device
+        self.threshold_memo = None  # and its auto threshold: (value, when, generation)
 
     # -- description -------------------------------------------------------------------
     @property

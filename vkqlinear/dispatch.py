@@ -113,6 +113,13 @@ class RecordedCall:
         if download:
             self.seq.record(kp.OpTensorSyncLocal([self.y]))
         self._has_bias = False
+        # Numpy views of the tensors' host memory, made once: each kp data() call costs
+        # microseconds. The memory stays mapped as long as the device is open, and every
+        # use goes through device.check_open first.
+        self._x_in = self.x.data().view(np.int8)[:t * k].reshape(t, k)
+        self._xs_in, self._xz_in = self.xs.data(), self.xz.data()
+        y = self.y.data()
+        self._y_out = (y.view(np.int8) if kernel.out_int8 else y).reshape(t, np_)[:, :n]
 
     def _push(self, token_base):
         return np.array([self.t, self.k, self.n, self.np_, token_base], dtype=np.uint32)
@@ -130,9 +137,9 @@ class RecordedCall:
 
     def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
         """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
-        self.x.data()[:x2d.size // 4] = x2d.reshape(-1).view(np.uint32)
-        self.xs.data()[:] = xs
-        self.xz.data()[:] = xz
+        np.copyto(self._x_in, x2d)
+        self._xs_in[:] = xs
+        self._xz_in[:] = xz
         return self._replay(bias, out_scale, out_zero_point)
 
     def run_float(self, xf2d=None, bias=None, out_scale=None, out_zero_point=None):
@@ -164,12 +171,7 @@ class RecordedCall:
                 self.xs.data().copy(), self.xz.data().copy())
 
     def _output(self):
-        y = self.y.data()
-        if self.kernel.out_int8:
-            out = y.view(np.int8).reshape(self.t, self.np_)
-        else:
-            out = y.reshape(self.t, self.np_)
-        return np.array(out[:, :self.n])  # copy: the tensor memory is reused by the next call
+        return self._y_out.copy()   # a copy: the tensor memory is reused by the next call
 
     def kernel_ns(self, timestamp_period_ns):
         """Device time of the linear dispatches of the last run, in ns (``timed`` only)."""
@@ -182,10 +184,15 @@ def _cached_call(device, kernel, weights, key, **kw):
     """The weights' recorded call for ``(kernel, T, K, *key)`` on ``device`` (made with
     ``kw`` on a miss); call with ``device.lock`` held."""
     device.check_open()
+    last = weights.last_call          # a repeated call skips the two lookups below
+    if last is not None and last[0] is device and last[1] is kernel and last[2] == key:
+        return last[3]
     dw = weights.on_device(device, kernel)
     t, k = key[0], weights.K
-    return dw.call((kernel,) + key,
+    call = dw.call((kernel,) + key,
                    lambda: RecordedCall(device, kernel, dw, t, k, weights.N, **kw))
+    weights.last_call = (device, kernel, key, call)
+    return call
 
 
 def run(device, kernel, weights, x2d, xs, xz, bias=None, out_scale=None,

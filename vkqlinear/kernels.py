@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,8 +282,36 @@ def _choose(algorithm, t, group_size, out_int8, caps, threshold, variant):
 def kernel_for_device(device, algorithm, t, group_size, out_int8):
     """:func:`choose_kernel` on an open :class:`~vkqlinear.Device`: its capabilities (as
     enabled) and, for ``"auto"``, its threshold (:func:`auto_threshold`)."""
-    threshold = auto_threshold(device.info) if algorithm == "auto" else None
-    return choose_kernel(algorithm, t, group_size, out_int8, device.caps, threshold)
+    threshold = _device_threshold(device) if algorithm == "auto" else None
+    variant = os.environ.get("VKQLINEAR_VARIANT") or None
+    # memoized per device on plain keys (cheaper than hashing the DeviceCaps each call)
+    key = (algorithm, t, group_size, bool(out_int8), threshold, variant)
+    memo = device.kernel_memo
+    kernel = memo.get(key)
+    if kernel is None:
+        kernel = choose_kernel(algorithm, t, group_size, out_int8, device.caps, threshold,
+                               variant)
+        if len(memo) > 512:
+            memo.clear()
+        memo[key] = kernel
+    return kernel
+
+
+THRESHOLD_RECHECK_S = 1.0   # how often an open device re-checks the tuning file
+_tuning_generation = 0      # bumped by store_threshold: this process's own writes
+
+
+def _device_threshold(device):
+    """:func:`auto_threshold` for an open device, looked up at most once a second (a
+    changed tuning file costs a stat, cheap but not free next to a 1 ms call) and again at
+    once after :func:`store_threshold`."""
+    now = time.monotonic()
+    hit = device.threshold_memo
+    if hit is not None and now - hit[1] < THRESHOLD_RECHECK_S and hit[2] == _tuning_generation:
+        return hit[0]
+    value = auto_threshold(device.info)
+    device.threshold_memo = (value, now, _tuning_generation)
+    return value
 
 
 # -- tuning file ---------------------------------------------------------------------------
@@ -329,6 +358,8 @@ def auto_threshold(info):
 
 def store_threshold(info, threshold, extra=None):
     """Record ``threshold`` for ``info``'s device in the tuning file (atomically)."""
+    global _tuning_generation
+    _tuning_generation += 1
     path = tuning_file()
     try:
         data = json.loads(path.read_text())

@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from . import _args, reference
+from . import _args, dispatch, reference
 from .device import Device, resolve
 from .errors import CompilerNotFoundError, VulkanUnavailableError
 from .kernels import kernel_for_device
@@ -29,6 +29,9 @@ _warned_fallback = False
 
 
 def _weights(w_packed, group_size, k, *, w_scales=None, w_zeros=None, scales_and_zeros=None):
+    if (type(w_packed) is QuantizedWeights and group_size is None and w_scales is None
+            and w_zeros is None and scales_and_zeros is None):
+        return w_packed          # the common case, without building the list below
     if isinstance(w_packed, QuantizedWeights):
         extra = [n for n, v in (("group_size", group_size), ("w_scales", w_scales),
                                 ("w_zeros", w_zeros), ("scales_and_zeros", scales_and_zeros))
@@ -77,11 +80,10 @@ def _linear(acts, weights, bias, out_scale, out_zero_point, algorithm, device,
         try:
             dev = resolve(device)
             kernel = kernel_for_device(dev, algorithm, t, weights.group_size, out_int8)
-            from . import dispatch
             out, call = dispatch.run(dev, kernel, weights, x2d, xs, xz, b, os_, oz, timed)
-            if timed:
-                return out.reshape(out_shape), call
-            return out.reshape(out_shape)
+            if len(lead) != 1:
+                out = out.reshape(out_shape)
+            return (out, call) if timed else out
         except (VulkanUnavailableError, CompilerNotFoundError) as e:
             if algorithm != "auto" or device is not None:
                 raise
