@@ -88,7 +88,7 @@ class RecordedCall:
                 inputs = [self.bias, self.os, self.oz]
             else:
                 xf, stride = mgr.tensor_t(np.zeros(t * k, np.float32)), k
-                self.xf = xf
+                self._xf_in = xf.data().reshape(t, k)     # see the views below
                 inputs = [xf, self.bias, self.os, self.oz]
             qgy = min(t, limits[1])
             n_quant = -(-t // qgy)
@@ -118,6 +118,8 @@ class RecordedCall:
         # use goes through device.check_open first.
         self._x_in = self.x.data().view(np.int8)[:t * k].reshape(t, k)
         self._xs_in, self._xz_in = self.xs.data(), self.xz.data()
+        self._bias_in, self._os_in, self._oz_in = (self.bias.data(), self.os.data(),
+                                                   self.oz.data())
         y = self.y.data()
         self._y_out = (y.view(np.int8) if kernel.out_int8 else y).reshape(t, np_)[:, :n]
 
@@ -126,14 +128,14 @@ class RecordedCall:
 
     def _write_epilogue(self, bias, out_scale, out_zero_point):
         if bias is not None:
-            self.bias.data()[:self.n] = bias
+            self._bias_in[:self.n] = bias
             self._has_bias = True
         elif self._has_bias:
-            self.bias.data()[:] = 0.0
+            self._bias_in[:] = 0.0
             self._has_bias = False
         if self.kernel.out_int8:
-            self.os.data()[:] = out_scale
-            self.oz.data()[:] = out_zero_point
+            self._os_in[:] = out_scale
+            self._oz_in[:] = out_zero_point
 
     def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
         """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
@@ -147,7 +149,7 @@ class RecordedCall:
         quantize and multiply in one submission. Returns the output, or ``None`` when it
         stays on the device."""
         if self.source is None:
-            self.xf.data()[:] = xf2d.reshape(-1)
+            np.copyto(self._xf_in, xf2d)
         return self._replay(bias, out_scale, out_zero_point)
 
     def _replay(self, bias, out_scale, out_zero_point):
@@ -167,8 +169,7 @@ class RecordedCall:
         (downloads them; for tests and debugging)."""
         import kp
         self.device.manager.sequence().eval(kp.OpTensorSyncLocal([self.x, self.xs, self.xz]))
-        return (self.x.data().view(np.int8)[:self.t * self.k].reshape(self.t, self.k).copy(),
-                self.xs.data().copy(), self.xz.data().copy())
+        return self._x_in.copy(), self._xs_in.copy(), self._xz_in.copy()
 
     def _output(self):
         return self._y_out.copy()   # a copy: the tensor memory is reused by the next call

@@ -23,7 +23,6 @@ entry it uses the built-in value for the driver (:data:`BUILTIN_THRESHOLDS`), el
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -235,13 +234,9 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
     tokens on a device described by ``caps`` (:class:`DeviceCaps`). ``variant`` (or
     ``$VKQLINEAR_VARIANT``) forces a variant; it must be one the device supports for the
     algorithm that runs, else ``ValueError``. A pure function of its arguments (and the
-    variable), so its results are memoized: an op call does not pay for the choice."""
-    return _choose(algorithm, t, group_size, bool(out_int8), caps, threshold,
-                   variant or os.environ.get("VKQLINEAR_VARIANT") or None)
-
-
-@functools.lru_cache(maxsize=512)
-def _choose(algorithm, t, group_size, out_int8, caps, threshold, variant):
+    variable); an op call does not pay for it: :func:`kernel_for_device` memoizes its
+    results per device."""
+    variant = variant or os.environ.get("VKQLINEAR_VARIANT") or None
     if algorithm == "auto":
         limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
         algorithm = "cooperative" if t <= limit else "tiled"
@@ -284,7 +279,7 @@ def kernel_for_device(device, algorithm, t, group_size, out_int8):
     enabled) and, for ``"auto"``, its threshold (:func:`auto_threshold`)."""
     threshold = _device_threshold(device) if algorithm == "auto" else None
     variant = os.environ.get("VKQLINEAR_VARIANT") or None
-    # memoized per device on plain keys (cheaper than hashing the DeviceCaps each call)
+    # memoized per device (its caps are fixed while it is open), on plain keys
     key = (algorithm, t, group_size, bool(out_int8), threshold, variant)
     memo = device.kernel_memo
     kernel = memo.get(key)

@@ -29,17 +29,15 @@ _warned_fallback = False
 
 
 def _weights(w_packed, group_size, k, *, w_scales=None, w_zeros=None, scales_and_zeros=None):
-    if (type(w_packed) is QuantizedWeights and group_size is None and w_scales is None
-            and w_zeros is None and scales_and_zeros is None):
-        return w_packed          # the common case, without building the list below
     if isinstance(w_packed, QuantizedWeights):
+        if group_size is None and w_scales is None and w_zeros is None and \
+                scales_and_zeros is None:
+            return w_packed
         extra = [n for n, v in (("group_size", group_size), ("w_scales", w_scales),
                                 ("w_zeros", w_zeros), ("scales_and_zeros", scales_and_zeros))
                  if v is not None]
-        if extra:
-            raise ValueError(f"{extra[0]}: not expected with prepacked QuantizedWeights "
-                             "(they already hold it)")
-        return w_packed
+        raise ValueError(f"{extra[0]}: not expected with prepacked QuantizedWeights "
+                         "(they already hold it)")
     if group_size is None:
         raise TypeError("group_size: required with raw w_packed")
     if scales_and_zeros is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args, reference
+from . import _args, dispatch, reference
 from .device import Device, resolve
 from .kernels import kernel_for_device
 from .quant import quantize_per_token, quantize_weights
@@ -174,7 +174,6 @@ class QLinear:
         else:
             dev = source.device if source is not None else resolve(self.device)
             kernel = kernel_for_device(dev, algorithm, t, self.weights.group_size, out_int8)
-            from . import dispatch
             out, call = dispatch.run_float(
                 dev, kernel, self.weights, t,
                 xf2d=None if source is not None else xf.reshape(t, k),
