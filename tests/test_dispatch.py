@@ -177,3 +177,69 @@ def test_one_weights_alternating_shapes_algorithms_and_outputs(rng, device):
                                       algorithm=alg, device=device)
             np.testing.assert_allclose(y, _ref(d), rtol=1e-5, atol=1e-5,
                                        err_msg=f"T={t} {alg}")
+
+
+@pytest.mark.parametrize("eval_io", [True, False], ids=["eval_io", "numpy-copies"])
+def test_host_round_trip_paths(rng, device, monkeypatch, eval_io):
+    """A recorded call's round trip, in one call into the patched kp (Sequence.eval_io)
+    or with numpy copies (stock kp): same results for float and int8 output, bias on and
+    off, float activations quantized on the device, and N not a multiple of 8 (the
+    output's rows are padded on the device)."""
+    monkeypatch.setattr(dispatch, "EVAL_IO", eval_io)
+    import kp
+    if eval_io and not hasattr(kp.Sequence, "eval_io"):
+        pytest.skip("kp without vkqlinear's patch")
+    d = make_layer(rng, 3, 64, 20, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])   # fresh calls
+    x = (d["x_q"], d["x_scale"], d["x_zero_point"])
+    b = rng.standard_normal(20).astype(np.float32)
+    for alg in ("tiled", "cooperative"):
+        for bias in (None, b, None):
+            y = vq.linear_qta8a_qga4w(*x, qw, bias=bias, algorithm=alg, device=device)
+            np.testing.assert_allclose(y, _ref(d, bias=bias), rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{alg} bias={bias is not None}")
+        os_, oz = np.full(3, 0.05, np.float32), np.array([-3, 0, 7], np.int32)
+        y8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=os_, out_zero_point=oz,
+                                         algorithm=alg, device=device)
+        r8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=os_, out_zero_point=oz,
+                                         algorithm="reference")
+        assert y8.dtype == np.int8 and np.abs(y8.astype(int) - r8).max() <= 1, alg
+    layer = vq.QLinear(qw, bias=b, device=device)
+    xf = rng.standard_normal((2, 64)).astype(np.float32)
+    np.testing.assert_allclose(layer(xf), layer(xf, algorithm="reference"),
+                               rtol=1e-4, atol=1e-4)
+    calls = [c for st in qw._device_state.values() for c in st.calls.values()]
+    assert calls and all((c._eval_io is not None) == eval_io for c in calls)
+
+
+def test_eval_io_checks_its_arrays(device):
+    """The patched kp's Sequence.eval_io copies only between arrays of one shape and
+    dtype kind with contiguous rows, into writeable views; anything else is a ValueError
+    before the device runs."""
+    import kp
+    if not hasattr(kp.Sequence, "eval_io"):
+        pytest.skip("kp without vkqlinear's patch")
+    mgr = device.manager
+    t = mgr.tensor_t(np.zeros(12, np.float32))
+    seq = mgr.sequence()
+    seq.record(kp.OpTensorSyncDevice([t]))
+    seq.record(kp.OpTensorSyncLocal([t]))
+    view = t.data()
+    padded = view.reshape(3, 4)[:, :3]              # rows with a stride, like a padded output
+    src = np.arange(9, dtype=np.float32).reshape(3, 3)
+    out = seq.eval_io([src], [padded], padded)
+    np.testing.assert_array_equal(out, src)
+    assert out.flags.c_contiguous and not np.shares_memory(out, view)
+    np.testing.assert_array_equal(view.reshape(3, 4)[:, 3], 0)   # padding untouched
+    assert seq.eval_io([], [], None) is None
+    ro = np.zeros(12, np.float32)
+    ro.flags.writeable = False
+    for srcs, views, output in [([np.zeros(11, np.float32)], [view], None),   # shape
+                                ([np.zeros(12, np.int32)], [view], None),     # dtype kind
+                                ([np.zeros(12, np.float64)], [view], None),   # item size
+                                ([np.zeros(12, np.float32)], [ro], None),     # read-only
+                                ([np.zeros((12, 2), np.float32)[:, 0]], [view], None),
+                                ([np.zeros(12, np.float32)], [], None),       # lengths
+                                ([], [], [1.0])]:                             # output
+        with pytest.raises(ValueError):
+            seq.eval_io(srcs, views, output)

@@ -176,9 +176,9 @@ def test_variant_env_override(monkeypatch):
 
 def test_open_device_rechecks_the_tuning_file(tmp_path, monkeypatch, device):
     """auto's threshold on an open device: at once after store_threshold, within
-    THRESHOLD_RECHECK_S after another process changed the file."""
+    SETTINGS_RECHECK_S after another process changed the file."""
     monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
-    monkeypatch.setattr(device, "threshold_memo", None)
+    monkeypatch.setattr(device, "settings_memo", None)
 
     def auto(t):
         return K.kernel_for_device(device, "auto", t, 32, False).algorithm
@@ -189,7 +189,31 @@ def test_open_device_rechecks_the_tuning_file(tmp_path, monkeypatch, device):
     data = json.loads((tmp_path / "t.json").read_text())
     data[K.device_key(device.info)]["auto_threshold"] = 1000
     (tmp_path / "t.json").write_text(json.dumps(data))  # "another process"
-    monkeypatch.setattr(K, "THRESHOLD_RECHECK_S", 3600.0)
+    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 3600.0)
     assert auto(100) == "tiled"                      # not re-checked yet
-    monkeypatch.setattr(K, "THRESHOLD_RECHECK_S", 0.0)
+    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 0.0)
     assert auto(100) == "cooperative"
+
+
+def test_open_device_rereads_the_variant(monkeypatch, device):
+    """$VKQLINEAR_VARIANT on an open device: at once inside forced_variant, within
+    SETTINGS_RECHECK_S after a plain change of the environment."""
+    from vkqlinear.conformance import forced_variant
+    monkeypatch.delenv("VKQLINEAR_VARIANT", raising=False)
+    monkeypatch.setattr(device, "settings_memo", None)
+    default, *others = device.caps.variants("tiled")
+    if not others:
+        pytest.skip("one tiled variant on this device: nothing to force")
+    other = others[-1]
+
+    def chosen():
+        return K.kernel_for_device(device, "tiled", 1, 32, False).variant
+    assert chosen() == default
+    with forced_variant(other):
+        assert chosen() == other
+    assert chosen() == default
+    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 3600.0)
+    monkeypatch.setenv("VKQLINEAR_VARIANT", other)
+    assert chosen() == default                       # not re-read yet
+    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 0.0)
+    assert chosen() == other

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import settings_changed
 from .quant import quantize_per_token, quantize_weights, unpack_int4
 
 __all__ = ["Case", "cases", "make_inputs", "expected", "check", "run_case", "ALGORITHMS",
@@ -32,12 +33,14 @@ def kernel_variants(device):
 
 @contextlib.contextmanager
 def forced_variant(variant):
-    """Force a kernel variant (``$VKQLINEAR_VARIANT``) inside the block (None: no force)."""
+    """Force a kernel variant (``$VKQLINEAR_VARIANT``) inside the block (None: no force);
+    open devices see the change at once."""
     old = os.environ.get("VKQLINEAR_VARIANT")
     if variant:
         os.environ["VKQLINEAR_VARIANT"] = variant
     else:
         os.environ.pop("VKQLINEAR_VARIANT", None)
+    settings_changed()
     try:
         yield
     finally:
@@ -45,6 +48,7 @@ def forced_variant(variant):
             os.environ.pop("VKQLINEAR_VARIANT", None)
         else:
             os.environ["VKQLINEAR_VARIANT"] = old
+        settings_changed()
 
 
 # (T, K, N, g): ExecuTorch's own test shapes for linear_qta8a_qga4w(_qta8o).

@@ -172,7 +172,7 @@ class Device:
         self.lock = threading.RLock()
         self.closed = False
         self.kernel_memo = {}      # kernels.kernel_for_device's choices on this device
-        self.threshold_memo = None  # and its auto threshold: (value, when, generation)
+        self.settings_memo = None   # and its settings (kernels._device_settings)
 
     # -- description -------------------------------------------------------------------
     @property

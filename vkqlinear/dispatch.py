@@ -5,7 +5,9 @@ specialized pipeline (``kp.Algorithm``) and a pre-recorded ``kp.Sequence``: uplo
 activations, dispatch (several times when the grid is split), download the result. It is
 cached per (kernel, T, K) on the prepacked weights, so a repeated call with the same
 shapes records nothing and allocates nothing: it writes the inputs into the tensors' host
-memory, replays the sequence and copies the output out.
+memory, replays the sequence and copies the output out: in one call into the patched kp
+(``Sequence.eval_io``, which also releases the GIL while the device works), or with numpy
+copies around ``Sequence.eval`` on a stock kp.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = ["RecordedCall", "run"]
 _SHADER_READ, _SHADER_WRITE = 0x20, 0x40           # VkAccessFlagBits
 _COMPUTE_SHADER = 0x800                            # VkPipelineStageFlagBits
 QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
+EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests turn it off)
 
 
 def _shader_barrier(kp, tensors):
@@ -122,40 +125,44 @@ class RecordedCall:
                                                    self.oz.data())
         y = self.y.data()
         self._y_out = (y.view(np.int8) if kernel.out_int8 else y).reshape(t, np_)[:, :n]
+        self._int8_views = [self._x_in, self._xs_in, self._xz_in]
+        # the patched kp's one-call round trip (copies, eval, copy out); None on a stock kp
+        self._eval_io = getattr(self.seq, "eval_io", None) if EVAL_IO else None
 
     def _push(self, token_base):
         return np.array([self.t, self.k, self.n, self.np_, token_base], dtype=np.uint32)
 
-    def _write_epilogue(self, bias, out_scale, out_zero_point):
-        if bias is not None:
-            self._bias_in[:self.n] = bias
-            self._has_bias = True
-        elif self._has_bias:
-            self._bias_in[:] = 0.0
-            self._has_bias = False
-        if self.kernel.out_int8:
-            self._os_in[:] = out_scale
-            self._oz_in[:] = out_zero_point
-
     def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
         """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
-        np.copyto(self._x_in, x2d)
-        self._xs_in[:] = xs
-        self._xz_in[:] = xz
-        return self._replay(bias, out_scale, out_zero_point)
+        return self._replay([x2d, xs, xz], self._int8_views, bias, out_scale, out_zero_point)
 
     def run_float(self, xf2d=None, bias=None, out_scale=None, out_zero_point=None):
         """Float activations (``xf2d [T, K]``, or the source call's output on the device):
         quantize and multiply in one submission. Returns the output, or ``None`` when it
         stays on the device."""
         if self.source is None:
-            np.copyto(self._xf_in, xf2d)
-        return self._replay(bias, out_scale, out_zero_point)
+            return self._replay([xf2d], [self._xf_in], bias, out_scale, out_zero_point)
+        return self._replay([], [], bias, out_scale, out_zero_point)
 
-    def _replay(self, bias, out_scale, out_zero_point):
-        self._write_epilogue(bias, out_scale, out_zero_point)
-        self.seq.eval()
+    def _replay(self, inputs, views, bias, out_scale, out_zero_point):
+        """Copy ``inputs[i]`` into ``views[i]`` (and the epilogue's arguments into theirs),
+        replay the sequence, return a copy of the output (``None`` if it stays on the
+        device). The inputs are canonical: C-contiguous, the views' shapes and dtypes."""
+        if bias is not None:
+            inputs, views = inputs + [bias], views + [self._bias_in[:self.n]]
+            self._has_bias = True
+        elif self._has_bias:          # the previous call's bias, still on the device
+            self._bias_in[:] = 0.0
+            self._has_bias = False
+        if self.kernel.out_int8:
+            inputs = inputs + [out_scale, out_zero_point]
+            views = views + [self._os_in, self._oz_in]
         self.generation += 1
+        if self._eval_io is not None:
+            return self._eval_io(inputs, views, self._y_out if self._download else None)
+        for a, v in zip(inputs, views):
+            np.copyto(v, a)
+        self.seq.eval()
         return self._output() if self._download else None
 
     def download(self):

@@ -277,10 +277,10 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
 def kernel_for_device(device, algorithm, t, group_size, out_int8):
     """:func:`choose_kernel` on an open :class:`~vkqlinear.Device`: its capabilities (as
     enabled) and, for ``"auto"``, its threshold (:func:`auto_threshold`)."""
-    threshold = _device_threshold(device) if algorithm == "auto" else None
-    variant = os.environ.get("VKQLINEAR_VARIANT") or None
+    threshold, variant = _device_settings(device)
     # memoized per device (its caps are fixed while it is open), on plain keys
-    key = (algorithm, t, group_size, bool(out_int8), threshold, variant)
+    key = (algorithm, t, group_size, bool(out_int8),
+           threshold if algorithm == "auto" else None, variant)
     memo = device.kernel_memo
     kernel = memo.get(key)
     if kernel is None:
@@ -292,22 +292,33 @@ def kernel_for_device(device, algorithm, t, group_size, out_int8):
     return kernel
 
 
-THRESHOLD_RECHECK_S = 1.0   # how often an open device re-checks the tuning file
-_tuning_generation = 0      # bumped by store_threshold: this process's own writes
+SETTINGS_RECHECK_S = 1.0    # how often an open device re-reads its settings
+_settings_generation = 0    # bumped by this process's own changes (settings_changed)
 
 
-def _device_threshold(device):
-    """:func:`auto_threshold` for an open device, looked up at most once a second and
-    again at once after :func:`store_threshold`. (The lookup builds the file's path and
-    stats it: about 100 us when it runs right after a kernel, with the host's caches cold;
-    ``auto`` paid it on every call.)"""
+def settings_changed():
+    """Make every open device re-read its settings (the tuning file's threshold and
+    ``$VKQLINEAR_VARIANT``) at its next op call: :func:`store_threshold` and
+    :func:`vkqlinear.conformance.forced_variant` call it."""
+    global _settings_generation
+    _settings_generation += 1
+
+
+def _device_settings(device):
+    """``(auto threshold, forced variant or None)`` for an open device: read at most once a
+    second (:data:`SETTINGS_RECHECK_S`), and again at once after :func:`settings_changed`.
+    Reading them builds the tuning file's path, stats it and looks the variable up (two
+    ``KeyError`` raised and caught when it is unset): 20 to 100 us when it runs right after
+    a kernel, with the host's caches cold, which every op call paid."""
     now = time.monotonic()
-    hit = device.threshold_memo
-    if hit is not None and now - hit[1] < THRESHOLD_RECHECK_S and hit[2] == _tuning_generation:
-        return hit[0]
-    value = auto_threshold(device.info)
-    device.threshold_memo = (value, now, _tuning_generation)
-    return value
+    hit = device.settings_memo
+    if hit is not None and now - hit[2] < SETTINGS_RECHECK_S and \
+            hit[3] == _settings_generation:
+        return hit[0], hit[1]
+    threshold = auto_threshold(device.info)
+    variant = os.environ.get("VKQLINEAR_VARIANT") or None
+    device.settings_memo = (threshold, variant, now, _settings_generation)
+    return threshold, variant
 
 
 # -- tuning file ---------------------------------------------------------------------------
@@ -354,7 +365,6 @@ def auto_threshold(info):
 
 def store_threshold(info, threshold, extra=None):
     """Record ``threshold`` for ``info``'s device in the tuning file (atomically)."""
-    global _tuning_generation
     path = tuning_file()
     try:
         data = json.loads(path.read_text())
@@ -365,5 +375,5 @@ def store_threshold(info, threshold, extra=None):
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
-    _tuning_generation += 1      # after the write: a device that looks now sees it
+    settings_changed()           # after the write: a device that looks now sees it
     return path
