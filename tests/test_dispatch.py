@@ -154,13 +154,16 @@ def test_threads_on_two_device_objects(rng):
 
 
 def test_one_weights_alternating_shapes_algorithms_and_outputs(rng, device):
-    """A repeated call reuses the weights' last recorded call: any change of T,
-    algorithm, output type or device must not."""
+    """A call like one of the weights' last two reuses its recorded call: any change of
+    T, algorithm, output type or device must not (including two kinds taking turns)."""
     big = make_layer(rng, 3, 64, 16, 32)
     qw = vq.prepack(big["w_packed"], 32, big["w_scales"], big["w_zeros"])
     for t, alg, int8 in [(1, "tiled", False), (1, "tiled", False), (2, "tiled", False),
                          (1, "cooperative", False), (1, "tiled", True), (1, "tiled", False),
-                         (3, "auto", True), (3, "auto", False), (1, "tiled", False)]:
+                         (3, "auto", True), (3, "auto", False), (1, "tiled", False),
+                         (2, "tiled", False), (1, "tiled", False), (2, "tiled", False),
+                         (1, "cooperative", False), (2, "tiled", False), (1, "tiled", True),
+                         (1, "cooperative", False), (1, "tiled", True)]:
         d = dict(big, x_q=big["x_q"][:t], x_scale=big["x_scale"][:t],
                  x_zero_point=big["x_zero_point"][:t])
         if int8:
@@ -243,3 +246,57 @@ def test_eval_io_checks_its_arrays(device):
                                 ([], [], [1.0])]:                             # output
         with pytest.raises(ValueError):
             seq.eval_io(srcs, views, output)
+
+
+def test_plain_path_and_general_path_agree(rng, device, monkeypatch):
+    """Plain calls (C-contiguous canonical numpy arrays, T <= 16, prepacked weights, no
+    bias) take the ops' short path; every other form of the same arguments takes the
+    general one, with the same result."""
+    from vkqlinear import ops
+    d = make_layer(rng, 4, 64, 16, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    x, xs, xz = d["x_q"], d["x_scale"], d["x_zero_point"]
+    os_, oz = np.full(4, 0.05, np.float32), np.array([-3, 0, 7, 1], np.int32)
+    plain = []
+    real = ops._plain_call
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        plain.append(out is not None)
+        return out
+    monkeypatch.setattr(ops, "_plain_call", spy)
+
+    def run(*a, **k):
+        plain.clear()
+        q8 = dict(out_scale=k.pop("out_scale", os_), out_zero_point=k.pop("out_zero_point", oz))
+        y = vq.linear_qta8a_qga4w(*a, qw, device=device, **k)
+        y8 = vq.linear_qta8a_qga4w_qta8o(*a, qw, device=device, **q8, **k)
+        return y, y8, list(plain)
+    want, want8, taken = run(x, xs, xz)
+    assert taken == [True, True]
+    np.testing.assert_allclose(want, _ref(d), rtol=1e-5, atol=1e-5)
+    big = np.dtype(">f4")
+    for label, args, kw in [
+            ("Fortran x_q", (np.asfortranarray(x), xs, xz), {}),
+            ("strided x_scale", (x, np.repeat(xs, 2)[::2], xz), {}),
+            ("int8 zero points", (x, xs, xz.astype(np.int8)), {}),
+            ("big-endian scales", (x, xs.astype(big), xz), {}),
+            ("lists", (x.tolist(), xs.tolist(), xz.tolist()), {}),
+            ("3-D x_q", (x[None], xs[None], xz[None]), {}),
+            ("algorithm", (x, xs, xz), {"algorithm": "tiled"}),
+            ("int8 out_zero_point", (x, xs, xz), {"out_zero_point": oz.astype(np.int8)})]:
+        y, y8, taken = run(*args, **kw)
+        assert taken == ([True, True] if label == "algorithm" else
+                         [True, False] if label == "int8 out_zero_point" else
+                         [False, False]), label
+        np.testing.assert_allclose(y.reshape(want.shape), want, rtol=1e-6, atol=1e-6,
+                                   err_msg=label)
+        np.testing.assert_array_equal(y8.reshape(want8.shape), want8, err_msg=label)
+    # and the plain path's value checks defer to the general path's errors
+    for bad, match in [((x, np.array([1, np.nan, 1, 1], np.float32), xz), "x_scale"),
+                       ((x, xs, np.array([0, 0, 300, 0], np.int32)), "x_zero_point")]:
+        with pytest.raises(ValueError, match=match):
+            vq.linear_qta8a_qga4w(*bad, qw, device=device)
+    with pytest.raises(ValueError, match="out_scale"):
+        vq.linear_qta8a_qga4w_qta8o(x, xs, xz, qw, out_scale=-os_, out_zero_point=oz,
+                                    device=device)

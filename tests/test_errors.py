@@ -200,7 +200,7 @@ def test_prepacked_weights_refuse_extra_arguments(layer):
                    scales_and_zeros=np.zeros((2, 16, 2), np.float32))
 
 
-@pytest.mark.parametrize("t", [1, 16, 17, 100])   # both sides of _args._SMALL
+@pytest.mark.parametrize("t", [1, 16, 17, 100])   # both sides of _args.SMALL
 @pytest.mark.parametrize("bad", [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf])
 def test_one_bad_scale_among_many_is_found(t, bad):
     from vkqlinear import _args

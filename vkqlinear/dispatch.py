@@ -192,14 +192,20 @@ def _cached_call(device, kernel, weights, key, **kw):
     """The weights' recorded call for ``(kernel, T, K, *key)`` on ``device`` (made with
     ``kw`` on a miss); call with ``device.lock`` held."""
     device.check_open()
-    last = weights.last_call          # a repeated call skips the two lookups below
-    if last is not None and last[0] is device and last[1] is kernel and last[2] == key:
-        return last[3]
+    # A call like one of the weights' last two skips the two lookups below: repeated
+    # calls, and two kinds of call taking turns (e.g. the benchmark's timed and plain
+    # calls, or two token counts).
+    a, b = weights.recent_calls
+    if a is not None and a[0] is device and a[1] is kernel and a[2] == key:
+        return a[3]
+    if b is not None and b[0] is device and b[1] is kernel and b[2] == key:
+        weights.recent_calls = (b, a)
+        return b[3]
     dw = weights.on_device(device, kernel)
     t, k = key[0], weights.K
     call = dw.call((kernel,) + key,
                    lambda: RecordedCall(device, kernel, dw, t, k, weights.N, **kw))
-    weights.last_call = (device, kernel, key, call)
+    weights.recent_calls = ((device, kernel, key, call), a)
     return call
 
 

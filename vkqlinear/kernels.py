@@ -23,6 +23,7 @@ entry it uses the built-in value for the driver (:data:`BUILTIN_THRESHOLDS`), el
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -161,6 +162,15 @@ class Kernel:
     out_int8: bool
     variant: str = "portable"
 
+    def __post_init__(self):
+        # Kernels key the recorded-call caches: hash the fields once, not on every lookup
+        object.__setattr__(self, "_hash", hash((
+            self.algorithm, self.shader, self.defines, self.local_size, self.tm, self.lanes,
+            self.group_size, self.out_int8, self.variant)))
+
+    def __hash__(self):
+        return self._hash
+
     @property
     def subgroup_reduce(self):
         return "subgroup" in self.variant.split("+")
@@ -170,12 +180,12 @@ class Kernel:
         """Whether it reads X, W and the group data from uniform texel buffers."""
         return "texel" in self.variant.split("+")
 
-    @property
+    @functools.cached_property
     def layout(self):
         """The prepacked weight layout it reads (see :func:`variant_layout`)."""
         return variant_layout(self.variant)
 
-    @property
+    @functools.cached_property
     def order(self):
         """The order of the weight units it reads (vkqlinear/weights.py): ``"groups"``
         for the subgroup COOPERATIVE kernel (``GROUP_ORDER``), else ``"blocks"``."""

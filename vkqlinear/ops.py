@@ -47,6 +47,53 @@ def _weights(w_packed, group_size, k, *, w_scales=None, w_zeros=None, scales_and
     return prepack(w_packed, group_size, w_scales, w_zeros, _k=k)
 
 
+_ND = np.ndarray
+_I8, _F32, _I32 = np.dtype(np.int8), np.dtype(np.float32), np.dtype(np.int32)
+_DEVICE_ALGORITHMS = ("auto", "tiled", "cooperative")
+
+
+def _plain_per_token(t, scale, zero_point):
+    """True if ``scale`` and ``zero_point`` are C-contiguous numpy float32 and int32
+    ``[t]`` vectors with valid values (finite > 0; in [-128, 127])."""
+    return (type(scale) is _ND and type(zero_point) is _ND and scale.dtype is _F32
+            and zero_point.dtype is _I32 and scale.shape == (t,) and zero_point.shape == (t,)
+            and scale.flags.c_contiguous and zero_point.flags.c_contiguous
+            and _args.finite_positive(scale.tolist())
+            and _args.in_int8_range(zero_point.tolist()))
+
+
+def _plain_call(x_q, x_scale, x_zero_point, weights, algorithm, device, out_scale=None,
+                out_zero_point=None):
+    """The common call on prepacked weights, checked and run in as few steps as possible:
+    right after a kernel the host's caches are cold and each step costs microseconds.
+    Plain means C-contiguous numpy arrays of the canonical dtypes, ``x_q [T, K]`` with
+    ``1 <= T <= 16`` (a decode step), per-token ``[T]`` vectors, no bias, a device
+    algorithm, and a device that is available. Returns ``None`` for anything else: the
+    general path then converts, checks and refuses with its messages. The caller checked
+    ``weights`` (prepacked, no extra weight arguments)."""
+    if not (type(x_q) is _ND and x_q.dtype is _I8 and x_q.ndim == 2
+            and x_q.flags.c_contiguous and algorithm in _DEVICE_ALGORITHMS
+            and (device is None or type(device) is Device)):
+        return None
+    t, k = x_q.shape
+    if not (0 < t <= _args.SMALL and k == weights.K
+            and _plain_per_token(t, x_scale, x_zero_point)):
+        return None
+    out_int8 = out_scale is not None
+    if out_int8 and not _plain_per_token(t, out_scale, out_zero_point):
+        return None
+    if device is None:
+        try:
+            device = resolve(None)
+        except (VulkanUnavailableError, CompilerNotFoundError):
+            return None            # the general path falls back, or raises
+    else:
+        device.check_open()
+    kernel = kernel_for_device(device, algorithm, t, weights.group_size, out_int8)
+    return dispatch.run(device, kernel, weights, x_q, x_scale, x_zero_point, None,
+                        out_scale, out_zero_point)[0]
+
+
 def _front(algorithm, device, x_q, x_scale, x_zero_point):
     """Checks shared by both ops, before the weights: algorithm, device, activations."""
     algorithm = _args.algorithm_name(algorithm)
@@ -115,6 +162,11 @@ def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_
 
     Returns: float32 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
+    if type(w_packed) is QuantizedWeights and group_size is None and w_scales is None and \
+            w_zeros is None and bias is None:
+        out = _plain_call(x_q, x_scale, x_zero_point, w_packed, algorithm, device)
+        if out is not None:
+            return out
     algorithm, acts = _front(algorithm, device, x_q, x_scale, x_zero_point)
     weights = _weights(w_packed, group_size, acts[0].shape[1], w_scales=w_scales,
                        w_zeros=w_zeros)
@@ -142,6 +194,12 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
 
     Returns: int8 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
+    if type(w_packed) is QuantizedWeights and group_size is None and \
+            scales_and_zeros is None and bias is None and out_scale is not None:
+        out = _plain_call(x_q, x_scale, x_zero_point, w_packed, algorithm, device, out_scale,
+                          out_zero_point)
+        if out is not None:
+            return out
     algorithm, acts = _front(algorithm, device, x_q, x_scale, x_zero_point)
     if not isinstance(w_packed, QuantizedWeights) and scales_and_zeros is None:
         raise TypeError("scales_and_zeros: required with raw w_packed (float32 [G, N, 2])")

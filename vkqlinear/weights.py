@@ -66,7 +66,8 @@ class QuantizedWeights:
         self.K = 2 * k2
         self.G = self.K // group_size
         self._device_state = {}  # (id(device), lanes, layout, order) -> _DeviceWeights
-        self.last_call = None     # (device, kernel, key, RecordedCall) of the last call
+        # (device, kernel, key, RecordedCall) of the last two calls, most recent first
+        self.recent_calls = (None, None)
         self._lock = threading.Lock()
 
     def __repr__(self):
