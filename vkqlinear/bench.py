@@ -160,9 +160,10 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
         runs, budget_s = 2 * runs, 2 * budget_s
     r = point["runs"] = _runs_for(rep_s, runs, budget_s)
     # Kernels and end-to-end calls interleaved, so that drifts of the (shared) host hit
-    # all of them alike.
-    for _ in range(r):
-        for alg in KERNELS:
+    # all of them alike, and in an order rotated each round, so that a slow spell that
+    # starts mid-round does not always fall on the same kernel.
+    for i in range(r):
+        for alg in KERNELS[i % len(KERNELS):] + KERNELS[:i % len(KERNELS)]:
             # once untimed first: the kernels read different weight layouts, and one that
             # followed another would find its weights out of the host's caches (auto ran
             # 1.25x slower than the same tiled kernel at 4096 x 4096, g = 128, T = 256)
