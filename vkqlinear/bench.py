@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -387,20 +388,16 @@ def main(argv=None):
     # The read calibration covers the packed bytes of the bars' 4096 x 4096 layer when it is
     # in the sweep, else of the biggest layer.
     read_bytes = (4096 * 4096 if (4096, 4096) in shapes else max(k * n for k, n in shapes)) // 2
-    reads = {}     # read calibration kernels by byte count, made once
-
-    def read_cal(nbytes):
-        if nbytes not in reads:
-            reads[nbytes] = read_kernel(dev, nbytes)
-        return reads[nbytes]
-
-    warm_up(read_cal(read_bytes), a.warm_up)
-    rt = read_cal(read_bytes).time(20)
+    # read calibration kernels by byte count, made once
+    read_cal = functools.cache(lambda nbytes: read_kernel(dev, nbytes))
+    read = read_cal(read_bytes)
+    warm_up(read, a.warm_up)
+    rt = read.time(20)
     alu = alu_kernel(dev)
     at = alu.time(5)
-    calib = {"read_bytes": read_cal(read_bytes).work,
+    calib = {"read_bytes": read.work,
              "read_s": {"median": rt.median, "min": rt.min},
-             "read_bytes_per_s": read_cal(read_bytes).work / rt.median,
+             "read_bytes_per_s": read.work / rt.median,
              "alu_s": {"median": at.median, "min": at.min},
              "alu_madd_per_s": alu.work / at.median}
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]

@@ -27,7 +27,7 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 __all__ = ["Kernel", "DeviceCaps", "choose_kernel", "kernel_for_device", "lanes_for",
@@ -164,9 +164,8 @@ class Kernel:
 
     def __post_init__(self):
         # Kernels key the recorded-call caches: hash the fields once, not on every lookup
-        object.__setattr__(self, "_hash", hash((
-            self.algorithm, self.shader, self.defines, self.local_size, self.tm, self.lanes,
-            self.group_size, self.out_int8, self.variant)))
+        object.__setattr__(self, "_hash",
+                           hash(tuple(getattr(self, f.name) for f in fields(self))))
 
     def __hash__(self):
         return self._hash
