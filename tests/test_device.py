@@ -61,6 +61,39 @@ def test_stock_kompute_enables_nothing(monkeypatch):
     dev.close()
 
 
+def test_wait_mode(monkeypatch):
+    """Device(wait=...): "auto" yields on a CPU device and blocks on any other; an
+    explicit mode is kept; a kp without the patch's item 8 blocks whatever was asked;
+    bad modes name the argument."""
+    import dataclasses
+    with vq.Device() as dev:
+        assert dev.info.type == "cpu"          # lavapipe
+        assert dev.wait == "yield" and dev.yields
+        dev.wait = "block"
+        assert dev.wait == "block" and not dev.yields
+        dev.wait = "auto"
+        assert dev.wait == "yield"
+        with pytest.raises(TypeError, match="wait"):
+            dev.wait = None
+        with pytest.raises(ValueError, match="wait"):
+            dev.wait = "spin"
+        assert dev.wait == "yield"             # a refused mode changes nothing
+    with vq.Device(wait="block") as dev:
+        assert dev.wait == "block"
+    with pytest.raises(ValueError, match="wait"):
+        vq.Device(wait="sleep")
+    gpu = dataclasses.replace(vq.devices()[0], type="discrete-gpu")
+    monkeypatch.setattr(devmod, "devices", lambda: [gpu])
+    with vq.Device() as dev:
+        assert dev.wait == "block"
+        dev.wait = "yield"
+        assert dev.wait == "yield"
+    import kp
+    monkeypatch.setattr(kp, "vkqlinear_patch", 7, raising=False)
+    with vq.Device(wait="yield") as dev:
+        assert dev.wait == "block"
+
+
 def test_device_selection(monkeypatch):
     n = len(vq.devices())
     monkeypatch.setenv("VKQLINEAR_DEVICE", "0")

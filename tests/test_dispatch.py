@@ -182,16 +182,19 @@ def test_one_weights_alternating_shapes_algorithms_and_outputs(rng, device):
                                        err_msg=f"T={t} {alg}")
 
 
-@pytest.mark.parametrize("eval_io", [True, False], ids=["eval_io", "numpy-copies"])
-def test_host_round_trip_paths(rng, device, monkeypatch, eval_io):
-    """A recorded call's round trip, in one call into the patched kp (Sequence.eval_io)
-    or with numpy copies (stock kp): same results for float and int8 output, bias on and
-    off, float activations quantized on the device, and N not a multiple of 8 (the
-    output's rows are padded on the device)."""
+@pytest.mark.parametrize("eval_io,wait", [(True, "yield"), (True, "block"), (False, "block")],
+                         ids=["eval_io-yield", "eval_io-block", "numpy-copies"])
+def test_host_round_trip_paths(rng, device, monkeypatch, eval_io, wait):
+    """A recorded call's round trip, in one call into the patched kp (Sequence.eval_io,
+    waiting by yielding or blocking) or with numpy copies (stock kp): same results for
+    float and int8 output, bias on and off, float activations quantized on the device,
+    and N not a multiple of 8 (the output's rows are padded on the device)."""
     monkeypatch.setattr(dispatch, "EVAL_IO", eval_io)
     import kp
-    if eval_io and not hasattr(kp.Sequence, "eval_io"):
+    if eval_io and getattr(kp, "vkqlinear_patch", 0) < 8:
         pytest.skip("kp without vkqlinear's patch")
+    monkeypatch.setattr(device, "wait", wait)
+    assert device.wait == wait
     d = make_layer(rng, 3, 64, 20, 32)
     qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])   # fresh calls
     x = (d["x_q"], d["x_scale"], d["x_zero_point"])
@@ -234,6 +237,9 @@ def test_eval_io_checks_its_arrays(device):
     assert out.flags.c_contiguous and not np.shares_memory(out, view)
     np.testing.assert_array_equal(view.reshape(3, 4)[:, 3], 0)   # padding untouched
     assert seq.eval_io([], [], None) is None
+    src2 = src + 1                                  # waiting by polling the fence
+    np.testing.assert_array_equal(seq.eval_io([src2], [padded], padded, True), src2)
+    assert not seq.is_running()
     ro = np.zeros(12, np.float32)
     ro.flags.writeable = False
     for srcs, views, output in [([np.zeros(11, np.float32)], [view], None),   # shape

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compiler import compile_shader
+from .dispatch import evaluate
 
 __all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel"]
 
@@ -37,7 +38,7 @@ def time_dispatches(device, algo, push, runs):
         seq = device.manager.sequence(0, runs + 2)
         for _ in range(runs + 1):
             seq.record(kp.OpAlgoDispatch(algo, push))
-        seq.eval()
+        evaluate(device, seq)           # waiting like the library's calls
         ts = [int(v) for v in seq.get_timestamps()]
     deltas = [(ts[i + 1] - ts[i]) * period for i in range(runs + 1)]
     return Timing(tuple(deltas[1:]))

@@ -146,6 +146,10 @@ def _import_kp():
     return kp
 
 
+WAITS = ("auto", "block", "yield")
+KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yielding)
+
+
 class Device:
     """An open Vulkan device (a Kompute manager) and the library's caches on it.
 
@@ -153,9 +157,23 @@ class Device:
     of :func:`devices`. Use as a context manager or call :meth:`close`; afterwards every
     use of the device, or of weights and layers made on it, raises
     :class:`~vkqlinear.errors.DeviceClosedError`.
+
+    ``wait`` is how a call waits for the device (settable later through :attr:`wait`):
+
+    * ``"block"``: sleeps in ``vkWaitForFences`` until the device signals;
+    * ``"yield"``: polls the fence and yields the thread between polls. On a CPU device
+      (lavapipe) the driver's worker threads occupy the cores while the work runs, so the
+      waiting thread takes a core only when one falls idle, and picks the result up
+      without a wake-up from an idle core, which costs tens of microseconds on a virtual
+      machine (the README's benchmark section has the figures). On a GPU it would keep
+      a core busy for the whole call;
+    * ``"auto"`` (default): ``"yield"`` on a CPU device, ``"block"`` on any other.
+
+    ``"yield"`` needs the kp that ``tools/setup.sh`` builds; with any other kp a call
+    blocks, and :attr:`wait` says so.
     """
 
-    def __init__(self, index=None):
+    def __init__(self, index=None, *, wait="auto"):
         infos = devices()
         self.index = _select(index, infos)
         self.info = infos[self.index]
@@ -169,10 +187,29 @@ class Device:
         texel = hasattr(getattr(kp, "Algorithm", None), "set_next_texel_formats")  # patched kp
         self.enabled_features = frozenset((get() if get else ())) | (
             {"texelBufferLoads"} if texel else set())
+        self._kp_yields = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+        self.wait = wait
         self.lock = threading.RLock()
         self.closed = False
         self.kernel_memo = {}      # kernels.kernel_for_device's choices on this device
         self.settings_memo = None   # and its settings (kernels._device_settings)
+
+    @property
+    def wait(self):
+        """How calls wait for this device: ``"block"`` or ``"yield"`` (see the class doc);
+        set it to ``"auto"``, ``"block"`` or ``"yield"``."""
+        return "yield" if self.yields else "block"
+
+    @wait.setter
+    def wait(self, mode):
+        if not isinstance(mode, str):
+            raise TypeError(f"wait: expected one of {', '.join(WAITS)}, "
+                            f"got {type(mode).__name__}")
+        if mode not in WAITS:
+            raise ValueError(f"wait: expected one of {', '.join(WAITS)}, got {mode!r}")
+        if mode == "auto":
+            mode = "yield" if self.info.type == "cpu" else "block"
+        self.yields = mode == "yield" and self._kp_yields   # read by every call
 
     # -- description -------------------------------------------------------------------
     @property

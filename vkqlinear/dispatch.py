@@ -6,8 +6,9 @@ activations, dispatch (several times when the grid is split), download the resul
 cached per (kernel, T, K) on the prepacked weights, so a repeated call with the same
 shapes records nothing and allocates nothing: it writes the inputs into the tensors' host
 memory, replays the sequence and copies the output out: in one call into the patched kp
-(``Sequence.eval_io``, which also releases the GIL while the device works), or with numpy
-copies around ``Sequence.eval`` on a stock kp.
+(``Sequence.eval_io``, which also releases the GIL while the device works and waits the
+way the device's :attr:`~vkqlinear.Device.wait` says), or with numpy copies around
+``Sequence.eval`` on a stock kp.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compiler import compile_shader
-from .device import R32G32B32A32_UINT, TEXEL_BYTES
+from .device import KP_PATCH_YIELD, R32G32B32A32_UINT, TEXEL_BYTES
 from .weights import _check_range
 
 __all__ = ["RecordedCall", "run"]
@@ -26,6 +27,22 @@ _SHADER_READ, _SHADER_WRITE = 0x20, 0x40           # VkAccessFlagBits
 _COMPUTE_SHADER = 0x800                            # VkPipelineStageFlagBits
 QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
 EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests turn it off)
+
+
+def _kp_eval_io(kp):
+    """Whether this kp has ``Sequence.eval_io`` with its ``yielding`` argument (the
+    patch's item 8) and the library may use it."""
+    return EVAL_IO and getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+
+
+def evaluate(device, seq):
+    """Evaluate ``seq`` on ``device``, waiting as the device's ``wait`` says (blocking on a
+    stock kp); call with ``device.lock`` held."""
+    import kp
+    if _kp_eval_io(kp):
+        seq.eval_io([], [], None, device.yields)
+    else:
+        seq.eval()
 
 
 def _shader_barrier(kp, tensors):
@@ -126,8 +143,9 @@ class RecordedCall:
         y = self.y.data()
         self._y_out = (y.view(np.int8) if kernel.out_int8 else y).reshape(t, np_)[:, :n]
         self._int8_views = [self._x_in, self._xs_in, self._xz_in]
-        # the patched kp's one-call round trip (copies, eval, copy out); None on a stock kp
-        self._eval_io = getattr(self.seq, "eval_io", None) if EVAL_IO else None
+        # the patched kp's one-call round trip (copies, eval, copy out, and the wait the
+        # device asks for); None on a stock kp, or one built before the patch's item 8
+        self._eval_io = self.seq.eval_io if _kp_eval_io(kp) else None
 
     def _push(self, token_base):
         return np.array([self.t, self.k, self.n, self.np_, token_base], dtype=np.uint32)
@@ -159,7 +177,8 @@ class RecordedCall:
             views = views + [self._os_in, self._oz_in]
         self.generation += 1
         if self._eval_io is not None:
-            return self._eval_io(inputs, views, self._y_out if self._download else None)
+            return self._eval_io(inputs, views, self._y_out if self._download else None,
+                                 self.device.yields)
         for a, v in zip(inputs, views):
             np.copyto(v, a)
         self.seq.eval()
@@ -168,7 +187,9 @@ class RecordedCall:
     def download(self):
         """Copy the device-resident output to the host; returns ``[T, N]``."""
         import kp
-        self.device.manager.sequence().eval(kp.OpTensorSyncLocal([self.y]))
+        seq = self.device.manager.sequence()
+        seq.record(kp.OpTensorSyncLocal([self.y]))
+        evaluate(self.device, seq)
         return self._output()
 
     def quantized_activations(self):
