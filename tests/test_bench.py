@@ -71,10 +71,11 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     out = tmp_path / "out"
     assert bench.main(["--shapes", "64x48", "--tokens", "1,5", "--group-sizes", "32",
                        "--runs", "2", "--budget", "0", "--warm-up", "0", "--out", str(out),
-                       "--tune"]) == 0
+                       "--tune", "--wait", "block"]) == 0
     text = capsys.readouterr().out
-    assert "64x48" in text and "crossover T" in text
+    assert "64x48" in text and "crossover T" in text and "calls wait: block" in text
     doc = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert doc["device"]["wait"] == "block"
     assert [p["T"] for p in doc["points"]] == [1, 5]
     for p in doc["points"]:
         assert p["runs"] == (4 if p["T"] == 1 else 2)     # the bars' points: twice the runs

@@ -68,9 +68,9 @@ def test_wait_mode(monkeypatch):
     import dataclasses
     with vq.Device() as dev:
         assert dev.info.type == "cpu"          # lavapipe
-        assert dev.wait == "yield" and dev.yields
+        assert dev.wait == "yield" and dev.yield_ns == devmod.YIELD_NS
         dev.wait = "block"
-        assert dev.wait == "block" and not dev.yields
+        assert dev.wait == "block" and dev.yield_ns == 0
         dev.wait = "auto"
         assert dev.wait == "yield"
         with pytest.raises(TypeError, match="wait"):

@@ -238,7 +238,8 @@ def test_eval_io_checks_its_arrays(device):
     np.testing.assert_array_equal(view.reshape(3, 4)[:, 3], 0)   # padding untouched
     assert seq.eval_io([], [], None) is None
     src2 = src + 1                                  # waiting by polling the fence
-    np.testing.assert_array_equal(seq.eval_io([src2], [padded], padded, True), src2)
+    np.testing.assert_array_equal(seq.eval_io([src2], [padded], padded, 10**9), src2)
+    np.testing.assert_array_equal(seq.eval_io([src], [padded], padded, 1), src)  # then blocks
     assert not seq.is_running()
     ro = np.zeros(12, np.float32)
     ro.flags.writeable = False

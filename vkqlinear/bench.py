@@ -370,6 +370,9 @@ def main(argv=None):
     ap.add_argument("--warm-up", type=float, default=1.0,
                     help="seconds of device work before calibrating (default 1)")
     ap.add_argument("--device", type=int, default=None)
+    ap.add_argument("--wait", choices=("auto", "block", "yield"), default="auto",
+                    help="how calls wait for the device (vkqlinear.Device's wait; default "
+                         "auto: yield on a CPU device, block on a GPU)")
     ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--tune", action="store_true",
@@ -381,10 +384,10 @@ def main(argv=None):
     gsizes = _parse_list(a.group_sizes) if a.group_sizes else [32, 128]
     runs = a.runs or (7 if a.full else 5)
     budget = a.budget if a.budget is not None else (4.0 if a.full else 2.0)
-    dev = Device(a.device)
+    dev = Device(a.device, wait=a.wait)
     rng = np.random.default_rng(0)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
-          f"vkqlinear {__version__} {_git_commit()}")
+          f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
     # The read calibration covers the packed bytes of the bars' 4096 x 4096 layer when it is
     # in the sweep, else of the biggest layer.
     read_bytes = (4096 * 4096 if (4096, 4096) in shapes else max(k * n for k, n in shapes)) // 2
@@ -428,7 +431,7 @@ def main(argv=None):
     doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
            "device": {"index": dev.index, "name": dev.name, "type": dev.info.type,
                       "driver": f"{dev.info.driver_name} {dev.info.driver_info}",
-                      "api_version": dev.info.api_version},
+                      "api_version": dev.info.api_version, "wait": dev.wait},
            "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__},
            "vkqlinear": __version__, "commit": _git_commit(), "calibration": calib,

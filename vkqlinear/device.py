@@ -147,7 +147,12 @@ def _import_kp():
 
 
 WAITS = ("auto", "block", "yield")
-KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yielding)
+KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yield_ns)
+# How long a call on a "yield" device polls before it blocks. Long enough for a decode
+# step's kernels; a longer submission blocks after it, so that a thread polling for its
+# whole length does not take a core's worth of time from the device's worker threads
+# (with no limit, a 4096 x 4096 call at T = 512 ran slower on lavapipe, 2 cores).
+YIELD_NS = 2_000_000
 
 
 class Device:
@@ -161,12 +166,13 @@ class Device:
     ``wait`` is how a call waits for the device (settable later through :attr:`wait`):
 
     * ``"block"``: sleeps in ``vkWaitForFences`` until the device signals;
-    * ``"yield"``: polls the fence and yields the thread between polls. On a CPU device
-      (lavapipe) the driver's worker threads occupy the cores while the work runs, so the
-      waiting thread takes a core only when one falls idle, and picks the result up
-      without a wake-up from an idle core, which costs tens of microseconds on a virtual
-      machine (the README's benchmark section has the figures). On a GPU it would keep
-      a core busy for the whole call;
+    * ``"yield"``: polls the fence, yielding the thread between polls, for up to
+      :data:`YIELD_NS` (2 ms), then sleeps as ``"block"``. On a CPU device (lavapipe)
+      the driver's worker threads occupy the cores while the work runs; the polling
+      thread keeps its core from going idle, so a short call's result is picked up
+      without a wake-up from an idle core, which costs tens of microseconds on a
+      virtual machine (the README's benchmark section has the figures). On a GPU it
+      would keep a core busy for nothing;
     * ``"auto"`` (default): ``"yield"`` on a CPU device, ``"block"`` on any other.
 
     ``"yield"`` needs the kp that ``tools/setup.sh`` builds; with any other kp a call
@@ -198,7 +204,7 @@ class Device:
     def wait(self):
         """How calls wait for this device: ``"block"`` or ``"yield"`` (see the class doc);
         set it to ``"auto"``, ``"block"`` or ``"yield"``."""
-        return "yield" if self.yields else "block"
+        return "yield" if self.yield_ns else "block"
 
     @wait.setter
     def wait(self, mode):
@@ -209,7 +215,8 @@ class Device:
             raise ValueError(f"wait: expected one of {', '.join(WAITS)}, got {mode!r}")
         if mode == "auto":
             mode = "yield" if self.info.type == "cpu" else "block"
-        self.yields = mode == "yield" and self._kp_yields   # read by every call
+        # read by every call: how long it polls before it blocks
+        self.yield_ns = YIELD_NS if mode == "yield" and self._kp_yields else 0
 
     # -- description -------------------------------------------------------------------
     @property

@@ -30,7 +30,7 @@ EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests t
 
 
 def _kp_eval_io(kp):
-    """Whether this kp has ``Sequence.eval_io`` with its ``yielding`` argument (the
+    """Whether this kp has ``Sequence.eval_io`` with its ``yield_ns`` argument (the
     patch's item 8) and the library may use it."""
     return EVAL_IO and getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
 
@@ -40,7 +40,7 @@ def evaluate(device, seq):
     stock kp); call with ``device.lock`` held."""
     import kp
     if _kp_eval_io(kp):
-        seq.eval_io([], [], None, device.yields)
+        seq.eval_io([], [], None, device.yield_ns)
     else:
         seq.eval()
 
@@ -178,7 +178,7 @@ class RecordedCall:
         self.generation += 1
         if self._eval_io is not None:
             return self._eval_io(inputs, views, self._y_out if self._download else None,
-                                 self.device.yields)
+                                 self.device.yield_ns)
         for a, v in zip(inputs, views):
             np.copyto(v, a)
         self.seq.eval()
