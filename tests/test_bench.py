@@ -96,3 +96,20 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     cross = doc["crossovers"]["64x48 g32"]
     assert entry["auto_threshold"] == (cross - 1 if cross else 5)
     assert kernels.auto_threshold(device.info) == entry["auto_threshold"]   # auto reads it
+
+
+def test_wait_ab_script(capsys, device):
+    """bench/wait_ab.py (the A/B of Device.wait) runs, checks its results against SPEC and
+    reports both modes."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "wait_ab.py"
+    spec = importlib.util.spec_from_file_location("wait_ab", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--shape", "64x48", "--tokens", "3", "--rounds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "K=64 N=48 g=32 T=3 tiled, 3 rounds" in out
+    for mode in ("block", "yield"):
+        line = next(v for v in out.splitlines() if v.startswith(f"{mode}:"))
+        assert float(line.split("kernel / block's")[1]) > 0
