@@ -38,7 +38,7 @@ import numpy as np
 
 from . import __version__, conformance, ops
 from .calibrate import alu_kernel, read_kernel
-from .device import Device
+from .device import WAITS, Device
 from .kernels import kernel_for_device, store_threshold
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, \
     quantize_weights
@@ -372,7 +372,7 @@ def main(argv=None):
     ap.add_argument("--warm-up", type=float, default=1.0,
                     help="seconds of device work before calibrating (default 1)")
     ap.add_argument("--device", type=int, default=None)
-    ap.add_argument("--wait", choices=("auto", "block", "yield"), default="auto",
+    ap.add_argument("--wait", choices=WAITS, default="auto",
                     help="how calls wait for the device (vkqlinear.Device's wait; default "
                          "auto: yield on a CPU device, block on a GPU)")
     ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")

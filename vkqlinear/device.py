@@ -155,6 +155,12 @@ KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yield
 YIELD_NS = 2_000_000
 
 
+def kp_has_eval_io(kp):
+    """Whether ``kp`` has ``Sequence.eval_io`` with its ``yield_ns`` argument (the patch's
+    item 8)."""
+    return getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+
+
 class Device:
     """An open Vulkan device (a Kompute manager) and the library's caches on it.
 
@@ -193,7 +199,7 @@ class Device:
         texel = hasattr(getattr(kp, "Algorithm", None), "set_next_texel_formats")  # patched kp
         self.enabled_features = frozenset((get() if get else ())) | (
             {"texelBufferLoads"} if texel else set())
-        self._kp_yields = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+        self._kp_yields = kp_has_eval_io(kp)
         self.wait = wait
         self.lock = threading.RLock()
         self.closed = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compiler import compile_shader
-from .device import KP_PATCH_YIELD, R32G32B32A32_UINT, TEXEL_BYTES
+from .device import R32G32B32A32_UINT, TEXEL_BYTES, kp_has_eval_io
 from .weights import _check_range
 
 __all__ = ["RecordedCall", "run"]
@@ -30,9 +30,8 @@ EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests t
 
 
 def _kp_eval_io(kp):
-    """Whether this kp has ``Sequence.eval_io`` with its ``yield_ns`` argument (the
-    patch's item 8) and the library may use it."""
-    return EVAL_IO and getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+    """Whether the library may use this kp's ``Sequence.eval_io``."""
+    return EVAL_IO and kp_has_eval_io(kp)
 
 
 def evaluate(device, seq):
@@ -186,18 +185,24 @@ class RecordedCall:
 
     def download(self):
         """Copy the device-resident output to the host; returns ``[T, N]``."""
-        import kp
-        seq = self.device.manager.sequence()
-        seq.record(kp.OpTensorSyncLocal([self.y]))
-        evaluate(self.device, seq)
+        self._sync_local([self.y])
         return self._output()
 
     def quantized_activations(self):
         """The on-device quantizer's last result, ``(x_q [T, K], scale [T], zp [T])``
         (downloads them; for tests and debugging)."""
-        import kp
-        self.device.manager.sequence().eval(kp.OpTensorSyncLocal([self.x, self.xs, self.xz]))
+        self._sync_local([self.x, self.xs, self.xz])
         return self._x_in.copy(), self._xs_in.copy(), self._xz_in.copy()
+
+    def _sync_local(self, tensors):
+        """Copy ``tensors`` from the device to their host memory, in a submission of its
+        own (waiting as the device's ``wait`` says; under the device's lock, which
+        :meth:`quantized_activations`' callers do not hold)."""
+        import kp
+        with self.device.lock:
+            seq = self.device.manager.sequence()
+            seq.record(kp.OpTensorSyncLocal(tensors))
+            evaluate(self.device, seq)
 
     def _output(self):
         return self._y_out.copy()   # a copy: the tensor memory is reused by the next call
