@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from vkqlinear import conformance, ops
+import vkqlinear as vq
+from vkqlinear import conformance
 from vkqlinear.bench import warm_up
 from vkqlinear.calibrate import read_kernel
 from vkqlinear.device import Device
@@ -47,7 +48,7 @@ def run(a, dev):
     w_packed, w_scales, w_zeros = quantize_weights(w, a.group_size)
     qw = prepack(w_packed, a.group_size, w_scales, w_zeros, device=dev)
     x_q, xs, xz = quantize_per_token(rng.standard_normal((a.tokens, k)).astype(np.float32))
-    acts = ops._front(a.algorithm, dev, x_q, xs, xz)[1]
+    dl = vq.DeviceLinear.of(qw, dev)
     period = dev.info.limits["timestamp_period_ns"] * 1e-9
     spec = dict(x_q=x_q, x_scale=xs, x_zero_point=xz, w_packed=w_packed, group_size=a.group_size,
                 w_scales=w_scales, w_zeros=w_zeros, w_offsets=None, bias=None)
@@ -58,10 +59,10 @@ def run(a, dev):
             dev.wait = mode
             if dev.wait != mode:
                 sys.exit(f"this kp cannot wait by {mode!r} (run tools/setup.sh)")
-            ops._linear(acts, qw, None, None, None, a.algorithm, dev, timed=True)
-            _, call = ops._linear(acts, qw, None, None, None, a.algorithm, dev, timed=True)
+            dl.run(a.algorithm, x_q, xs, xz, timed=True)
+            _, call = dl.run(a.algorithm, x_q, xs, xz, timed=True)
             t0 = time.perf_counter()
-            y = ops.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm=a.algorithm, device=dev)
+            y = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm=a.algorithm, device=dev)
             e2e = time.perf_counter() - t0
             runs[mode][0].append(call.kernel_ns(1.0) * period)
             runs[mode][1].append(e2e)

@@ -19,7 +19,7 @@ Everything but the Linear layers runs in PyTorch (float32, CPU). The Linear laye
 
 The report: per group size (and weight method), the cosine of each sentence embedding to
 the float32 model's for the device and the simulation, their cosine to each other, the
-layer-by-layer check of the device against SPEC.md's tolerance on identical inputs, and
+layer-by-layer check of the device against the contract's tolerance on identical inputs, and
 the time per batch against the float32 model. ``python examples/minilm.py --help``.
 """
 
@@ -158,7 +158,7 @@ def quantized_linear(model, layers, algorithm, record=None):
 
 
 def check_layers(layers, inputs):
-    """Per layer, the device output against SPEC.md's tolerance on the same input:
+    """Per layer, the device output against the contract's tolerance on the same input:
     ``{name: (ok, message)}``."""
     import vkqlinear as vq
     from vkqlinear import conformance
@@ -183,6 +183,7 @@ def run(sentences=SENTENCES, group_sizes=(32, 64, 128), methods=("minmax", "sear
         layers_limit=None, repeats=3, log=print):
     """The whole report as a dict (see the module doc)."""
     import torch
+
     import vkqlinear as vq
     dev = vq.default_device()
     model = MiniLM()

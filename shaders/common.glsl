@@ -33,7 +33,7 @@
 // halves are split every CHUNK (16, or 8 for groups of 8) values of k.
 // Per group, with P = sum x*u, Sx = sum x, Su = sum u (all exact int32):
 //   S = Sx - zp * g,   A = sum (x - zp) * (u - 8) = P - zp * Su - 8 * S
-//   y += s * A + o * S                         (SPEC.md's formula, float only from here)
+//   y += s * A + o * S                  (docs/spec.md's formula, float only from here)
 // and finally y = x_scale * y + bias, or its per-token int8 requantization.
 
 #extension GL_EXT_control_flow_attributes : require
@@ -225,7 +225,7 @@ uint group_base(uint b, uint g, uint G) {
 #endif
 }
 
-// SPEC.md's per-token int8 requantization: clamp(roundEven(y / scale) + zp, -128, 127).
+// docs/spec.md's per-token int8 requantization: clamp(roundEven(y / scale) + zp, -128, 127).
 int requantize(float y, float scale, int zp) {
     return int(clamp(roundEven(y / scale) + float(zp), -128.0, 127.0));
 }

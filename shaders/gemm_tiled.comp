@@ -1,6 +1,6 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
-// TILED GEMM for linear_qta8a_qga4w (SPEC.md): each invocation computes a tile of
+// TILED GEMM for linear_qta8a_qga4w (docs/spec.md): each invocation computes a tile of
 // TM tokens x 8 output channels over all of K.
 // Grid: x = channel blocks (NP / 8, LOCAL_X per workgroup), y = token tiles of TM
 // (LOCAL_Y per workgroup), starting at token p.token_base.

@@ -3,7 +3,7 @@
 #ifdef SUBGROUP_REDUCE
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #endif
-// COOPERATIVE GEMV for linear_qta8a_qga4w (SPEC.md): the workers of a workgroup split K
+// COOPERATIVE GEMV for linear_qta8a_qga4w (docs/spec.md): the workers of a workgroup split K
 // for the same output channels (worker w takes weight groups w, w + W, w + 2W, ...) and
 // their partial sums are reduced. The weights are read once per TM tokens, not once per
 // token. Grid: x = channel blocks / blocks per workgroup, y = token tiles of TM tokens

@@ -1,6 +1,6 @@
 #version 450
 // Dynamic per-token activation quantization on the device, with exactly the integers of
-// PyTorch's choose_qparams_per_token_asymmetric + quantize_per_token (SPEC.md; the CPU
+// PyTorch's choose_qparams_per_token_asymmetric + quantize_per_token (docs/spec.md; the CPU
 // twin is vkqlinear.quant.quantize_per_token):
 //
 //   mn = min(min(x_row), 0);  mx = max(max(x_row), 0)

@@ -41,12 +41,12 @@ def cache(tmp_path, monkeypatch):
 
 def _count_compiles(monkeypatch):
     calls = []
-    real = compiler._compile
+    real = compiler.run_glslang
 
     def spy(*a, **k):
         calls.append(a)
         return real(*a, **k)
-    monkeypatch.setattr(compiler, "_compile", spy)
+    monkeypatch.setattr(compiler, "run_glslang", spy)
     return calls
 
 
@@ -105,7 +105,7 @@ def test_compile_error_shows_output_and_defines(src, cache):
 
 def test_missing_glslang(src, cache, monkeypatch):
     monkeypatch.setenv("PATH", str(src))  # nothing executable there
-    compiler._version_cache.clear()
+    compiler.clear_memory_cache()
     with pytest.raises(CompilerNotFoundError, match="apt-get install glslang-tools"):
         compiler.compile_shader("k.comp", {"VALUE": "1u"}, root=src)
 

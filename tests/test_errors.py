@@ -172,6 +172,7 @@ def test_converted_inputs_give_the_same_answer(layer, device):
             np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5, err_msg=f"{name} {alg}")
 
 
+@pytest.mark.usefixtures("device")
 def test_closed_device_raises_and_others_still_work(layer):
     dev = vq.Device()
     qw = vq.prepack(layer["w_packed"], 32, layer["w_scales"], layer["w_zeros"], device=dev)
@@ -200,33 +201,33 @@ def test_prepacked_weights_refuse_extra_arguments(layer):
                    scales_and_zeros=np.zeros((2, 16, 2), np.float32))
 
 
-@pytest.mark.parametrize("t", [1, 16, 17, 100])   # both sides of _args.SMALL
+@pytest.mark.parametrize("t", [1, 16, 17, 100])   # both sides of args.SMALL
 @pytest.mark.parametrize("bad", [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf])
 def test_one_bad_scale_among_many_is_found(t, bad):
-    from vkqlinear import _args
+    from vkqlinear import args
     x_q = np.zeros((t, 8), np.int8)
     xs, xz = np.ones(t, np.float32), np.zeros(t, np.int32)
-    _args.activations(x_q, xs, xz)
+    args.activations(x_q, xs, xz)
     xs[-1] = bad
     with pytest.raises(ValueError, match="^x_scale"):
-        _args.activations(x_q, xs, xz)
+        args.activations(x_q, xs, xz)
     with pytest.raises(ValueError, match="^out_scale"):
-        _args.output_qparams(xs, xz, (t,), t)
+        args.output_qparams(xs, xz, (t,), t)
     xs[-1] = np.finfo(np.float32).tiny / 2          # subnormal: finite and > 0
-    _args.activations(x_q, xs, xz)
+    args.activations(x_q, xs, xz)
 
 
 @pytest.mark.parametrize("t", [1, 16, 17, 100])
 @pytest.mark.parametrize("bad,dtype", [(128, np.int32), (-129, np.int32), (2**40, np.int64),
                                        (-32768, np.int16)])
 def test_one_bad_zero_point_among_many_is_found(t, bad, dtype):
-    from vkqlinear import _args
+    from vkqlinear import args
     x_q = np.zeros((t, 8), np.int8)
     xs, xz = np.ones(t, np.float32), np.full(t, 127, dtype)
     xz[0] = -128
-    assert _args.activations(x_q, xs, xz)[2].dtype == np.int32
+    assert args.activations(x_q, xs, xz)[2].dtype == np.int32
     xz[-1] = bad
     with pytest.raises(ValueError, match=r"^x_zero_point: expected values in \[-128, 127\]"):
-        _args.activations(x_q, xs, xz)
+        args.activations(x_q, xs, xz)
     with pytest.raises(ValueError, match="^out_zero_point"):
-        _args.output_qparams(xs, xz, (t,), t)
+        args.output_qparams(xs, xz, (t,), t)

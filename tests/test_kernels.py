@@ -1,10 +1,14 @@
 """Kernel choice is data: checked without a GPU."""
 
-import json
-
 import pytest
 
 from vkqlinear import kernels as K
+
+V = K.Variant.parse
+
+
+def names(variants):
+    return tuple(v.name for v in variants)
 
 LAVAPIPE = K.DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768)
 GPU32 = K.DeviceCaps(subgroup_size=32, max_invocations=1024, max_shared_memory=49152)
@@ -58,25 +62,11 @@ def test_grid_splits_when_rows_exceed_the_limit():
         k.grid(1, 64 * 100, max_count=(10, 10, 10))
 
 
-def test_tuning_file_round_trip(tmp_path, monkeypatch):
-    from vkqlinear import devices
-    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
-    info = devices()[0]
-    builtin = K.BUILTIN_THRESHOLDS.get(info.driver_name, K.DEFAULT_AUTO_THRESHOLD)
-    assert K.auto_threshold(info) == builtin
-    path = K.store_threshold(info, 17, {"measured": "test"})
-    assert K.auto_threshold(info) == 17
-    data = json.loads(path.read_text())
-    assert data[K.device_key(info)]["measured"] == "test"
-    (tmp_path / "t.json").write_text("{broken")
-    assert K.auto_threshold(info) == builtin
-
-
 def test_cooperative_variants():
     sub = K.DeviceCaps(subgroup_size=32, max_invocations=1024, max_shared_memory=32768,
                        subgroup_arithmetic=True)
     k = K.choose_kernel("cooperative", 1, 32, False, sub)
-    assert k.variant == "subgroup"
+    assert k.variant == V("subgroup")
     assert k.defines == (("SUBGROUP_REDUCE", 1), ("GROUP_ORDER", 1)) and k.order == "groups"
     assert k.local_size[0] == 32 and k.blocks_per_workgroup == k.local_size[1]
     assert k.lanes == 32                 # the groups order interleaves by the workers
@@ -85,63 +75,63 @@ def test_cooperative_variants():
     assert small.local_size[0] == small.lanes == 4
     assert small.blocks_per_workgroup <= small.lanes   # NP (8 * lanes) holds whole workgroups
     assert k.local_size[0] * k.local_size[1] <= sub.max_invocations
-    p = K.choose_kernel("cooperative", 1, 32, False, sub, variant="portable")
-    assert p.variant == "portable" and p.defines == () and p.order == "blocks"
+    p = K.choose_kernel("cooperative", 1, 32, False, sub, variant=V("portable"))
+    assert p.variant == K.Variant() and p.defines == () and p.order == "blocks"
     assert p.blocks_per_workgroup == p.local_size[0]
     # no subgroup arithmetic: only the shared-memory reduction, and forcing it is an error
-    assert K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE).variant == "portable"
+    assert K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE).variant == V("portable")
     with pytest.raises(ValueError, match="variant"):
-        K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE, variant="subgroup")
+        K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE, variant=V("subgroup"))
     with pytest.raises(ValueError, match="variant"):
-        K.choose_kernel("tiled", 1, 32, False, sub, variant="subgroup")
+        K.choose_kernel("tiled", 1, 32, False, sub, variant=V("subgroup"))
 
 
 def test_feature_variants_only_where_enabled():
     base = dict(subgroup_size=8, max_invocations=1024, max_shared_memory=32768)
-    assert K.DeviceCaps(**base).variants("tiled") == ("portable",)
+    assert names(K.DeviceCaps(**base).variants("tiled")) == ("portable",)
     dot = K.DeviceCaps(**base, integer_dot=True)
-    assert dot.variants("tiled") == ("portable", "dot")          # not accelerated: SWAR first
+    assert names(dot.variants("tiled")) == ("portable", "dot")  # unaccelerated: SWAR first
     fast = K.DeviceCaps(**base, integer_dot=True, dot_accelerated=True, storage8=True)
-    assert fast.variants("tiled") == ("dot", "portable", "storage8")
+    assert names(fast.variants("tiled")) == ("dot", "portable", "storage8")
     k = K.choose_kernel("tiled", 8, 32, False, fast)
-    assert k.variant == "dot" and k.defines == (("DOT_PRODUCT", 1),) and k.layout == "dot"
+    assert k.variant == V("dot") and k.defines == (("DOT_PRODUCT", 1),) and k.layout == "dot"
     sub = K.DeviceCaps(**base, subgroup_arithmetic=True, storage8=True)
-    assert sub.variants("cooperative") == ("subgroup", "subgroup+storage8", "portable",
+    assert names(sub.variants("cooperative")) == ("subgroup", "subgroup+storage8", "portable",
                                            "storage8")
-    k = K.choose_kernel("cooperative", 1, 32, True, sub, variant="subgroup+storage8")
+    k = K.choose_kernel("cooperative", 1, 32, True, sub, variant=V("subgroup+storage8"))
     assert k.defines == (("SUBGROUP_REDUCE", 1), ("STORAGE8", 1), ("GROUP_ORDER", 1))
     assert k.layout == "swar"
     assert k.blocks_per_workgroup == k.local_size[1]
     with pytest.raises(ValueError, match="variant"):
-        K.choose_kernel("tiled", 1, 32, False, sub, variant="dot")     # not enabled
+        K.choose_kernel("tiled", 1, 32, False, sub, variant=V("dot"))     # not enabled
 
 
 def test_int64_variant_order():
     base = dict(subgroup_size=8, max_invocations=1024, max_shared_memory=32768)
     caps = K.DeviceCaps(**base, int64=True, integer_dot=True, storage8=True,
                         subgroup_arithmetic=True)
-    assert caps.variants("tiled") == ("int64", "portable", "dot", "storage8")
-    assert caps.variants("cooperative")[:2] == ("subgroup+int64", "subgroup")
+    assert names(caps.variants("tiled")) == ("int64", "portable", "dot", "storage8")
+    assert names(caps.variants("cooperative")[:2]) == ("subgroup+int64", "subgroup")
     k = K.choose_kernel("tiled", 4, 32, False, caps)
-    assert k.variant == "int64" and k.layout == "swar64"
+    assert k.variant == V("int64") and k.layout == "swar64"
     assert k.defines == (("INT64_LOADS", 1),) and k.order == "blocks"
     fast_dot = K.DeviceCaps(**base, int64=True, integer_dot=True, dot_accelerated=True)
-    assert fast_dot.variants("tiled")[0] == "dot"
+    assert fast_dot.variants("tiled")[0] == V("dot")
 
 
 def test_texel_variant_order_and_defines():
     base = dict(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
                 subgroup_arithmetic=True)
     caps = K.DeviceCaps(**base, int64=True, texel=True)
-    assert caps.variants("tiled") == ("texel+int64", "int64", "portable")
-    assert caps.variants("cooperative")[:3] == ("subgroup+texel+int64", "subgroup+int64",
+    assert names(caps.variants("tiled")) == ("texel+int64", "int64", "portable")
+    assert names(caps.variants("cooperative")[:3]) == ("subgroup+texel+int64", "subgroup+int64",
                                                 "subgroup")
     k = K.choose_kernel("tiled", 1, 32, False, caps)
-    assert k.texel_loads and k.layout == "swar64"
+    assert k.variant.texel and k.layout == "swar64"
     assert set(k.defines) == {("TEXEL_LOADS", 1), ("INT64_LOADS", 1)}
-    assert not K.choose_kernel("tiled", 1, 32, False, caps, variant="int64").texel_loads
+    assert not K.choose_kernel("tiled", 1, 32, False, caps, variant=V("int64")).variant.texel
     # texel loads reuse the int64 code: without 64-bit integers there is no texel variant
-    assert "texel" not in "".join(K.DeviceCaps(**base, texel=True).variants("tiled"))
+    assert not any(v.texel for v in K.DeviceCaps(**base, texel=True).variants("tiled"))
 
 
 def test_texel_loads_need_texel_buffers_as_large_as_storage_buffers(device):
@@ -160,60 +150,32 @@ def test_texel_loads_need_texel_buffers_as_large_as_storage_buffers(device):
 def test_caps_from_info_enable_nothing_by_default(device):
     stock = K.DeviceCaps.from_info(device.info)
     assert not stock.integer_dot and not stock.storage8
-    assert set(K.DeviceCaps.from_device(device).variants("tiled")) <= {
+    assert {v.name for v in device.caps.variants("tiled")} <= {
         "portable", "dot", "storage8", "int64", "texel+int64"}
 
 
-def test_variant_env_override(monkeypatch):
-    sub = K.DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
-                       subgroup_arithmetic=True)
-    monkeypatch.setenv("VKQLINEAR_VARIANT", "portable")
-    assert K.choose_kernel("cooperative", 2, 32, False, sub).variant == "portable"
-    monkeypatch.setenv("VKQLINEAR_VARIANT", "bogus")
-    with pytest.raises(ValueError, match="variant"):
-        K.choose_kernel("cooperative", 2, 32, False, sub)
+@pytest.mark.parametrize("name", ["portable", "int64", "texel+int64", "dot", "storage8",
+                                  "subgroup", "subgroup+texel+int64", "subgroup+dot"])
+def test_variant_names_round_trip(name):
+    v = K.Variant.parse(name)
+    assert v.name == name and str(v) == name and K.Variant.parse(v) is v
 
 
-def test_open_device_rechecks_the_tuning_file(tmp_path, monkeypatch, device):
-    """auto's threshold on an open device: at once after store_threshold, within
-    SETTINGS_RECHECK_S after another process changed the file."""
-    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
-    monkeypatch.setattr(device, "settings_memo", None)
-
-    def auto(t):
-        return K.kernel_for_device(device, "auto", t, 32, False).algorithm
-    K.store_threshold(device.info, 5)
-    assert (auto(5), auto(6)) == ("cooperative", "tiled")
-    K.store_threshold(device.info, 7)                 # this process: seen at once
-    assert auto(6) == "cooperative"
-    data = json.loads((tmp_path / "t.json").read_text())
-    data[K.device_key(device.info)]["auto_threshold"] = 1000
-    (tmp_path / "t.json").write_text(json.dumps(data))  # "another process"
-    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 3600.0)
-    assert auto(100) == "tiled"                      # not re-checked yet
-    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 0.0)
-    assert auto(100) == "cooperative"
+def test_variant_defines_and_layouts():
+    assert K.Variant().defines == () and K.Variant().layout == "swar"
+    v = V("subgroup+texel+int64")
+    assert v.defines == (("SUBGROUP_REDUCE", 1), ("TEXEL_LOADS", 1), ("INT64_LOADS", 1))
+    assert v.layout == "swar64" and V("dot").layout == "dot"
 
 
-def test_open_device_rereads_the_variant(monkeypatch, device):
-    """$VKQLINEAR_VARIANT on an open device: at once inside forced_variant, within
-    SETTINGS_RECHECK_S after a plain change of the environment."""
-    from vkqlinear.conformance import forced_variant
-    monkeypatch.delenv("VKQLINEAR_VARIANT", raising=False)
-    monkeypatch.setattr(device, "settings_memo", None)
-    default, *others = device.caps.variants("tiled")
-    if not others:
-        pytest.skip("one tiled variant on this device: nothing to force")
-    other = others[-1]
+@pytest.mark.parametrize("bad,err", [("bogus", ValueError), ("int64+int64", ValueError),
+                                     ("texel", ValueError), ("dot+int64", ValueError),
+                                     ("", ValueError), (3, TypeError)])
+def test_bad_variant_names_are_refused(bad, err):
+    with pytest.raises(err, match="variant"):
+        K.Variant.parse(bad)
 
-    def chosen():
-        return K.kernel_for_device(device, "tiled", 1, 32, False).variant
-    assert chosen() == default
-    with forced_variant(other):
-        assert chosen() == other
-    assert chosen() == default
-    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 3600.0)
-    monkeypatch.setenv("VKQLINEAR_VARIANT", other)
-    assert chosen() == default                       # not re-read yet
-    monkeypatch.setattr(K, "SETTINGS_RECHECK_S", 0.0)
-    assert chosen() == other
+
+def test_kernel_summary_names_its_choice():
+    k = K.choose_kernel("tiled", 8, 32, False, LAVAPIPE)
+    assert k.describe() == f"tiled portable tm={k.tm} local={list(k.local_size)}"

@@ -4,8 +4,8 @@ vkqlinear/weights.py and shaders/common.glsl (no GPU needed)."""
 import numpy as np
 import pytest
 
+from vkqlinear.layout import device_layout
 from vkqlinear.quant import pack_int4
-from vkqlinear.weights import device_layout
 
 
 def _weights(n, k, g, seed=0):

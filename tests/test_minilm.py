@@ -24,7 +24,7 @@ def test_minilm_device_matches_simulation_and_float(device):
                         methods=("minmax",), layers_limit=2, repeats=1, log=lambda *a: None)
     assert report["linear_layers"] == 12
     (row,) = report["configs"]
-    # layer by layer, on identical inputs, the device is within SPEC.md's tolerance
+    # layer by layer, on identical inputs, the device is within the contract's tolerance
     assert row["layers_within_spec"] == 12, row["layer_failures"]
     # end to end the device equals the CPU simulation up to flipped int8 roundings
     assert min(row["cos_device_simulation"]) >= 0.998

@@ -1,5 +1,5 @@
 """Property tests (hypothesis): random valid shapes and values, including the extremes,
-every GPU algorithm against SPEC.md's tolerance; random invalid inputs raise only the
+every GPU algorithm against the contract's tolerance; random invalid inputs raise only the
 documented exception types."""
 
 import numpy as np
@@ -53,10 +53,9 @@ def problems(draw):
                                                ("cooperative", "subgroup"),
                                                ("reference", None)])
 def test_random_valid_inputs_conform(d, algorithm, variant, device):
-    if variant and (algorithm, variant) not in C.kernel_variants(device):
-        pytest.skip(f"{variant} not supported")
-    with C.forced_variant(variant):
-        y = vq.linear_qta8a_qga4w(**d, algorithm=algorithm, device=device)
+    if variant and (algorithm, vq.Variant.parse(variant)) not in C.kernel_variants(device):
+        pytest.skip(f"{variant} not supported by {device.name}")
+    y = vq.linear_qta8a_qga4w(**d, algorithm=algorithm, device=device, variant=variant)
     ok, msg = C.check(y, dict(d, w_offsets=None))
     assert ok, f"[{algorithm}] T={d['x_q'].shape[0]} K={d['x_q'].shape[1]} " \
                f"N={d['w_packed'].shape[0]} g={d['group_size']}: {msg}"
@@ -73,6 +72,19 @@ def _mutations():
                                       "algorithm"]), bad_values)
 
 
+def _still_valid(name, value):
+    """Whether the mutation leaves a valid call (the base call below has K=64, N=8, T=3,
+    group size 32): every other one must raise TypeError or ValueError."""
+    if name == "bias":
+        return value is None
+    if name == "group_size":
+        return type(value) is int and value == 32
+    if name == "x_zero_point":       # int64 zero points are accepted and converted
+        return isinstance(value, np.ndarray) and value.dtype == np.int64 and \
+            value.shape == (3,)
+    return False
+
+
 @SETTINGS
 @given(m=_mutations())
 def test_random_invalid_inputs_raise_documented_errors(m, device):
@@ -83,10 +95,13 @@ def test_random_invalid_inputs_raise_documented_errors(m, device):
                 w_scales=ws, w_zeros=wz, bias=None, algorithm="tiled")
     name, value = m
     args[name] = value
-    try:
-        vq.linear_qta8a_qga4w(**args, device=device)
-    except (TypeError, ValueError):
-        pass
+    if _still_valid(name, value):
+        y = vq.linear_qta8a_qga4w(**args, device=device)
+        ref = vq.linear_qta8a_qga4w(**dict(args, algorithm="reference"))
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    else:
+        with pytest.raises((TypeError, ValueError), match=f"^{name}|^w_|^group_size|^x_"):
+            vq.linear_qta8a_qga4w(**args, device=device)
     # and the device is still right afterwards
     y = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 32, ws, wz, algorithm="tiled", device=device)
     r = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 32, ws, wz, algorithm="reference")

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 import vkqlinear as vq
-from vkqlinear import dispatch
-from vkqlinear.kernels import DeviceCaps, choose_kernel
 
 
 def _device_quantize(device, x):
@@ -15,8 +13,7 @@ def _device_quantize(device, x):
     t, k = x.shape
     wp, s, z = vq.quantize_weights(np.ones((8, k), np.float32), 8)
     w = vq.prepack(wp, 8, s, z, device=device)
-    kernel = choose_kernel("tiled", t, 8, False, DeviceCaps.from_device(device))
-    _, call = dispatch.run_float(device, kernel, w, t, x)
+    _, call = vq.DeviceLinear.of(w, device).run_float("tiled", t, x)
     return call.quantized_activations()
 
 
@@ -59,7 +56,7 @@ def test_device_quantizer_matches_torch(device, rng):
     x = _adversarial_rows(rng, 64)
     xt = torch.from_numpy(x)
     ts, tz = qd.choose_qparams_per_token_asymmetric(xt, torch.int8)
-    # float32 scales: SPEC.md's float32 math (see tests/test_quant.py:_torch_per_token)
+    # float32 scales: the contract's float32 math (see tests/test_quant.py:_torch_per_token)
     tq = qd.quantize_per_token(xt, ts.to(torch.float32), tz, -128, 127, torch.int8)
     q, s, z = _device_quantize(device, x)
     np.testing.assert_array_equal(q, tq.numpy())
@@ -155,9 +152,9 @@ def test_chaining_stays_on_the_device(device, rng):
     np.testing.assert_array_equal(y, l2(host))
     # the chained call is recorded once: calling it again records nothing new
     h = l1(x, output="device")
-    calls = {id(c) for dw in l2.weights._device_state.values() for c in dw.calls.values()}
+    calls = vq.DeviceLinear.of(l2.weights, h.device).calls
     l2(h)
-    assert calls == {id(c) for dw in l2.weights._device_state.values() for c in dw.calls.values()}
+    assert vq.DeviceLinear.of(l2.weights, h.device).calls == calls
     # a handle overwritten by a later call of its producer is refused, not misread
     l1(2 * x, output="device")
     with pytest.raises(ValueError, match="overwritten"):
@@ -170,14 +167,14 @@ def test_repeated_calls_record_nothing_new(device, rng):
     layer, _, _ = _layer(rng)
     x = rng.standard_normal((3, 64)).astype(np.float32)
     layer(x)
-    state = list(layer.weights._device_state.values())
-    before = {id(c): c.seq for dw in state for c in dw.calls.values()}
+    dl = vq.DeviceLinear.of(layer.weights, vq.default_device())
+    before = [(c, c.seq) for c in dl.calls]
     for _ in range(3):
         layer(x * 1.5)
-    after = {id(c): c.seq for dw in state for c in dw.calls.values()}
-    assert before == after
+    assert [(c, c.seq) for c in dl.calls] == before and len(before) == 1
 
 
+@pytest.mark.usefixtures("device")
 def test_device_tensor_after_close(rng):
     with vq.Device() as dev:
         layer = vq.QLinear.from_float(rng.standard_normal((16, 32)).astype(np.float32),

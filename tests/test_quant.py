@@ -1,5 +1,5 @@
 """Quantization helpers against PyTorch's quantized_decomposed ops (identical integers and
-scales) and against SPEC.md's formulas; pack/unpack; round-trip error."""
+scales) and against the contract's formulas; pack/unpack; round-trip error."""
 
 import numpy as np
 import pytest
@@ -13,10 +13,10 @@ qd = torch.ops.quantized_decomposed
 
 
 def _torch_per_token(x):
-    """PyTorch's two ops with SPEC.md's float32 math. Note: torch 2.13's
+    """PyTorch's two ops with the contract's float32 math. Note: torch 2.13's
     choose_qparams_per_token_asymmetric returns the (float32-computed) scale as float64, and
     quantize_per_token then multiplies in float64, which can round near-ties differently;
-    the op documents float32 scales, which is what SPEC.md specifies, so they are passed."""
+    the op documents float32 scales, which is what docs/spec.md specifies, so they are passed."""
     xt = torch.from_numpy(x)
     scale, zp = qd.choose_qparams_per_token_asymmetric(xt, torch.int8)
     q = qd.quantize_per_token(xt, scale.to(torch.float32), zp, -128, 127, torch.int8)
@@ -64,7 +64,7 @@ def test_dequantize_per_token_matches_torch(rng):
 
 
 def _spec_group_qparams_torch(w, g, symmetric):
-    """SPEC.md's group formulas written again with torch float32 ops."""
+    """the contract's group formulas written again with torch float32 ops."""
     wt = torch.from_numpy(w).reshape(w.shape[0], -1, g)
     eps = torch.finfo(torch.float32).eps
     if symmetric:

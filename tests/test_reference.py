@@ -1,4 +1,4 @@
-"""The CPU reference path against independent float64 evaluations of SPEC.md's formula."""
+"""The CPU reference path against independent float64 evaluations of the contract's formula."""
 
 import numpy as np
 import pytest

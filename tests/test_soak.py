@@ -51,8 +51,9 @@ def _soak(device, calls, rng):
                                       qw, algorithm="tiled", device=device)
             np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     growth = _rss_mb() - before
-    recorded = sum(len(st.calls) for _, qw in layers for st in qw._device_state.values())
-    bound = sum(st.MAX_CALLS for _, qw in layers for st in qw._device_state.values())
+    owners = [vq.DeviceLinear.of(qw, device) for _, qw in layers]
+    recorded = sum(len(dl.calls) for dl in owners)
+    bound = sum(dl.MAX_CALLS for dl in owners)
     return growth, recorded, bound
 
 

@@ -1,5 +1,5 @@
-"""vkqlinear: Vulkan compute shaders for W4A8 quantized linear layers (SPEC.md's
-``linear_qta8a_qga4w``), driven from Python through Kompute.
+"""vkqlinear: Vulkan compute shaders for W4A8 quantized linear layers (``linear_qta8a_qga4w``,
+the contract in docs/spec.md), driven from Python through Kompute.
 
 Quick start::
 
@@ -10,20 +10,34 @@ Quick start::
 """
 
 from .device import Device, DeviceInfo, default_device, devices
-from .errors import (CompilerNotFoundError, DeviceClosedError, ShaderCompileError,
-                     VulkanUnavailableError)
+from .device_linear import DeviceLinear
+from .errors import (
+                     CompilerNotFoundError,
+                     DeviceClosedError,
+                     ShaderCompileError,
+                     VulkanUnavailableError,
+)
+from .kernels import Variant
 from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
-from .quant import (dequantize_per_token, dequantize_weights, offsets_from_zero_points,
-                    offsets_to_scales_and_zeros, pack_int4, quantize_per_token,
-                    quantize_weights, quantize_weights_search, scales_and_zeros_to_offsets,
-                    unpack_int4)
 from .qlinear import DeviceTensor, QLinear
+from .quant import (
+                     dequantize_per_token,
+                     dequantize_weights,
+                     offsets_from_zero_points,
+                     offsets_to_scales_and_zeros,
+                     pack_int4,
+                     quantize_per_token,
+                     quantize_weights,
+                     quantize_weights_search,
+                     scales_and_zeros_to_offsets,
+                     unpack_int4,
+)
 from .weights import QuantizedWeights, prepack
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "DeviceInfo", "default_device", "devices",
+    "Device", "DeviceInfo", "default_device", "devices", "DeviceLinear", "Variant",
     "CompilerNotFoundError", "DeviceClosedError", "ShaderCompileError",
     "VulkanUnavailableError",
     "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o",

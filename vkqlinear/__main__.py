@@ -19,7 +19,8 @@ def _fmt_bytes(n):
 def cmd_info(args):
     from .compiler import cache_dir, compiler_version
     from .device import Device, devices
-    from .kernels import auto_threshold, lanes_for, tuning_file
+    from .kernels import lanes_for
+    from .tuning import auto_threshold, tuning_file
     infos = devices()
     try:
         opened = Device(args.device)
@@ -51,8 +52,9 @@ def cmd_info(args):
                           f"enabled={'yes' if c['enabled'] else 'no'}   ({c['what']})")
             caps = opened.caps
             for alg in ("tiled", "cooperative"):
-                print(f"  {alg} variants (default first): {', '.join(caps.variants(alg))}")
-            print(f"  weight layout lanes {lanes_for(d)}, auto threshold T <= "
+                print(f"  {alg} variants (default first): "
+                      f"{', '.join(v.name for v in caps.variants(alg))}")
+            print(f"  weight layout lanes {lanes_for(caps)}, auto threshold T <= "
                   f"{auto_threshold(d)} -> cooperative (tuning file {tuning_file()})")
     try:
         print(f"glslangValidator: {compiler_version().splitlines()[0]}")
@@ -65,6 +67,7 @@ def cmd_info(args):
 def cmd_demo(args):
     """A small worked example of both ops, checked against the reference path."""
     import vkqlinear as vq
+
     from .device import Device
     dev = Device(args.device)
     rng = np.random.default_rng(0)
@@ -125,7 +128,7 @@ def cmd_conformance(args):
         rows.append((alg, var, passed, len(cs)))
     print(f"\n{'algorithm':12s} {'variant':22s} {'passed':>8s} {'cases':>6s}  result")
     for alg, var, p, n in rows:
-        print(f"{alg:12s} {var:22s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
+        print(f"{alg:12s} {var.name:22s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
     return 1 if failures else 0
 
 
@@ -141,7 +144,7 @@ def main(argv=None):
     for name, fn, help_ in (("info", cmd_info, "list devices, limits and features"),
                             ("demo", cmd_demo, "a small worked example of both ops"),
                             ("conformance", cmd_conformance,
-                             "check every kernel on a device against SPEC.md")):
+                             "check every kernel on a device against docs/spec.md")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--device", type=int, default=None, help="device index (see info)")
         if name == "conformance":

@@ -186,7 +186,7 @@ def _write_entry(d, key, data):
                       RuntimeWarning, stacklevel=3)
 
 
-def _compile(name, defines, target_env, root):
+def run_glslang(name, defines, target_env, root):
     exe = _glslang()
     with tempfile.TemporaryDirectory(prefix="vkqlinear-glslang-") as tmp:
         out = Path(tmp) / "out.spv"
@@ -213,7 +213,7 @@ def compile_shader(name, defines=None, target_env=DEFAULT_TARGET_ENV, root=None,
     d = cache_dir() if use_cache else None
     data = _read_entry(d, key) if d is not None else None
     if data is None:
-        data = _compile(name, defines, target_env, root)
+        data = run_glslang(name, defines, target_env, root)
         if d is not None:
             _write_entry(d, key, data)
     with _memo_lock:
@@ -222,6 +222,8 @@ def compile_shader(name, defines=None, target_env=DEFAULT_TARGET_ENV, root=None,
 
 
 def clear_memory_cache():
-    """Forget the in-process copies (the on-disk cache is untouched)."""
+    """Forget the in-process copies and the compiler's version (the on-disk cache is
+    untouched): the next compile looks for ``glslangValidator`` again."""
     with _memo_lock:
         _memo.clear()
+        _version_cache.clear()

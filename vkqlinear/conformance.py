@@ -1,8 +1,9 @@
-"""Conformance: named cases and SPEC.md's tolerance, shared by the pytest suite and by
-``python -m vkqlinear conformance`` (so a user can check a device without the repository).
+"""Conformance: named cases and the contract's tolerance (docs/spec.md), shared by the
+pytest suite and by ``python -m vkqlinear conformance`` (so a user can check a device
+without the repository).
 
 The checker is independent of :mod:`vkqlinear.reference`: it dequantizes everything to
-float64 and multiplies (``y* = xr @ w.T + bias``), then applies SPEC.md's bound::
+float64 and multiplies (``y* = xr @ w.T + bias``), then applies the contract's bound::
 
     B[t, n] = |x_scale[t]| * sum_k |x_q[t, k] - zp[t]| * (|s q| + |o|) + |bias[n]|
     float output: |y - y*| <= 2**-16 * B + 1e-30
@@ -11,44 +12,22 @@ float64 and multiplies (``y* = xr @ w.T + bias``), then applies SPEC.md's bound:
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import settings_changed
-from .quant import quantize_per_token, quantize_weights, unpack_int4
+from .kernels import KERNEL_ALGORITHMS
+from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
+from .quant import offsets_to_scales_and_zeros, quantize_per_token, quantize_weights, unpack_int4
+from .weights import prepack
 
-__all__ = ["Case", "cases", "make_inputs", "expected", "check", "run_case", "ALGORITHMS",
-           "kernel_variants", "forced_variant"]
-
-ALGORITHMS = ("tiled", "cooperative")
+__all__ = ["Case", "cases", "make_inputs", "expected", "check", "run_case",
+           "kernel_variants"]
 
 
 def kernel_variants(device):
-    """``[(algorithm, variant)]`` for every kernel variant ``device`` can run."""
-    return [(a, v) for a in ALGORITHMS for v in device.caps.variants(a)]
-
-
-@contextlib.contextmanager
-def forced_variant(variant):
-    """Force a kernel variant (``$VKQLINEAR_VARIANT``) inside the block (None: no force);
-    open devices see the change at once."""
-    old = os.environ.get("VKQLINEAR_VARIANT")
-    if variant:
-        os.environ["VKQLINEAR_VARIANT"] = variant
-    else:
-        os.environ.pop("VKQLINEAR_VARIANT", None)
-    settings_changed()
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("VKQLINEAR_VARIANT", None)
-        else:
-            os.environ["VKQLINEAR_VARIANT"] = old
-        settings_changed()
+    """``[(algorithm, Variant)]`` for every kernel variant ``device`` can run."""
+    return [(a, v) for a in KERNEL_ALGORITHMS for v in device.caps.variants(a)]
 
 
 # (T, K, N, g): ExecuTorch's own test shapes for linear_qta8a_qga4w(_qta8o).
@@ -196,7 +175,7 @@ def expected(d):
 
 
 def check(out, d):
-    """``(ok, message)``: ``out`` against SPEC.md's tolerance for inputs ``d``."""
+    """``(ok, message)``: ``out`` against the contract's tolerance for inputs ``d``."""
     y, bound = expected(d)
     n = y.shape[1]
     lead = d["x_q"].shape[:-1]
@@ -227,16 +206,8 @@ def check(out, d):
 def run_case(case, algorithm, device=None, variant=None):
     """Run ``case`` through the public op with ``algorithm`` (and ``variant`` forced, if
     given); returns ``(ok, message)``."""
-    with forced_variant(variant):
-        return _run_case(case, algorithm, device)
-
-
-def _run_case(case, algorithm, device):
-    from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
-    from .quant import offsets_to_scales_and_zeros
-    from .weights import prepack
     d = make_inputs(case)
-    common = dict(algorithm=algorithm, device=device)
+    common = dict(algorithm=algorithm, device=device, variant=variant)
     if case.zeros == "int":
         d_check = dict(d, w_offsets=None)
         if case.out == "float":

@@ -6,6 +6,8 @@
 * :class:`Device` opens one through Kompute (``kp.Manager``). Which one: the explicit
   ``index``, else ``$VKQLINEAR_DEVICE``, else the best GPU (discrete, integrated,
   virtual), else the CPU device (lavapipe).
+* ``$VKQLINEAR_VARIANT`` (read when a device opens) forces a kernel code shape on it, e.g.
+  ``portable`` or ``subgroup+int64`` (:class:`~vkqlinear.kernels.Variant`).
 * :meth:`Device.capabilities` says, per optional feature, whether the device *supports* it
   and whether it is *enabled* on the device Kompute created. Stock Kompute enables none;
   the kp that ``tools/setup.sh`` builds enables the supported ones and reports them
@@ -24,7 +26,10 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import INSTALL_HINT, DeviceClosedError, VulkanUnavailableError
+from .kernels import DeviceCaps, Variant
 
 __all__ = ["DeviceInfo", "Device", "devices", "default_device", "FEATURES"]
 
@@ -118,7 +123,7 @@ def devices(refresh=False):
         return list(_probe_cache)
 
 
-def _select(index, infos):
+def select_index(index, infos):
     if index is None:
         env = os.environ.get("VKQLINEAR_DEVICE", "").strip()
         if env:
@@ -177,7 +182,7 @@ class Device:
       the driver's worker threads occupy the cores while the work runs; the polling
       thread keeps its core from going idle, so a short call's result is picked up
       without a wake-up from an idle core, which costs tens of microseconds on a
-      virtual machine (the README's benchmark section has the figures). On a GPU it
+      virtual machine (docs/design.md). On a GPU it
       would keep a core busy for nothing;
     * ``"auto"`` (default): ``"yield"`` on a CPU device, ``"block"`` on any other.
 
@@ -187,7 +192,7 @@ class Device:
 
     def __init__(self, index=None, *, wait="auto"):
         infos = devices()
-        self.index = _select(index, infos)
+        self.index = select_index(index, infos)
         self.info = infos[self.index]
         kp = _import_kp()
         try:
@@ -203,8 +208,14 @@ class Device:
         self.wait = wait
         self.lock = threading.RLock()
         self.closed = False
-        self.kernel_memo = {}      # kernels.kernel_for_device's choices on this device
-        self.settings_memo = None   # and its settings (kernels._device_settings)
+        self.caps = DeviceCaps.from_info(self.info, self.enabled)
+        env = os.environ.get("VKQLINEAR_VARIANT", "").strip()
+        try:
+            #: the code shape every kernel on this device uses unless a call names one
+            self.forced_variant = Variant.parse(env) if env else None
+        except ValueError as e:
+            self._mgr.destroy()
+            raise ValueError(f"VKQLINEAR_VARIANT: {e}") from None
 
     @property
     def wait(self):
@@ -235,16 +246,6 @@ class Device:
             return self.info.supports(feature)
         return feature in self.enabled_features and self.info.supports(feature)
 
-    @property
-    def caps(self):
-        """The :class:`~vkqlinear.kernels.DeviceCaps` the kernel choice reads (features as
-        enabled on this device; fixed once it is open, so made once)."""
-        caps = self.__dict__.get("_caps")
-        if caps is None:
-            from .kernels import DeviceCaps
-            caps = self._caps = DeviceCaps.from_device(self)
-        return caps
-
     def capabilities(self):
         """``{feature: {"supported": bool, "enabled": bool, "what": str}}`` plus the
         subgroup size."""
@@ -261,6 +262,23 @@ class Device:
     def check_open(self):
         if self.closed:
             raise DeviceClosedError(f"device: {self.info.name} (index {self.index}) is closed")
+
+    # -- memory ------------------------------------------------------------------------
+    def check_binding(self, nbytes, name):
+        """Refuse a buffer of ``nbytes`` that one binding of this device cannot hold."""
+        lim = self.info.limits["max_storage_buffer_range"]
+        if nbytes > lim:
+            raise ValueError(f"{name}: needs a {nbytes}-byte storage buffer, more than this "
+                             f"device's maxStorageBufferRange of {lim} bytes")
+
+    def upload(self, arrays):
+        """Device tensors holding ``arrays`` (numpy), copied to the device now."""
+        import kp
+        with self.lock:
+            mgr = self.manager
+            tensors = [mgr.tensor_t(np.ascontiguousarray(a)) for a in arrays]
+            mgr.sequence().eval(kp.OpTensorSyncDevice(tensors))
+        return tensors
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self):

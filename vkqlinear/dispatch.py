@@ -2,13 +2,13 @@
 
 A *recorded call* (:class:`RecordedCall`) owns the per-shape input and output tensors, the
 specialized pipeline (``kp.Algorithm``) and a pre-recorded ``kp.Sequence``: upload the
-activations, dispatch (several times when the grid is split), download the result. It is
-cached per (kernel, T, K) on the prepacked weights, so a repeated call with the same
-shapes records nothing and allocates nothing: it writes the inputs into the tensors' host
-memory, replays the sequence and copies the output out: in one call into the patched kp
-(``Sequence.eval_io``, which also releases the GIL while the device works and waits the
-way the device's :attr:`~vkqlinear.Device.wait` says), or with numpy copies around
-``Sequence.eval`` on a stock kp.
+activations, dispatch (several times when the grid is split), download the result.
+:class:`~vkqlinear.device_linear.DeviceLinear` keeps them per (kernel, T, kind), so a
+repeated call with the same shapes records nothing and allocates nothing: it writes the
+inputs into the tensors' host memory, replays the sequence and copies the output out, in
+one call into the patched kp (``Sequence.eval_io``, which also releases the GIL while the
+device works and waits the way the device's :attr:`~vkqlinear.Device.wait` says), or
+with numpy copies around ``Sequence.eval`` on a stock kp.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import numpy as np
 
 from .compiler import compile_shader
 from .device import R32G32B32A32_UINT, TEXEL_BYTES, kp_has_eval_io
-from .weights import _check_range
 
-__all__ = ["RecordedCall", "run"]
+__all__ = ["RecordedCall", "evaluate"]
 
 
 # Vulkan flag values for kp.OpMemoryBarrier (the patched kp binds it).
@@ -62,19 +61,19 @@ class RecordedCall:
     the output on the device (read it later with :meth:`download`).
     """
 
-    def __init__(self, device, kernel, dev_weights, t, k, n, timed=False, float_input=None,
+    def __init__(self, device, kernel, weight_buffers, t, k, n, timed=False, float_input=None,
                  download=True):
         import kp
         self.kernel = kernel
-        self.t, self.k, self.n, self.np_ = t, k, n, dev_weights.NP
+        self.t, self.k, self.n, self.np_ = t, k, n, weight_buffers.NP
         self.device = device
         self.generation = 0          # runs so far: a device-resident output's version
         np_ = self.np_
         out_words = t * np_ // 4 if kernel.out_int8 else t * np_
         # X rounded up to whole 16-byte texels (the texel-load variant reads 16 at a time)
         x_words = -(-t * k // TEXEL_BYTES) * (TEXEL_BYTES // 4)
-        _check_range(device, x_words * 4, "x_q")
-        _check_range(device, out_words * 4, "output")
+        device.check_binding(x_words * 4, "x_q")
+        device.check_binding(out_words * 4, "output")
         spirv = compile_shader(kernel.shader, dict(kernel.defines))
         limits = device.info.limits["max_workgroup_count"]
         gx, gy, n_disp = kernel.grid(t, np_, limits)
@@ -88,11 +87,11 @@ class RecordedCall:
         self.oz = mgr.tensor_t(np.zeros(q, np.int32))
         self.y = mgr.tensor_t(np.zeros(out_words, np.float32 if not kernel.out_int8
                                        else np.uint32))
-        tensors = ([self.x, self.xs, self.xz] + dev_weights.tensors
+        tensors = ([self.x, self.xs, self.xz] + weight_buffers.tensors
                    + [self.bias, self.os, self.oz, self.y])
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
-        if kernel.texel_loads:        # X and the weight tensors as texel buffers (kp patch)
-            texel = [self.x] + dev_weights.tensors
+        if kernel.variant.texel:      # X and the weight tensors as texel buffers (kp patch)
+            texel = [self.x] + weight_buffers.tensors
             kp.Algorithm.set_next_texel_formats(
                 [R32G32B32A32_UINT if any(u is v for v in texel) else 0 for u in tensors])
         self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, self._push(0))
@@ -145,6 +144,11 @@ class RecordedCall:
         # the patched kp's one-call round trip (copies, eval, copy out, and the wait the
         # device asks for); None on a stock kp, or one built before the patch's item 8
         self._eval_io = self.seq.eval_io if _kp_eval_io(kp) else None
+
+    @property
+    def uses_eval_io(self):
+        """Whether a run goes through the patched kp's ``Sequence.eval_io``."""
+        return self._eval_io is not None
 
     def _push(self, token_base):
         return np.array([self.t, self.k, self.n, self.np_, token_base], dtype=np.uint32)
@@ -212,48 +216,3 @@ class RecordedCall:
         ts = self.seq.get_timestamps()
         first = self._first_linear
         return (int(ts[first + self.n_dispatch]) - int(ts[first])) * timestamp_period_ns
-
-
-def _cached_call(device, kernel, weights, key, **kw):
-    """The weights' recorded call for ``(kernel, T, K, *key)`` on ``device`` (made with
-    ``kw`` on a miss); call with ``device.lock`` held."""
-    device.check_open()
-    # A call like one of the weights' last two skips the two lookups below: repeated
-    # calls, and two kinds of call taking turns (e.g. the benchmark's timed and plain
-    # calls, or two token counts).
-    a, b = weights.recent_calls
-    if a is not None and a[0] is device and a[1] is kernel and a[2] == key:
-        return a[3]
-    if b is not None and b[0] is device and b[1] is kernel and b[2] == key:
-        weights.recent_calls = (b, a)
-        return b[3]
-    dw = weights.on_device(device, kernel)
-    t, k = key[0], weights.K
-    call = dw.call((kernel,) + key,
-                   lambda: RecordedCall(device, kernel, dw, t, k, weights.N, **kw))
-    weights.recent_calls = ((device, kernel, key, call), a)
-    return call
-
-
-def run(device, kernel, weights, x2d, xs, xz, bias=None, out_scale=None,
-        out_zero_point=None, timed=False):
-    """Run ``kernel`` on ``device``; returns ``(out [T, N], recorded_call)``."""
-    t, k = x2d.shape
-    with device.lock:
-        call = _cached_call(device, kernel, weights, (t, k, timed), timed=timed)
-        out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
-    return out, call
-
-
-def run_float(device, kernel, weights, t, xf2d=None, source=None, bias=None, out_scale=None,
-              out_zero_point=None, download=True):
-    """Quantize float activations on ``device`` and run ``kernel``: ``xf2d [T, K]`` from
-    the host, or ``source`` (a :class:`RecordedCall` whose float output is on the device).
-    Returns ``(out [T, N] or None, recorded_call)``."""
-    with device.lock:
-        call = _cached_call(device, kernel, weights,
-                            (t, weights.K, "float", id(source), download),
-                            float_input="host" if source is None else source,
-                            download=download)
-        out = call.run_float(xf2d, bias, out_scale, out_zero_point)
-    return out, call

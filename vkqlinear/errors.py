@@ -1,5 +1,5 @@
 """Exceptions raised for missing system pieces. Bad arguments raise ``TypeError`` /
-``ValueError`` (see :mod:`vkqlinear._args`)."""
+``ValueError`` (see :mod:`vkqlinear.args`)."""
 
 INSTALL_HINT = ("On Debian/Ubuntu: apt-get install libvulkan1 mesa-vulkan-drivers "
                 "(or run tools/setup.sh, which installs everything)")
@@ -19,4 +19,4 @@ class ShaderCompileError(RuntimeError):
 
 class DeviceClosedError(ValueError):
     """An operation used a :class:`~vkqlinear.Device` (or an object made on it) after
-    ``close()``. A ``ValueError``, as SPEC.md asks for arrays on a closed device."""
+    ``close()``. A ``ValueError``, as docs/spec.md asks for arrays on a closed device."""

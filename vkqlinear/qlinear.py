@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args, dispatch, reference
-from .device import Device, resolve
-from .kernels import kernel_for_device
-from .quant import quantize_per_token, quantize_weights
+from . import args, reference
+from .device import resolve
+from .device_linear import DeviceLinear, fallback_or_raise
+from .errors import CompilerNotFoundError, VulkanUnavailableError
+from .quant import quantize_per_token, quantize_weights, quantize_weights_search
 from .weights import QuantizedWeights, prepack
 
 __all__ = ["QLinear", "DeviceTensor"]
@@ -32,26 +33,26 @@ class DeviceTensor:
     """
 
     def __init__(self, call, shape):
-        self._call = call
+        self.call = call      # the producer's RecordedCall, whose output buffer this is
         self._generation = call.generation
         self.shape = tuple(shape)
         self.dtype = np.dtype(np.float32)
 
     @property
     def device(self):
-        return self._call.device
+        return self.call.device
 
     def _check(self, name="x"):
-        self._call.device.check_open()
-        if self._call.generation != self._generation:
+        self.call.device.check_open()
+        if self.call.generation != self._generation:
             raise ValueError(f"{name}: this DeviceTensor was overwritten by a later call of "
                              "the layer that produced it (download it with .numpy() first)")
 
     def numpy(self):
         """Download: float32 ``ndarray`` of :attr:`shape`."""
         self._check()
-        with self._call.device.lock:
-            return self._call.download().reshape(self.shape)
+        with self.call.device.lock:
+            return self.call.download().reshape(self.shape)
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
@@ -63,7 +64,7 @@ class DeviceTensor:
 
 class QLinear:
     """``y = x @ w.T + bias`` with 4-bit group-quantized weights and int8 activations
-    quantized per token on the device (SPEC.md's ``linear_qta8a_qga4w``).
+    quantized per token on the device (the contract's ``linear_qta8a_qga4w``).
 
     Make one with :meth:`from_float` (quantizes the weights) or :meth:`from_quantized`
     (either zero-point convention), or from :class:`~vkqlinear.QuantizedWeights`. Call it on
@@ -74,12 +75,9 @@ class QLinear:
         if not isinstance(weights, QuantizedWeights):
             raise TypeError(f"weights: expected vkqlinear.QuantizedWeights, "
                             f"got {type(weights).__name__}")
-        if device is not None and not isinstance(device, Device):
-            raise TypeError(f"device: expected a vkqlinear.Device or None, "
-                            f"got {type(device).__name__}")
         self.weights = weights
-        self.bias = _args.bias_vector(bias, weights.N)
-        self.device = device
+        self.bias = args.bias_vector(bias, weights.N)
+        self.device = args.device_arg(device)
 
     @property
     def in_features(self):
@@ -98,17 +96,16 @@ class QLinear:
                    device=None):
         """Quantize float ``weight [N, K]`` (and keep float32 ``bias [N]``).
 
-        ``method="minmax"`` is SPEC.md's plain min/max quantization (integer zero points,
+        ``method="minmax"`` is the contract's plain min/max quantization (integer zero points,
         ``symmetric`` as in :func:`~vkqlinear.quantize_weights`); ``method="search"``
         searches each group's scale and offset for the least squared reconstruction error
         (:func:`~vkqlinear.quant.quantize_weights_search`; float offsets).
         """
-        w = _args.as_array(weight, "weight", (np.float32, np.float64))
+        w = args.as_array(weight, "weight", (np.float32, np.float64))
         if method == "minmax":
             wp, s, z = quantize_weights(w, group_size, symmetric=symmetric)
             qw = prepack(wp, group_size, s, z, device=device)
         elif method == "search":
-            from .quant import quantize_weights_search
             wp, s, o = quantize_weights_search(w, group_size)
             qw = prepack(wp, group_size, s, w_offsets=o, device=device)
         else:
@@ -124,21 +121,23 @@ class QLinear:
         return cls(qw, bias, device)
 
     def __call__(self, x, *, out_scale=None, out_zero_point=None, algorithm="auto",
-                 output="host"):
+                 output="host", variant=None):
         """Run the layer.
 
         Args:
             x: float32 ``[..., K]`` (finite), or a :class:`DeviceTensor` from another layer.
             out_scale, out_zero_point: per-token int8 output qparams (both or neither):
-                the result is then int8, requantized as in SPEC.md.
+                the result is then int8, requantized as in docs/spec.md.
             algorithm: ``"auto"``, ``"tiled"``, ``"cooperative"`` or ``"reference"`` (the
-                CPU path: :func:`~vkqlinear.quantize_per_token` and the int8 reference).
+                CPU path: :func:`~vkqlinear.quantize_per_token` and the int8 reference),
+                with the same fallback as the ops (:mod:`vkqlinear.ops`).
             output: ``"host"`` (an array; a torch tensor if ``x`` was one) or
                 ``"device"`` (a :class:`DeviceTensor`, float output only).
+            variant: force a kernel code shape, as in the ops.
 
         Returns: ``[..., N]`` float32 (or int8 with output qparams).
         """
-        algorithm = _args.algorithm_name(algorithm)
+        algorithm = args.algorithm_name(algorithm)
         if output not in ("host", "device"):
             raise ValueError(f"output: expected 'host' or 'device', got {output!r}")
         source = None
@@ -148,41 +147,45 @@ class QLinear:
             if self.device is not None and x.device is not self.device:
                 raise ValueError("x: a DeviceTensor from another device than this layer's")
         else:
-            xf = _args.as_array(x, "x", (np.float32,))
+            xf = args.as_array(x, "x", (np.float32,))
             if xf.ndim < 1:
                 raise ValueError(f"x: expected shape [..., K], got {list(xf.shape)}")
             lead, k = xf.shape[:-1], xf.shape[-1]
-            _args.check_finite(xf, "x")
+            args.check_finite(xf, "x")
         if k != self.in_features:
             raise ValueError(f"x: expected last dimension K={self.in_features}, got {k}")
         t = int(np.prod(lead, dtype=np.int64))
-        out_int8 = out_scale is not None or out_zero_point is not None
         os_ = oz = None
-        if out_int8:
-            os_, oz = _args.output_qparams(out_scale, out_zero_point, lead, t)
+        if out_scale is not None or out_zero_point is not None:
+            os_, oz = args.output_qparams(out_scale, out_zero_point, lead, t)
             if output == "device":
                 raise ValueError("output: 'device' holds float32 results only; leave "
                                  "out_scale / out_zero_point out")
         out_shape = tuple(lead) + (self.out_features,)
-        if algorithm == "reference" or t == 0:
-            if output == "device":
-                raise ValueError(f"output: 'device' needs a GPU algorithm and T > 0 "
-                                 f"(algorithm={algorithm!r}, T={t})")
-            if source is not None:
-                xf = source.numpy()
-            y = self._reference(xf.reshape(t, k), os_, oz).reshape(out_shape)
-        else:
-            dev = source.device if source is not None else resolve(self.device)
-            kernel = kernel_for_device(dev, algorithm, t, self.weights.group_size, out_int8)
-            out, call = dispatch.run_float(
-                dev, kernel, self.weights, t,
-                xf2d=None if source is not None else xf.reshape(t, k),
-                source=source._call if source is not None else None, bias=self.bias,
-                out_scale=os_, out_zero_point=oz, download=output == "host")
-            if output == "device":
-                return DeviceTensor(call, out_shape)
-            y = out.reshape(out_shape)
-        return _args.like_input(y, x)
+        if output == "device" and (algorithm == "reference" or t == 0):
+            raise ValueError(f"output: 'device' needs a GPU algorithm and T > 0 "
+                             f"(algorithm={algorithm!r}, T={t})")
+
+        # a DeviceTensor runs on its own device
+        device = source.device if source is not None else self.device
+        y = None
+        if t > 0 and algorithm != "reference":
+            try:
+                y, call = DeviceLinear.of(self.weights, resolve(device)).run_float(
+                    algorithm, t, xf2d=None if source is not None else xf.reshape(t, k),
+                    source=source.call if source is not None else None, bias=self.bias,
+                    out_scale=os_, out_zero_point=oz, download=output == "host",
+                    variant=variant)
+                if output == "device":
+                    return DeviceTensor(call, out_shape)
+            except (VulkanUnavailableError, CompilerNotFoundError) as e:
+                fallback_or_raise(e, algorithm, device)
+        elif device is not None:
+            device.check_open()
+        if y is None:
+            x2d = (source.numpy() if source is not None else xf).reshape(t, k)
+            y = self._reference(x2d, os_, oz)
+        return args.like_input(y.reshape(out_shape), x)
 
     def _reference(self, x2d, os_, oz):
         if x2d.shape[0] == 0:

@@ -1,6 +1,6 @@
 """Quantization conventions: the one home of nibble order, zero points and rounding.
 
-Everything here follows ``SPEC.md`` (shipped conventions, restated in the docstrings):
+Everything here follows docs/spec.md (shipped conventions, restated in the docstrings):
 
 * **Packed 4-bit layout** (public, ExecuTorch's): byte ``j`` of a row holds element
   ``k = 2j`` in its high nibble (bits 7..4) and ``k = 2j + 1`` in its low nibble
@@ -129,7 +129,7 @@ def quantize_weights_search(w, group_size, steps=21, iterations=2):
     Per group, each candidate maps ``w`` to nibbles ``u = clamp(round(c * (w - min)), 0, 15)``
     for ``c = (15 + d) / (max - min)``, ``d`` in ``steps`` values over [-1, 1], then fits
     ``s`` and ``o`` to those nibbles by least squares (``iterations`` rounds of re-rounding
-    and re-fitting for the best one); SPEC.md's min/max quantization is a candidate too, so
+    and re-fitting for the best one); the contract's min/max quantization is a candidate too, so
     no group ends worse than :func:`quantize_weights` (errors measured with the float32
     ``s`` and ``o`` actually stored).
     """
@@ -156,7 +156,7 @@ def quantize_weights_search(w, group_size, steps=21, iterations=2):
         o32 = (m + 8 * s_).astype(np.float32)
         return s32, o32, sq_err(u, s32, o32)
 
-    # SPEC.md's min/max quantization as the first candidate
+    # the contract's min/max quantization as the first candidate
     wp0, s0, z0 = quantize_weights(w, group_size)
     u0 = unpack_int4(wp0).reshape(n, g, gs).astype(np.float64) + 8
     best_u = u0

@@ -1,7 +1,7 @@
 """The CPU int8 reference path (numpy), the contract's executable form.
 
 For token ``t``, channel ``n`` and weight group ``g`` it forms the two exact integer sums of
-SPEC.md::
+docs/spec.md::
 
     A[t, n, g] = sum_{k in g} (x_q[t, k] - zp[t]) * q[n, k]
     S[t, g]    = sum_{k in g} (x_q[t, k] - zp[t])

@@ -3,7 +3,7 @@ vkqlinear.
 
 * :class:`QuantizedLinear`: an ``nn.Module`` holding a :class:`~vkqlinear.QLinear`;
   ``forward`` takes a float tensor ``[..., K]`` on the CPU and returns ``[..., N]`` in the
-  input's dtype (the matmul runs as SPEC.md's W4A8 linear with on-device dynamic
+  input's dtype (the matmul runs as the contract's W4A8 linear with on-device dynamic
   activation quantization).
 * :func:`quantize_linears`: replaces, in place, every ``nn.Linear`` of a model whose input
   size the group size divides.

@@ -15,6 +15,9 @@ import numbers
 
 import numpy as np
 
+from .device import Device
+from .kernels import ALGORITHMS
+
 _INT_KINDS = "iu"
 
 
@@ -83,10 +86,12 @@ def check_shape(a, name, shape):
 def per_token(x, name, dtypes, lead, t):
     """A per-token vector given as ``[T]`` or with the leading dims of ``x_q``."""
     a = as_array(x, name, dtypes)
-    if tuple(a.shape) not in ((t,), tuple(lead)):
+    if a.shape == (t,):
+        return a
+    if a.shape != tuple(lead):
         raise ValueError(f"{name}: expected shape [{t}] or {list(lead)} (one per token), "
                          f"got {list(a.shape)}")
-    return a if a.ndim == 1 else a.reshape(t)
+    return a.reshape(t)
 
 
 # Vectors up to this size are checked element by element in Python: cheaper than numpy's
@@ -95,27 +100,13 @@ def per_token(x, name, dtypes, lead, t):
 SMALL = 16
 
 
-def _values(a):
-    """The elements of a small array as a flat Python list."""
-    return (a if a.ndim == 1 else a.reshape(-1)).tolist()
-
-
-def finite_positive(values):
-    """True if every float of the non-empty list ``values`` is finite and > 0: the least
-    is > 0 (no -inf, no zero) and the sum is finite (a NaN or +inf anywhere makes it NaN
-    or inf; 16 float32 values cannot overflow a float64 sum). Builtins on a list: cheaper
-    than a generator for the few values of a decode step."""
-    return 0.0 < min(values) and math.isfinite(sum(values))
-
-
-def in_int8_range(values):
-    """True if every int of the non-empty list ``values`` is in [-128, 127]."""
-    return -128 <= min(values) and max(values) <= 127
-
-
 def check_finite_positive(a, name):
+    """Every element finite and > 0. Small vectors as a list with builtins: the least is
+    > 0 (no -inf, no zero) and the sum is finite (a NaN or +inf anywhere makes it NaN or
+    inf; 16 float32 values cannot overflow a float64 sum)."""
     if a.size <= SMALL:
-        ok = a.size == 0 or finite_positive(_values(a))
+        v = a.tolist() if a.ndim == 1 else a.ravel().tolist()
+        ok = not v or (0.0 < min(v) and math.isfinite(sum(v)))
     else:   # min and max propagate NaN, which fails both comparisons
         ok = a.min() > 0 and a.max() < np.inf
     if not ok:
@@ -128,8 +119,10 @@ def check_finite(a, name):
 
 
 def check_int8_range(a, name):
+    """Every element in [-128, 127] (small vectors as a list with builtins)."""
     if a.size <= SMALL:
-        ok = a.size == 0 or in_int8_range(_values(a))
+        v = a.tolist() if a.ndim == 1 else a.ravel().tolist()
+        ok = not v or (-128 <= min(v) and max(v) <= 127)
     else:
         ok = a.min() >= -128 and a.max() <= 127
     if not ok:
@@ -149,6 +142,7 @@ def check_group_size(group_size, k):
 
 
 _SIGNED_INTS = (np.int32, np.int8, np.int16, np.int64)
+_INT8, _FLOAT32 = (np.int8,), (np.float32,)
 
 
 def _int32(a):
@@ -158,19 +152,22 @@ def _int32(a):
 def activations(x_q, x_scale, x_zero_point):
     """Check ``x_q [..., K]`` int8 and its per-token qparams; returns
     ``(x_q [T, K], x_scale [T], x_zero_point [T], lead)``."""
-    x = as_array(x_q, "x_q", (np.int8,))
-    if x.ndim < 1:
-        raise ValueError(f"x_q: expected shape [..., K], got {list(x.shape)}")
-    k = x.shape[-1]
+    x = as_array(x_q, "x_q", _INT8)
+    shape = x.shape
+    if not shape:
+        raise ValueError(f"x_q: expected shape [..., K], got {list(shape)}")
+    k = shape[-1]
     if k == 0 or k % 2:
         raise ValueError(f"x_q: K (last dimension) must be even and > 0, got K={k}")
-    lead = x.shape[:-1]
-    t = math.prod(lead)
-    xs = per_token(x_scale, "x_scale", (np.float32,), lead, t)
+    lead = shape[:-1]
+    t = shape[0] if len(shape) == 2 else math.prod(lead)
+    xs = per_token(x_scale, "x_scale", _FLOAT32, lead, t)
     check_finite_positive(xs, "x_scale")
     xz = per_token(x_zero_point, "x_zero_point", _SIGNED_INTS, lead, t)
     check_int8_range(xz, "x_zero_point")
-    return (x if x.ndim == 2 else x.reshape(t, k)), xs, _int32(xz), lead
+    if xz.dtype.type is not np.int32:
+        xz = xz.astype(np.int32)
+    return (x if len(shape) == 2 else x.reshape(t, k)), xs, xz, lead
 
 
 def packed_weights(w_packed, k):
@@ -197,12 +194,17 @@ def bias_vector(bias, n):
     return b
 
 
-ALGORITHMS = ("auto", "tiled", "cooperative", "reference")
-
-
 def algorithm_name(algorithm):
     if not isinstance(algorithm, str):
         raise TypeError(f"algorithm: expected a str, got {type(algorithm).__name__}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
     return algorithm
+
+
+def device_arg(device):
+    """``device``: a :class:`~vkqlinear.Device` or ``None``."""
+    if device is not None and not isinstance(device, Device):
+        raise TypeError(f"device: expected a vkqlinear.Device or None, "
+                        f"got {type(device).__name__}")
+    return device

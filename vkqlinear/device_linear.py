@@ -1,0 +1,219 @@
+"""One owner for what is made of a layer's weights on a device: :class:`DeviceLinear`.
+
+Kompute's op-object pattern: for each (:class:`~vkqlinear.QuantizedWeights`,
+:class:`~vkqlinear.Device`) pair there is one :class:`DeviceLinear` (:meth:`DeviceLinear.of`),
+and it owns
+
+* the weight uploads, one per device layout the kernels that ran need
+  (:func:`vkqlinear.layout.device_layout`);
+* the kernel choices (:func:`vkqlinear.kernels.choose_kernel` with the device's
+  capabilities and tuned threshold), memoized per (algorithm, T, output, variant);
+* the recorded calls (:class:`vkqlinear.dispatch.RecordedCall`), one per shape and kind,
+  so that a repeated call records and allocates nothing.
+
+Both ops and :class:`~vkqlinear.QLinear` end here: they check their arguments, then run
+on this object, or on the CPU reference path for ``algorithm="reference"`` and where
+:func:`fallback_or_raise` says so (the same rule for both).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
+
+from . import tuning
+from .dispatch import RecordedCall
+from .kernels import Variant, choose_kernel
+from .layout import device_layout
+
+__all__ = ["DeviceLinear", "fallback_or_raise"]
+
+_owners = {}      # id(weights) -> {device: DeviceLinear}, emptied when the weights die
+_owners_lock = threading.Lock()
+_INT8_KINDS = {False: ("int8",), True: ("int8", "timed")}   # recorded-call kinds
+_warned_fallback = False
+
+
+class WeightBuffers:
+    """A layer's weights uploaded to a device in one layout: the four tensors the shaders
+    bind (units, scales, offsets, nibble sums) and the padded channel count ``NP``."""
+
+    def __init__(self, device, weights, lanes, layout, order):
+        words, ws, wo, wsu, self.NP = device_layout(
+            weights.w_packed, weights.group_size, weights.w_scales, weights.w_offsets, lanes,
+            layout, order)
+        device.check_binding(words.nbytes, "w_packed (prepacked)")
+        self.tensors = device.upload([words, ws, wo, wsu])
+
+
+class DeviceLinear:
+    """A layer's weights on one device, and everything made of them there."""
+
+    MAX_CALLS = 8     # recorded calls kept (least recently used dropped)
+
+    def __init__(self, weights, device):
+        # weakly: the registry's entry, and with it everything on the device, goes when
+        # the weights go
+        self._weights = weakref.ref(weights)
+        self.device = device
+        self._buffers = {}           # (lanes, layout, order) -> WeightBuffers
+        self._kernels = {}           # (algorithm, T, int8 out, variant, threshold) -> Kernel
+        self._calls = OrderedDict()  # (kernel, T, kind) -> RecordedCall
+        # the last two calls' (key, RecordedCall), most recent first: a decode loop, or two
+        # kinds of call taking turns, skips the dictionary above
+        self._recent = (None, None)
+
+    @classmethod
+    def of(cls, weights, device):
+        """The :class:`DeviceLinear` of ``weights`` on the open ``device`` (made on first
+        use; dropped with the weights, or when the device closes)."""
+        per_device = _owners.get(id(weights))
+        if per_device is not None:
+            owner = per_device.get(device)
+            if owner is not None:
+                return owner       # (its calls check that the device is open)
+        device.check_open()
+        with _owners_lock:
+            per_device = _owners.get(id(weights))
+            if per_device is None:
+                per_device = _owners[id(weights)] = {}
+                weakref.finalize(weights, _owners.pop, id(weights), None)
+            for d in [d for d in per_device if d.closed]:
+                del per_device[d]
+            return per_device.setdefault(device, cls(weights, device))
+
+    def __repr__(self):
+        return f"<vkqlinear.DeviceLinear {self.weights!r} on {self.device.name}>"
+
+    @property
+    def weights(self):
+        """The :class:`~vkqlinear.QuantizedWeights` this object holds on the device."""
+        weights = self._weights()
+        if weights is None:
+            raise ReferenceError("the weights of this DeviceLinear no longer exist")
+        return weights
+
+    @property
+    def layouts(self):
+        """The ``(lanes, layout, order)`` of every weight upload on the device."""
+        return tuple(self._buffers)
+
+    @property
+    def calls(self):
+        """The recorded calls kept (least recently used first)."""
+        return tuple(self._calls.values())
+
+    # -- choices -------------------------------------------------------------------------
+    def kernel(self, algorithm, t, out_int8=False, variant=None):
+        """The :class:`~vkqlinear.kernels.Kernel` that ``algorithm`` runs at ``t`` tokens:
+        ``variant`` (a :class:`~vkqlinear.kernels.Variant` or its name), else the device's
+        forced variant (``$VKQLINEAR_VARIANT``), else the device's best."""
+        if variant is None:
+            variant = self.device.forced_variant
+        elif not isinstance(variant, Variant):
+            variant = Variant.parse(variant)
+        threshold = tuning.auto_threshold(self.device.info) if algorithm == "auto" else None
+        key = (algorithm, t, out_int8, variant, threshold)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = choose_kernel(algorithm, t, self.weights.group_size, out_int8,
+                                   self.device.caps, threshold, variant)
+            if len(self._kernels) > 256:
+                self._kernels.clear()
+            self._kernels[key] = kernel
+        return kernel
+
+    def buffers(self, kernel):
+        """The weights in ``kernel``'s layout on the device, uploaded on first use."""
+        key = (kernel.lanes, kernel.layout, kernel.order)
+        with self.device.lock:
+            self.device.check_open()
+            buf = self._buffers.get(key)
+            if buf is None:
+                buf = self._buffers[key] = WeightBuffers(self.device, self.weights, *key)
+            return buf
+
+    def upload(self):
+        """Upload the weights in the layout of the device's default kernel now (the first
+        call would otherwise)."""
+        self.buffers(self.kernel("auto", 1))
+
+    # -- calls ---------------------------------------------------------------------------
+    def recorded_call(self, kernel, t, kind, timed=False, float_input=None, download=True):
+        """The recorded call of ``kernel`` at ``t`` tokens for ``kind`` (a key naming the
+        options; made with them on a miss, see :class:`~vkqlinear.dispatch.RecordedCall`);
+        call with the device's lock held."""
+        self.device.check_open()
+        key = (kernel, t, kind)
+        a, b = self._recent
+        if a is not None and a[0] == key:
+            return a[1]
+        if b is not None and b[0] == key:
+            self._recent = (b, a)
+            return b[1]
+        call = self._calls.get(key)
+        if call is None:
+            call = RecordedCall(self.device, kernel, self.buffers(kernel), t,
+                                self.weights.K, self.weights.N, timed, float_input, download)
+            self._calls[key] = call
+            while len(self._calls) > self.MAX_CALLS:
+                self._calls.popitem(last=False)
+        else:
+            self._calls.move_to_end(key)
+        self._recent = ((key, call), a)
+        return call
+
+    def run(self, algorithm, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None, *,
+            variant=None, timed=False):
+        """int8 activations ``x2d [T, K]`` with their per-token ``xs``, ``xz`` (checked,
+        canonical) through ``algorithm``; returns ``(out [T, N], recorded_call)``.
+        ``timed`` records device timestamps around the kernel
+        (:meth:`~vkqlinear.dispatch.RecordedCall.kernel_ns`)."""
+        t = x2d.shape[0]
+        kernel = self.kernel(algorithm, t, out_scale is not None, variant)
+        with self.device.lock:
+            call = self.recorded_call(kernel, t, _INT8_KINDS[timed], timed)
+            out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
+        return out, call
+
+    def run_float(self, algorithm, t, xf2d=None, source=None, bias=None, out_scale=None,
+                  out_zero_point=None, *, download=True, variant=None):
+        """Float activations quantized per token on the device, then the linear kernel, in
+        one submission: ``xf2d [T, K]`` from the host, or ``source`` (a
+        :class:`~vkqlinear.dispatch.RecordedCall` whose float output is on this device).
+        Returns ``(out [T, N] or None when it stays on the device, recorded_call)``."""
+        kernel = self.kernel(algorithm, t, out_scale is not None, variant)
+        with self.device.lock:
+            call = self.recorded_call(kernel, t, ("float", id(source), download), False,
+                                      "host" if source is None else source, download)
+            out = call.run_float(xf2d, bias, out_scale, out_zero_point)
+        return out, call
+
+
+def fallback_or_raise(error, algorithm, device):
+    """The one policy for a missing system piece (``error``: no Vulkan device, or no shader
+    compiler), shared by the ops and :class:`~vkqlinear.QLinear`: ``"auto"`` with
+    ``device=None`` falls back to the CPU reference path, warning once a process; any
+    other algorithm, or an explicit device, raises ``error``."""
+    if algorithm != "auto" or device is not None:
+        raise error
+    global _warned_fallback
+    if not _warned_fallback:
+        warnings.warn(f"vkqlinear: no GPU path ({error}); algorithm='auto' uses the CPU "
+                      "reference path", RuntimeWarning, stacklevel=_user_stacklevel())
+        _warned_fallback = True
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_stacklevel():
+    """The ``stacklevel`` that points a warning at the first frame outside this package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level

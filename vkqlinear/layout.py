@@ -1,0 +1,89 @@
+"""The device weight layout: how :class:`~vkqlinear.QuantizedWeights` (SPEC.md's public
+layout) is rearranged for the shaders, made once per (weights, device, kernel layout) by
+:class:`~vkqlinear.device_linear.DeviceLinear` and read by ``shaders/common.glsl``.
+
+* channels are padded to ``NP``, a multiple of ``8 * lanes``, and taken in blocks of 8;
+* the weights come in *units*, what one shader load brings of one block:
+  - layout ``"swar"`` (the SWAR int32 kernels): a unit is one uint32 word holding the raw
+    nibbles ``u = q + 8`` of the 8 channels of a block at one k (bits ``4i .. 4i+3`` for
+    channel ``8b + i``);
+  - layout ``"swar64"`` (SWAR reading 64-bit words, ``int64`` variant): eight such words,
+    k .. k + 7 side by side, read as one u64vec4 (lavapipe pays per load instruction);
+  - layout ``"dot"`` (the OpSDot kernels): eight words, one per channel, each holding 8 k:
+    byte m of k-octet j = ``u[8j + m] | u[8j + 4 + m] << 4``, so that ``w & 0x0F0F0F0F``
+    and ``(w >> 4) & 0x0F0F0F0F`` pair with the two activation words of the octet;
+* the units are ordered ``"blocks"`` (the TILED kernel and the shared-memory COOPERATIVE
+  kernel, whose neighbouring invocations are neighbouring blocks):
+  ``[b // lanes][k unit][b % lanes]``; or ``"groups"`` (the subgroup COOPERATIVE kernel,
+  whose ``lanes`` neighbouring invocations are workers taking groups ``w, w + lanes, ...``
+  of one block): ``[b][g // lanes][k unit within the group][g % lanes]``, the last round
+  holding only the ``G % lanes`` groups left. Either way neighbouring invocations read
+  neighbouring memory at each step;
+* per group: ``s``, ``o`` (float32) and ``sum u`` (int32), ordered
+  ``[b // lanes][g][b % lanes][8]`` (``"blocks"``) or ``[b][g][8]`` (``"groups"``).
+
+``lanes`` is the number of neighbouring invocations that read neighbouring units;
+:mod:`vkqlinear.kernels` picks it per device and kernel (the subgroup size; at least 8 for
+``"blocks"``). A layer used by both kernels (``auto`` across token counts) keeps both
+orders on the device: twice the weight memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["device_layout"]
+
+
+def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar",
+                  order="blocks"):
+    """The shaders' weight layout: ``layout`` ``"swar"``, ``"swar64"`` or ``"dot"`` in
+    ``order`` ``"blocks"`` or ``"groups"`` (see the module doc).
+
+    Returns ``(words uint32, s float32, o float32, sum_u int32, NP)``, each flat.
+    """
+    n, k2 = w_packed.shape
+    k = 2 * k2
+    g = k // group_size
+    blk = 8 * lanes
+    np_ = -(-n // blk) * blk
+    nb = np_ // 8
+    u = np.zeros((np_, k), dtype=np.uint8)          # raw nibbles; padding channels are 0
+    u[:n, 0::2] = w_packed >> 4
+    u[:n, 1::2] = w_packed & 0x0F
+    # units[b][j][:]: the uint32 words one load of block b at k-unit j brings
+    if layout in ("swar", "swar64"):
+        ub = u.reshape(nb, 8, k)
+        words = np.zeros((nb, k), dtype=np.uint32)
+        for i in range(8):
+            words |= ub[:, i, :].astype(np.uint32) << np.uint32(4 * i)
+        per = 1 if layout == "swar" else 8       # swar64: k .. k + 7 side by side
+        units = words.reshape(nb, k // per, per)
+    elif layout == "dot":
+        uo = u.reshape(np_, k // 8, 2, 4).astype(np.uint32)   # [channel][octet][half][m]
+        byte = uo[:, :, 0, :] | (uo[:, :, 1, :] << np.uint32(4))
+        words = (byte << (np.arange(4, dtype=np.uint32) * np.uint32(8))).sum(
+            axis=2, dtype=np.uint32)                              # [channel][octet]
+        units = words.reshape(nb, 8, k // 8).transpose(0, 2, 1)   # [block][octet][8]
+    else:
+        raise ValueError(f"layout: expected 'swar', 'swar64' or 'dot', got {layout!r}")
+    ku, width = units.shape[1], units.shape[2]
+    if order == "blocks":       # [b // lanes][j][b % lanes]
+        units = units.reshape(nb // lanes, lanes, ku, width).transpose(0, 2, 1, 3)
+    elif order == "groups":     # [b][g // lanes][j within the group][g % lanes]
+        per_group = units.reshape(nb, g, ku // g, width)
+        units = np.concatenate([per_group[:, r:r + lanes].transpose(0, 2, 1, 3)
+                                .reshape(nb, -1) for r in range(0, g, lanes)], axis=1)
+    else:
+        raise ValueError(f"order: expected 'blocks' or 'groups', got {order!r}")
+
+    def groups(a, dtype):
+        full = np.zeros((np_, g), dtype=dtype)
+        full[:n] = a
+        if order == "groups":   # [b][g][8]
+            return full.reshape(nb, 8, g).transpose(0, 2, 1).ravel()
+        return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
+
+    sum_u = u.reshape(np_, g, group_size).sum(axis=2, dtype=np.int32)
+    return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
+            groups(w_offsets, np.float32), groups(sum_u[:n], np.int32), np_)
