@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -70,29 +71,86 @@ def test_cache_hit_and_miss(src, cache, monkeypatch):
     assert not list(cache.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "truncate", "hash-missing", "not-spirv"])
-def test_damaged_entry_is_rebuilt(src, cache, monkeypatch, damage):
+def _damage(path, how):
+    """Damage one file of a cache entry the way a disk hiccup or a stray write would."""
+    data = path.read_bytes()
+    if how == "flip":
+        b = bytearray(data)
+        b[len(b) // 2] ^= 0xFF
+        path.write_bytes(bytes(b))
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "non-utf8":
+        path.write_bytes(b"\xff\xfe\x80" + data[3:])
+    elif how == "binary-garbage":
+        path.write_bytes(bytes(range(256)))
+    elif how == "missing":
+        path.unlink()
+    elif how == "directory":        # not even a file
+        path.unlink()
+        path.mkdir()
+
+
+DAMAGE = ["flip", "truncate", "empty", "non-utf8", "binary-garbage", "missing", "directory"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("which", ["spv", "sha256"])
+def test_any_damage_to_any_file_of_an_entry_is_rebuilt(src, cache, monkeypatch, which, how):
     good = compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src)
     key = compiler.cache_key("k.comp", {"VALUE": "2u"}, root=src)
-    spv, sha = cache / f"{key}.spv", cache / f"{key}.sha256"
-    if damage == "corrupt":
-        data = bytearray(good)
-        data[40] ^= 0xFF
-        spv.write_bytes(bytes(data))
-    elif damage == "truncate":
-        spv.write_bytes(good[: len(good) // 2])
-    elif damage == "hash-missing":
-        sha.unlink()
-    else:
-        junk = b"\0" * 64
-        spv.write_bytes(junk)
-        import hashlib
-        sha.write_text(hashlib.sha256(junk).hexdigest())
+    path = cache / f"{key}.{which}"
+    _damage(path, how)
+    compiler.clear_memory_cache()
+    calls = _count_compiles(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # a warning is allowed, an exception is not
+        assert compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src) == good
+        assert len(calls) == 1
+        if how != "directory":              # rewritten in place
+            assert (cache / f"{key}.spv").read_bytes() == good
+        compiler.clear_memory_cache()
+        assert compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src) == good
+
+
+def test_valid_hash_of_invalid_spirv_is_rebuilt(src, cache, monkeypatch):
+    import hashlib
+    good = compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src)
+    key = compiler.cache_key("k.comp", {"VALUE": "2u"}, root=src)
+    junk = b"\0" * 64
+    (cache / f"{key}.spv").write_bytes(junk)
+    (cache / f"{key}.sha256").write_text(hashlib.sha256(junk).hexdigest())
     compiler.clear_memory_cache()
     calls = _count_compiles(monkeypatch)
     assert compiler.compile_shader("k.comp", {"VALUE": "2u"}, root=src) == good
     assert len(calls) == 1
-    assert spv.read_bytes() == good
+
+
+def test_damaged_cache_entry_of_a_shipped_shader_still_gives_right_answers(
+        tmp_path, monkeypatch, device):
+    """A call through the public op after the checksum file of its kernel's entry got
+    non-UTF-8 bytes: the entry is rebuilt and the answer is right."""
+    import numpy as np
+
+    import vkqlinear as vq
+    monkeypatch.setenv("VKQLINEAR_CACHE_DIR", str(tmp_path / "c"))
+    compiler.clear_memory_cache()
+    rng = np.random.default_rng(0)
+    x_q, xs, xz = vq.quantize_per_token(rng.standard_normal((2, 64)).astype(np.float32))
+    wp, ws, wz = vq.quantize_weights(rng.standard_normal((8, 64)).astype(np.float32), 32)
+    dev = vq.Device()
+    want = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 32, ws, wz, algorithm="reference")
+    vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 32, ws, wz, algorithm="tiled", device=dev)
+    for sha in (tmp_path / "c").glob("*.sha256"):
+        _damage(sha, "non-utf8")
+    dev.close()
+    compiler.clear_memory_cache()
+    with vq.Device() as dev:
+        y = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, 32, ws, wz, algorithm="tiled", device=dev)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    compiler.clear_memory_cache()
 
 
 def test_compile_error_shows_output_and_defines(src, cache):

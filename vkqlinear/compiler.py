@@ -146,13 +146,15 @@ def _valid_spirv(data):
 
 
 def _read_entry(d, key):
+    """The cached SPIR-V for ``key``, or ``None`` (a miss) when the entry is missing or any
+    of its files is damaged in any way (then it is removed, to be rebuilt)."""
     spv, sha = d / f"{key}.spv", d / f"{key}.sha256"
     try:
         data = spv.read_bytes()
-        want = sha.read_text().strip()
+        want = sha.read_bytes().strip()
     except OSError:
         return None
-    if hashlib.sha256(data).hexdigest() != want or not _valid_spirv(data):
+    if hashlib.sha256(data).hexdigest().encode() != want or not _valid_spirv(data):
         for p in (spv, sha):
             try:
                 p.unlink()
