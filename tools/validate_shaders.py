@@ -21,8 +21,9 @@ import tempfile
 from pathlib import Path
 
 from vkqlinear.compiler import DEFAULT_TARGET_ENV, compile_shader
-from vkqlinear.dispatch import QUANTIZE_LOCAL_X
+from vkqlinear.dispatch import quantizer_constants
 from vkqlinear.kernels import DeviceCaps, choose_kernel
+from vkqlinear.quant import CONVENTIONS
 
 DEVICES = {
     "lavapipe": DeviceCaps(subgroup_size=8, max_invocations=1024, max_shared_memory=32768,
@@ -55,7 +56,8 @@ def variants():
                             out.setdefault((k.shader, k.defines), set()).add(
                                 k.spec_constants)
     # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
-    out[("quantize_tokens.comp", ())] = {(QUANTIZE_LOCAL_X,)}
+    out[("quantize_tokens.comp", ())] = {tuple(int(c) for c in quantizer_constants(name))
+                                         for name in CONVENTIONS}
     out[("calib_read.comp", ())] = set()
     out[("calib_alu.comp", ())] = set()
     return out

@@ -18,7 +18,7 @@ from .errors import (
                      VulkanUnavailableError,
 )
 from .kernels import Variant
-from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
+from .ops import linear_dq8ca_q4gsw, linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
 from .qlinear import DeviceTensor, QLinear
 from .quant import (
                      dequantize_per_token,
@@ -32,6 +32,7 @@ from .quant import (
                      scales_and_zeros_to_offsets,
                      unpack_int4,
 )
+from .sources import from_executorch, from_torchao, load_gguf
 from .weights import QuantizedWeights, prepack
 
 __version__ = "0.1.0"
@@ -40,7 +41,8 @@ __all__ = [
     "Device", "DeviceInfo", "default_device", "devices", "DeviceLinear", "Variant",
     "CompilerNotFoundError", "DeviceClosedError", "ShaderCompileError",
     "VulkanUnavailableError",
-    "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o",
+    "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o", "linear_dq8ca_q4gsw",
+    "from_torchao", "from_executorch", "load_gguf",
     "dequantize_per_token", "dequantize_weights", "offsets_from_zero_points",
     "offsets_to_scales_and_zeros", "pack_int4", "quantize_per_token", "quantize_weights",
     "quantize_weights_search", "scales_and_zeros_to_offsets", "unpack_int4",

@@ -25,10 +25,13 @@ import warnings
 import weakref
 from collections import OrderedDict
 
+import numpy as np
+
 from . import tuning
 from .dispatch import RecordedCall
 from .kernels import Variant, choose_kernel
-from .layout import device_layout
+from .layout import device_layout, pad_groups, padded_group_size
+from .quant import check_convention, pack_int4, unpack_int4
 
 __all__ = ["DeviceLinear", "fallback_or_raise"]
 
@@ -43,9 +46,13 @@ class WeightBuffers:
     bind (units, scales, offsets, nibble sums) and the padded channel count ``NP``."""
 
     def __init__(self, device, weights, lanes, layout, order):
+        g = weights.group_size
+        packed = weights.w_packed
+        if padded_group_size(g) != g:   # groups padded with q = 0 (nibble 8)
+            packed = pack_int4(pad_groups(unpack_int4(packed), g, 0))
         words, ws, wo, wsu, self.NP = device_layout(
-            weights.w_packed, weights.group_size, weights.w_scales, weights.w_offsets, lanes,
-            layout, order)
+            packed, padded_group_size(g), weights.w_scales, weights.w_offsets, lanes, layout,
+            order)
         device.check_binding(words.nbytes, "w_packed (prepacked)")
         self.tensors = device.upload([words, ws, wo, wsu])
 
@@ -60,6 +67,11 @@ class DeviceLinear:
         # the weights go
         self._weights = weakref.ref(weights)
         self.device = device
+        self.N = weights.N
+        self.group_size = weights.group_size
+        # what the kernels see: groups padded to a multiple of 8 (layout.pad_groups)
+        self.kernel_group_size = padded_group_size(weights.group_size)
+        self.kernel_K = weights.K // weights.group_size * self.kernel_group_size
         self._buffers = {}           # (lanes, layout, order) -> WeightBuffers
         self._kernels = {}           # (algorithm, T, int8 out, variant, threshold) -> Kernel
         self._calls = OrderedDict()  # (kernel, T, kind) -> RecordedCall
@@ -120,7 +132,7 @@ class DeviceLinear:
         key = (algorithm, t, out_int8, variant, threshold)
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = choose_kernel(algorithm, t, self.weights.group_size, out_int8,
+            kernel = choose_kernel(algorithm, t, self.kernel_group_size, out_int8,
                                    self.device.caps, threshold, variant)
             if len(self._kernels) > 256:
                 self._kernels.clear()
@@ -143,7 +155,8 @@ class DeviceLinear:
         self.buffers(self.kernel("auto", 1))
 
     # -- calls ---------------------------------------------------------------------------
-    def recorded_call(self, kernel, t, kind, timed=False, float_input=None, download=True):
+    def recorded_call(self, kernel, t, kind, timed=False, float_input=None, download=True,
+                      act_quant="spec"):
         """The recorded call of ``kernel`` at ``t`` tokens for ``kind`` (a key naming the
         options; made with them on a miss, see :class:`~vkqlinear.dispatch.RecordedCall`);
         call with the device's lock held."""
@@ -157,8 +170,9 @@ class DeviceLinear:
             return b[1]
         call = self._calls.get(key)
         if call is None:
-            call = RecordedCall(self.device, kernel, self.buffers(kernel), t,
-                                self.weights.K, self.weights.N, timed, float_input, download)
+            call = RecordedCall(self.device, kernel, self.buffers(kernel), t, self.kernel_K,
+                                self.N, timed, float_input, download, act_quant,
+                                (self.group_size, self.kernel_group_size))
             self._calls[key] = call
             while len(self._calls) > self.MAX_CALLS:
                 self._calls.popitem(last=False)
@@ -175,21 +189,25 @@ class DeviceLinear:
         (:meth:`~vkqlinear.dispatch.RecordedCall.kernel_ns`)."""
         t = x2d.shape[0]
         kernel = self.kernel(algorithm, t, out_scale is not None, variant)
+        if self.kernel_K != x2d.shape[1]:   # padding adds (zp - zp) * 0 to the sums
+            x2d = pad_groups(x2d, self.group_size, xz.astype(np.int8))
         with self.device.lock:
             call = self.recorded_call(kernel, t, _INT8_KINDS[timed], timed)
             out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
         return out, call
 
     def run_float(self, algorithm, t, xf2d=None, source=None, bias=None, out_scale=None,
-                  out_zero_point=None, *, download=True, variant=None):
-        """Float activations quantized per token on the device, then the linear kernel, in
-        one submission: ``xf2d [T, K]`` from the host, or ``source`` (a
+                  out_zero_point=None, *, download=True, variant=None, act_quant="spec"):
+        """Float activations quantized per token on the device (``act_quant``: a convention
+        of :data:`vkqlinear.quant.CONVENTIONS`), then the linear kernel, in one submission:
+        ``xf2d [T, K]`` from the host, or ``source`` (a
         :class:`~vkqlinear.dispatch.RecordedCall` whose float output is on this device).
         Returns ``(out [T, N] or None when it stays on the device, recorded_call)``."""
         kernel = self.kernel(algorithm, t, out_scale is not None, variant)
         with self.device.lock:
-            call = self.recorded_call(kernel, t, ("float", id(source), download), False,
-                                      "host" if source is None else source, download)
+            call = self.recorded_call(
+                kernel, t, ("float", id(source), download, check_convention(act_quant)), False,
+                "host" if source is None else source, download, act_quant)
             out = call.run_float(xf2d, bias, out_scale, out_zero_point)
         return out, call
 

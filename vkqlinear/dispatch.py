@@ -17,8 +17,9 @@ import numpy as np
 
 from .compiler import compile_shader
 from .device import R32G32B32A32_UINT, TEXEL_BYTES, kp_has_eval_io
+from .quant import CONVENTIONS, check_convention
 
-__all__ = ["RecordedCall", "evaluate"]
+__all__ = ["RecordedCall", "evaluate", "quantizer_constants"]
 
 
 # Vulkan flag values for kp.OpMemoryBarrier (the patched kp binds it).
@@ -26,6 +27,14 @@ _SHADER_READ, _SHADER_WRITE = 0x20, 0x40           # VkAccessFlagBits
 _COMPUTE_SHADER = 0x800                            # VkPipelineStageFlagBits
 QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
 EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests turn it off)
+
+
+def quantizer_constants(act_quant):
+    """``quantize_tokens.comp``'s specialization constants for a convention of
+    :data:`vkqlinear.quant.CONVENTIONS`: LOCAL_X, CONVENTION, EPS_BITS."""
+    eps = CONVENTIONS[check_convention(act_quant)]
+    return np.array([QUANTIZE_LOCAL_X, int(act_quant != "spec"),
+                     int(np.asarray(eps, np.float32).view(np.uint32))], np.uint32)
 
 
 def _kp_eval_io(kp):
@@ -62,7 +71,7 @@ class RecordedCall:
     """
 
     def __init__(self, device, kernel, weight_buffers, t, k, n, timed=False, float_input=None,
-                 download=True):
+                 download=True, act_quant="spec", group=None):
         import kp
         self.kernel = kernel
         self.t, self.k, self.n, self.np_ = t, k, n, weight_buffers.NP
@@ -101,19 +110,24 @@ class RecordedCall:
         if float_input is None:
             inputs = [self.x, self.xs, self.xz, self.bias, self.os, self.oz]
         else:
+            # the float rows hold K_in = k / g_out * g_in values; the quantizer pads each
+            # group of g_in to the kernel's g_out (both multiples of 4) with the zero point
+            g_in, g_out = group or (kernel.group_size, kernel.group_size)
+            k_in = k // g_out * g_in
             if self.source is not None:      # the producer's padded float output rows
                 xf, stride = self.source.y, self.source.np_
                 inputs = [self.bias, self.os, self.oz]
             else:
-                xf, stride = mgr.tensor_t(np.zeros(t * k, np.float32)), k
-                self._xf_in = xf.data().reshape(t, k)     # see the views below
+                xf, stride = mgr.tensor_t(np.zeros(t * k_in, np.float32)), k_in
+                self._xf_in = xf.data().reshape(t, k_in)     # see the views below
                 inputs = [xf, self.bias, self.os, self.oz]
             qgy = min(t, limits[1])
             n_quant = -(-t // qgy)
-            self._qpush = lambda base: np.array([t, k, stride, base], dtype=np.uint32)
+            self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
+                                                dtype=np.uint32)
             self.qalgo = mgr.algorithm(
                 [xf, self.x, self.xs, self.xz], compile_shader("quantize_tokens.comp", {}),
-                (1, qgy, 1), np.array([QUANTIZE_LOCAL_X], np.uint32), self._qpush(0))
+                (1, qgy, 1), quantizer_constants(act_quant), self._qpush(0))
         ops = [kp.OpTensorSyncDevice(inputs)]
         if float_input is not None:
             if self.source is not None:

@@ -22,6 +22,11 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
 * per group: ``s``, ``o`` (float32) and ``sum u`` (int32), ordered
   ``[b // lanes][g][b % lanes][8]`` (``"blocks"``) or ``[b][g][8]`` (``"groups"``).
 
+Groups whose size is not a multiple of 8 (ExecuTorch allows multiples of 4) are padded to
+the next multiple of 8 with ``q = 0`` (:func:`padded_group_size`, :func:`pad_groups`); the
+activations are padded to match with their zero point, so that the padding adds nothing
+to either integer sum.
+
 ``lanes`` is the number of neighbouring invocations that read neighbouring units;
 :mod:`vkqlinear.kernels` picks it per device and kernel (the subgroup size; at least 8 for
 ``"blocks"``). A layer used by both kernels (``auto`` across token counts) keeps both
@@ -32,7 +37,27 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["device_layout"]
+__all__ = ["device_layout", "padded_group_size", "pad_groups"]
+
+
+def padded_group_size(group_size):
+    """The group size the shaders see: ``group_size`` rounded up to a multiple of 8."""
+    return -(-group_size // 8) * 8
+
+
+def pad_groups(a, group_size, fill):
+    """``a [..., K]`` with each group of ``group_size`` along its last axis padded to
+    :func:`padded_group_size` with ``fill`` (a scalar, or one value per row of ``a``).
+    ``a`` itself when no padding is needed."""
+    g8 = padded_group_size(group_size)
+    if g8 == group_size:
+        return a
+    lead, k = a.shape[:-1], a.shape[-1]
+    out = np.empty(lead + (k // group_size, g8), a.dtype)
+    out[..., :group_size] = a.reshape(lead + (k // group_size, group_size))
+    out[..., group_size:] = np.asarray(fill, a.dtype).reshape(
+        np.shape(fill) + (1, 1) if np.ndim(fill) else ())
+    return out.reshape(lead + (k // group_size * g8,))
 
 
 def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar",

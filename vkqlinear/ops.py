@@ -18,15 +18,19 @@ A call checks its arguments (:mod:`vkqlinear.args`), makes or finds the weights'
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import args, reference
 from .device import resolve
 from .device_linear import DeviceLinear, fallback_or_raise
 from .errors import CompilerNotFoundError, VulkanUnavailableError
+from .quant import pack_int4, quantize_with_qparams, unpack_int4
+from .sources import executorch_q, executorch_scales, executorch_weight_sums
 from .weights import QuantizedWeights, prepack
 
-__all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o"]
+__all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o", "linear_dq8ca_q4gsw"]
 
 
 def _weights(w_packed, group_size, k, **params):
@@ -143,3 +147,81 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
     weights = _weights(w_packed, group_size, x2d.shape[1], scales_and_zeros=scales_and_zeros)
     return _linear(x_q, x2d, xs, xz, lead, weights, bias, out_scale, out_zero_point,
                    algorithm, device, variant)
+
+
+def linear_dq8ca_q4gsw(input, input_scales, input_zp, weights, weight_sums, weight_scales,
+                       group_size, bias=None, *, algorithm="auto", device=None, variant=None):
+    """ExecuTorch's Vulkan ``et_vk.linear_dq8ca_q4gsw``, with its argument list and tensor
+    conventions (docs/spec.md, "Other sources of the same weights").
+
+    Args:
+        input: float32 ``[..., K]``, quantized per token here with the given qparams as
+            ExecuTorch's kernel does: ``clamp(round(x * (1/scale)) + zp, -128, 127)``.
+        input_scales: float32 per token (``[T]``, the leading dims, or with a trailing 1).
+        input_zp: int8 or int32 per token, in [-128, 127].
+        weights: uint8 ``[N, ceil8(K)/2]``, element ``2j`` in the LOW nibble of byte ``j``,
+            K padded with ``q = 0``; or a :class:`~vkqlinear.QuantizedWeights` (e.g. from
+            :func:`vkqlinear.from_executorch`), which must be symmetric.
+        weight_sums: int32 ``[G, ceil8(N)]``, the per-group sums of ``q``: checked against
+            the weights (a ``ValueError`` if they differ).
+        weight_scales: float32 ``[G, ceil4(N)]`` (transposed, padded).
+        group_size: a multiple of 4 dividing K.
+        bias: optional float32 ``[N]`` (or padded to ``ceil4(N)``).
+        algorithm, device, variant: as in :func:`linear_qta8a_qga4w`.
+
+    Returns: float32 ``[..., N]`` (a torch tensor if ``input`` is one).
+    """
+    algorithm = args.algorithm_name(algorithm)
+    args.device_arg(device)
+    x = args.as_array(input, "input", (np.float32,))
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"input: expected float32 [..., K] with K > 0, got {list(x.shape)}")
+    args.check_finite(x, "input")
+    lead, k = x.shape[:-1], x.shape[-1]
+    t = math.prod(lead)
+    xs = args.per_token(_squeeze_last(input_scales), "input_scales", (np.float32,), lead, t)
+    args.check_finite_positive(xs, "input_scales")
+    xz = args.per_token(_squeeze_last(input_zp), "input_zp", (np.int8, np.int32), lead, t)
+    args.check_int8_range(xz, "input_zp")
+    if isinstance(weights, QuantizedWeights):
+        qw = weights
+        if qw.K != k or qw.group_size != group_size:
+            raise ValueError(f"weights: these QuantizedWeights have K={qw.K}, group size "
+                             f"{qw.group_size}; the call has K={k}, group_size={group_size}")
+        if np.any(qw.w_offsets64):
+            raise ValueError("weights: linear_dq8ca_q4gsw takes symmetric weights (zero "
+                             "points 0); these have offsets: use linear_qta8a_qga4w")
+        q = unpack_int4(qw.w_packed)
+        if not np.array_equal(executorch_scales(weight_scales, qw.G, qw.N), qw.w_scales):
+            raise ValueError("weight_scales: do not match the scales of the given weights")
+    else:
+        n = args.as_array(weights, "weights", (np.uint8,)).shape[0] if \
+            np.ndim(weights) == 2 else 0
+        q, group_size = executorch_q(weights, group_size, k, n)
+        qw = QuantizedWeights(pack_int4(q), group_size,
+                              executorch_scales(weight_scales, k // group_size, n),
+                              np.zeros((n, k // group_size)), np.zeros((n, k // group_size),
+                                                                      np.int32))
+    sums = args.as_array(weight_sums, "weight_sums", (np.int32,))
+    want = executorch_weight_sums(q, group_size)
+    if sums.shape != want.shape or not np.array_equal(sums, want):
+        raise ValueError(f"weight_sums: do not match the weights (expected int32 "
+                         f"{list(want.shape)}, the per-group sums of q, zero padded)")
+    b = None
+    if bias is not None:
+        b = args.as_array(bias, "bias", (np.float32,))
+        if b.ndim != 1 or b.shape[0] not in (qw.N, -(-qw.N // 4) * 4):
+            raise ValueError(f"bias: expected [{qw.N}] (or padded to a multiple of 4), got "
+                             f"{list(b.shape)}")
+        b = np.ascontiguousarray(b[:qw.N])
+    x_q = quantize_with_qparams(x.reshape(t, k), xs, xz, "torchao")
+    return _linear(input, x_q, xs, xz.astype(np.int32), lead, qw, b, None, None, algorithm,
+                   device, variant)
+
+
+def _squeeze_last(a):
+    """Per-token qparams given with a trailing dimension of 1 (ExecuTorch's keepdim form)."""
+    shape = tuple(np.shape(a))
+    if len(shape) < 2 or shape[-1] != 1:
+        return a
+    return a.reshape(shape[:-1]) if hasattr(a, "reshape") else np.reshape(a, shape[:-1])

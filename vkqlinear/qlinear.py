@@ -16,7 +16,7 @@ from . import args, reference
 from .device import resolve
 from .device_linear import DeviceLinear, fallback_or_raise
 from .errors import CompilerNotFoundError, VulkanUnavailableError
-from .quant import quantize_per_token, quantize_weights, quantize_weights_search
+from .quant import check_convention, quantize_per_token, quantize_weights, quantize_weights_search
 from .weights import QuantizedWeights, prepack
 
 __all__ = ["QLinear", "DeviceTensor"]
@@ -67,17 +67,23 @@ class QLinear:
     quantized per token on the device (the contract's ``linear_qta8a_qga4w``).
 
     Make one with :meth:`from_float` (quantizes the weights) or :meth:`from_quantized`
-    (either zero-point convention), or from :class:`~vkqlinear.QuantizedWeights`. Call it on
-    float32 ``x [..., K]`` (numpy, list or torch CPU tensor, or a :class:`DeviceTensor`).
+    (either zero-point convention), or from :class:`~vkqlinear.QuantizedWeights` (e.g.
+    :func:`vkqlinear.from_torchao`). Call it on float32 ``x [..., K]`` (numpy, list or torch
+    CPU tensor, or a :class:`DeviceTensor`).
+
+    ``act_quant`` is how the activations are quantized per token: ``"spec"`` (default, the
+    contract's), ``"torchao"`` or ``"torchao-legacy"`` (to reproduce a torchao model's
+    integers; see :func:`vkqlinear.quantize_per_token`).
     """
 
-    def __init__(self, weights, bias=None, device=None):
+    def __init__(self, weights, bias=None, device=None, act_quant="spec"):
         if not isinstance(weights, QuantizedWeights):
             raise TypeError(f"weights: expected vkqlinear.QuantizedWeights, "
                             f"got {type(weights).__name__}")
         self.weights = weights
         self.bias = args.bias_vector(bias, weights.N)
         self.device = args.device_arg(device)
+        self.act_quant = check_convention(act_quant)
 
     @property
     def in_features(self):
@@ -89,7 +95,8 @@ class QLinear:
 
     def __repr__(self):
         return (f"<vkqlinear.QLinear in={self.in_features} out={self.out_features} "
-                f"group_size={self.weights.group_size} bias={self.bias is not None}>")
+                f"group_size={self.weights.group_size} bias={self.bias is not None} "
+                f"act_quant={self.act_quant!r}>")
 
     @classmethod
     def from_float(cls, weight, bias=None, group_size=32, symmetric=False, method="minmax",
@@ -175,7 +182,7 @@ class QLinear:
                     algorithm, t, xf2d=None if source is not None else xf.reshape(t, k),
                     source=source.call if source is not None else None, bias=self.bias,
                     out_scale=os_, out_zero_point=oz, download=output == "host",
-                    variant=variant)
+                    variant=variant, act_quant=self.act_quant)
                 if output == "device":
                     return DeviceTensor(call, out_shape)
             except (VulkanUnavailableError, CompilerNotFoundError) as e:
@@ -191,5 +198,5 @@ class QLinear:
         if x2d.shape[0] == 0:
             dtype = np.int8 if os_ is not None else np.float32
             return np.zeros((0, self.out_features), dtype)
-        xq, xs, xz = quantize_per_token(x2d)
+        xq, xs, xz = quantize_per_token(x2d, self.act_quant)
         return reference.run(xq, xs, xz, self.weights, self.bias, os_, oz)

@@ -20,11 +20,14 @@ import numpy as np
 
 __all__ = [
     "EPS",
+    "CONVENTIONS",
     "quantize_per_token",
+    "quantize_with_qparams",
     "dequantize_per_token",
     "quantize_weights",
     "quantize_weights_search",
     "dequantize_weights",
+    "NIBBLE_ORDERS",
     "pack_int4",
     "unpack_int4",
     "offsets_from_zero_points",
@@ -35,20 +38,50 @@ __all__ = [
 EPS = np.float32(np.finfo(np.float32).eps)
 
 
-def quantize_per_token(x):
+# Per-token activation quantization conventions: name -> (eps, zero-point rule). "spec" is
+# the contract's (PyTorch's quantized_decomposed ops); "torchao" is torchao's
+# choose_qparams_affine + quantize_affine as its 8da4w tensors use them; "torchao-legacy" is
+# the same with float32 eps, as torchao's Int8DynActInt4WeightLinear calls them.
+CONVENTIONS = {
+    "spec": EPS,
+    "torchao": np.float32(np.finfo(np.float32).smallest_normal),
+    "torchao-legacy": EPS,
+}
+
+
+def check_convention(convention):
+    """``convention`` as given, if it names one of :data:`CONVENTIONS`."""
+    if not isinstance(convention, str) or convention not in CONVENTIONS:
+        raise ValueError(f"convention: expected one of {', '.join(map(repr, CONVENTIONS))}, "
+                         f"got {convention!r}")
+    return convention
+
+
+def quantize_per_token(x, convention="spec"):
     """Per-token asymmetric int8 quantization of ``x [..., K]`` (float).
 
-    Returns ``(x_q int8 [..., K], scale float32 [...], zero_point int32 [...])`` with::
+    Returns ``(x_q int8 [..., K], scale float32 [...], zero_point int32 [...])``, computed in
+    float32, every rounding half to even. ``convention="spec"`` (default) is the contract's,
+    bit-identical to PyTorch's ``quantized_decomposed`` ``choose_qparams_per_token_asymmetric``
+    followed by ``quantize_per_token``::
 
         mn = min(min(x_row), 0);  mx = max(max(x_row), 0)
-        scale = max((mx - mn) / 255, eps)
+        scale = max((mx - mn) / 255, eps)                       eps = float32 eps
         zp = (-128 + mn/scale) + (127 + mx/scale) > 0 ? -128 - mn/scale : 127 - mx/scale
-        zp = round_half_to_even(clamp(zp, -128, 127))
-        x_q = clamp(round_half_to_even(x * (1/scale) + zp), -128, 127)
+        zp = round(clamp(zp, -128, 127))
+        x_q = clamp(round(x * (1/scale) + zp), -128, 127)
 
-    computed in float32, bit-identical to PyTorch's ``quantized_decomposed``
-    ``choose_qparams_per_token_asymmetric`` followed by ``quantize_per_token``.
+    ``convention="torchao"`` is torchao's ``choose_qparams_affine`` + ``quantize_affine``
+    (asymmetric, per token, as its 8da4w ``IntxUnpackedToInt8Tensor`` applies them)::
+
+        scale = max((mx - mn) / 255, eps)                       eps = float32 smallest normal
+        zp = clamp(-128 - round(mn / scale), -128, 127)
+        x_q = clamp(round(x * (1/scale)) + zp, -128, 127)
+
+    (an all-zero row gets ``zp = -128``, not 127), and ``"torchao-legacy"`` the same with
+    eps = float32 eps, as torchao's ``Int8DynActInt4WeightLinear`` quantizes.
     """
+    eps = CONVENTIONS[check_convention(convention)]
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x: expected shape [..., K] with K > 0, got {x.shape}")
@@ -57,15 +90,30 @@ def quantize_per_token(x):
     zero = np.float32(0)
     mn = np.minimum(x.min(axis=-1, keepdims=True), zero) if x.size else x[..., :1]
     mx = np.maximum(x.max(axis=-1, keepdims=True), zero) if x.size else x[..., :1]
-    scale = np.maximum((mx - mn) / np.float32(255.0), EPS)
-    dmin = mn / scale
-    dmax = mx / scale
-    zp = np.where((np.float32(-128) + dmin) + (np.float32(127) + dmax) > 0,
-                  np.float32(-128) - dmin, np.float32(127) - dmax)
-    zp = np.rint(np.clip(zp, -128, 127)).astype(np.float32)
-    inv = np.float32(1.0) / scale
-    x_q = np.clip(np.rint(x * inv + zp), -128, 127).astype(np.int8)
+    scale = np.maximum((mx - mn) / np.float32(255.0), eps)
+    if convention == "spec":
+        dmin = mn / scale
+        dmax = mx / scale
+        zp = np.where((np.float32(-128) + dmin) + (np.float32(127) + dmax) > 0,
+                      np.float32(-128) - dmin, np.float32(127) - dmax)
+        zp = np.rint(np.clip(zp, -128, 127)).astype(np.float32)
+    else:
+        zp = np.clip(np.float32(-128) - np.rint(mn / scale), -128, 127).astype(np.float32)
+    x_q = quantize_with_qparams(x, scale[..., 0], zp[..., 0], convention)
     return x_q, scale[..., 0].astype(np.float32), zp[..., 0].astype(np.int32)
+
+
+def quantize_with_qparams(x, scale, zero_point, convention="spec"):
+    """``x [..., K]`` quantized to int8 with given per-token ``scale`` and ``zero_point``
+    (``[...]``), in float32: ``clamp(round(x * (1/scale) + zp), -128, 127)`` for
+    ``"spec"`` (the zero point added before rounding), ``clamp(round(x * (1/scale)) + zp,
+    -128, 127)`` for the torchao conventions and ExecuTorch's ``linear_dq8ca_q4gsw``."""
+    x = np.asarray(x, dtype=np.float32)
+    inv = (np.float32(1.0) / np.asarray(scale, np.float32))[..., None]
+    zp = np.asarray(zero_point).astype(np.float32)[..., None]
+    if check_convention(convention) == "spec":
+        return np.clip(np.rint(x * inv + zp), -128, 127).astype(np.int8)
+    return np.clip(np.rint(x * inv) + zp, -128, 127).astype(np.int8)
 
 
 def dequantize_per_token(x_q, scale, zero_point):
@@ -189,27 +237,57 @@ def dequantize_weights(w_packed, group_size, w_scales, w_offsets):
     return w.reshape(n, k)
 
 
-def pack_int4(q):
-    """Pack signed 4-bit values ``q [..., K]`` in [-8, 7] (K even) into uint8 ``[..., K/2]``.
+# Where the two 4-bit values of a byte go, by source: name -> what byte j of a row holds.
+NIBBLE_ORDERS = {
+    "spec": "element 2j in the high nibble, 2j + 1 in the low (vkqlinear, ExecuTorch "
+            "linear_qta8a_qga4w)",
+    "low_first": "element 2j in the low nibble, 2j + 1 in the high (ExecuTorch "
+                 "linear_dq8ca_q4gsw)",
+    "gguf": "in each block of 32 elements (16 bytes), byte j holds element j in the low "
+            "nibble and j + 16 in the high (GGUF Q4_0, Q4_1)",
+}
 
-    Element ``2j`` goes to the high nibble of byte ``j``, ``2j + 1`` to the low nibble,
-    each stored as ``u = q + 8``.
-    """
+
+def _check_order(order, k):
+    if order not in NIBBLE_ORDERS:
+        raise ValueError(f"order: expected one of {', '.join(map(repr, NIBBLE_ORDERS))}, "
+                         f"got {order!r}")
+    if order == "gguf" and k % 32:
+        raise ValueError(f"order: 'gguf' packs blocks of 32 elements; got a row of {k}")
+
+
+def pack_int4(q, order="spec"):
+    """Pack signed 4-bit values ``q [..., K]`` in [-8, 7] (K even) into uint8 ``[..., K/2]``,
+    each stored as the nibble ``u = q + 8``, in the nibble ``order`` of
+    :data:`NIBBLE_ORDERS` (default ``"spec"``: element ``2j`` in the high nibble of byte
+    ``j``, ``2j + 1`` in the low one)."""
     q = np.asarray(q)
     if q.shape[-1] % 2:
         raise ValueError(f"q: expected an even last dimension, got {q.shape}")
+    _check_order(order, q.shape[-1])
     if q.size and (q.min() < -8 or q.max() > 7):
         raise ValueError("q: expected values in [-8, 7]")
     u = (q.astype(np.int16) + 8).astype(np.uint8)
-    return ((u[..., 0::2] << 4) | u[..., 1::2]).astype(np.uint8)
+    if order == "gguf":
+        b = u.reshape(u.shape[:-1] + (-1, 2, 16))
+        return (b[..., 0, :] | (b[..., 1, :] << 4)).reshape(u.shape[:-1] + (-1,))
+    hi, lo = (u[..., 0::2], u[..., 1::2]) if order == "spec" else (u[..., 1::2], u[..., 0::2])
+    return ((hi << 4) | lo).astype(np.uint8)
 
 
-def unpack_int4(packed):
+def unpack_int4(packed, order="spec"):
     """Inverse of :func:`pack_int4`: uint8 ``[..., K/2]`` to int8 ``[..., K]`` in [-8, 7]."""
     p = np.asarray(packed, dtype=np.uint8)
-    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), dtype=np.int8)
-    out[..., 0::2] = (p >> 4).astype(np.int8) - 8
-    out[..., 1::2] = (p & 0x0F).astype(np.int8) - 8
+    k = 2 * p.shape[-1]
+    _check_order(order, k)
+    hi = (p >> 4).astype(np.int8) - 8
+    lo = (p & 0x0F).astype(np.int8) - 8
+    if order == "gguf":
+        lead = p.shape[:-1]
+        return np.concatenate([lo.reshape(lead + (-1, 16)), hi.reshape(lead + (-1, 16))],
+                              axis=-1).reshape(lead + (k,))
+    out = np.empty(p.shape[:-1] + (k,), dtype=np.int8)
+    out[..., 0::2], out[..., 1::2] = (hi, lo) if order == "spec" else (lo, hi)
     return out
 
 
