@@ -18,6 +18,7 @@ import numpy as np
 from .device import Device
 from .kernels import ALGORITHMS
 
+_ALGORITHM_SET = frozenset(ALGORITHMS)
 _INT_KINDS = "iu"
 
 
@@ -85,6 +86,9 @@ def check_shape(a, name, shape):
 
 def per_token(x, name, dtypes, lead, t):
     """A per-token vector given as ``[T]`` or with the leading dims of ``x_q``."""
+    if (type(x) is np.ndarray and x.shape == (t,) and x.dtype.type in dtypes
+            and x.dtype.isnative and x.flags.c_contiguous):
+        return x                 # as_array's common case, without the call
     a = as_array(x, name, dtypes)
     if a.shape == (t,):
         return a
@@ -195,6 +199,8 @@ def bias_vector(bias, n):
 
 
 def algorithm_name(algorithm):
+    if type(algorithm) is str and algorithm in _ALGORITHM_SET:
+        return algorithm
     if not isinstance(algorithm, str):
         raise TypeError(f"algorithm: expected a str, got {type(algorithm).__name__}")
     if algorithm not in ALGORITHMS:

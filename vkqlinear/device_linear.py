@@ -28,6 +28,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import tuning
+from .device import default_device, resolve
 from .dispatch import RecordedCall
 from .kernels import Variant, choose_kernel
 from .layout import device_layout, pad_groups, padded_group_size
@@ -74,21 +75,22 @@ class DeviceLinear:
         self.kernel_K = weights.K // weights.group_size * self.kernel_group_size
         self._buffers = {}           # (lanes, layout, order) -> WeightBuffers
         self._kernels = {}           # (algorithm, T, int8 out, variant, threshold) -> Kernel
-        self._calls = OrderedDict()  # (kernel, T, kind) -> RecordedCall
-        # the last two calls' (key, RecordedCall), most recent first: a decode loop, or two
-        # kinds of call taking turns, skips the dictionary above
-        self._recent = (None, None)
+        # (algorithm, T, int8 out, variant, kind) -> (auto threshold, RecordedCall)
+        self._calls = OrderedDict()
 
     @classmethod
-    def of(cls, weights, device):
-        """The :class:`DeviceLinear` of ``weights`` on the open ``device`` (made on first
-        use; dropped with the weights, or when the device closes)."""
+    def of(cls, weights, device=None):
+        """The :class:`DeviceLinear` of ``weights`` on the open ``device`` (``None``: the
+        default device), made on first use; dropped with the weights, or when the device
+        closes."""
+        if device is None:
+            device = default_device()
         per_device = _owners.get(id(weights))
         if per_device is not None:
             owner = per_device.get(device)
             if owner is not None:
                 return owner       # (its calls check that the device is open)
-        device.check_open()
+        resolve(device)          # a Device, and open
         with _owners_lock:
             per_device = _owners.get(id(weights))
             if per_device is None:
@@ -117,7 +119,7 @@ class DeviceLinear:
     @property
     def calls(self):
         """The recorded calls kept (least recently used first)."""
-        return tuple(self._calls.values())
+        return tuple(call for _, call in self._calls.values())
 
     # -- choices -------------------------------------------------------------------------
     def kernel(self, algorithm, t, out_int8=False, variant=None):
@@ -155,30 +157,30 @@ class DeviceLinear:
         self.buffers(self.kernel("auto", 1))
 
     # -- calls ---------------------------------------------------------------------------
-    def recorded_call(self, kernel, t, kind, timed=False, float_input=None, download=True,
-                      act_quant="spec"):
-        """The recorded call of ``kernel`` at ``t`` tokens for ``kind`` (a key naming the
-        options; made with them on a miss, see :class:`~vkqlinear.dispatch.RecordedCall`);
-        call with the device's lock held."""
-        self.device.check_open()
-        key = (kernel, t, kind)
-        a, b = self._recent
-        if a is not None and a[0] == key:
-            return a[1]
-        if b is not None and b[0] == key:
-            self._recent = (b, a)
-            return b[1]
-        call = self._calls.get(key)
-        if call is None:
+    def recorded_call(self, algorithm, t, out_int8=False, variant=None, kind=("int8",),
+                      timed=False, float_input=None, download=True, act_quant="spec"):
+        """The recorded call that runs ``algorithm`` at ``t`` tokens for ``kind`` (a key
+        naming the other options, which make it on a miss; see
+        :class:`~vkqlinear.dispatch.RecordedCall`). Kept per (algorithm, T, output,
+        variant, kind), least recently used dropped after :attr:`MAX_CALLS`; for
+        ``"auto"``, remade when the tuned threshold changes."""
+        if self.device.closed:
+            self.device.check_open()
+        threshold = tuning.auto_threshold(self.device.info) if algorithm == "auto" else None
+        key = (algorithm, t, out_int8, variant, kind)
+        hit = self._calls.get(key)
+        if hit is not None and hit[0] == threshold:
+            self._calls.move_to_end(key)
+            return hit[1]
+        kernel = self.kernel(algorithm, t, out_int8, variant)
+        with self.device.lock:
             call = RecordedCall(self.device, kernel, self.buffers(kernel), t, self.kernel_K,
                                 self.N, timed, float_input, download, act_quant,
                                 (self.group_size, self.kernel_group_size))
-            self._calls[key] = call
+            self._calls[key] = (threshold, call)
+            self._calls.move_to_end(key)
             while len(self._calls) > self.MAX_CALLS:
                 self._calls.popitem(last=False)
-        else:
-            self._calls.move_to_end(key)
-        self._recent = ((key, call), a)
         return call
 
     def run(self, algorithm, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None, *,
@@ -188,11 +190,11 @@ class DeviceLinear:
         ``timed`` records device timestamps around the kernel
         (:meth:`~vkqlinear.dispatch.RecordedCall.kernel_ns`)."""
         t = x2d.shape[0]
-        kernel = self.kernel(algorithm, t, out_scale is not None, variant)
+        call = self.recorded_call(algorithm, t, out_scale is not None, variant,
+                                  _INT8_KINDS[timed], timed)
         if self.kernel_K != x2d.shape[1]:   # padding adds (zp - zp) * 0 to the sums
             x2d = pad_groups(x2d, self.group_size, xz.astype(np.int8))
         with self.device.lock:
-            call = self.recorded_call(kernel, t, _INT8_KINDS[timed], timed)
             out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
         return out, call
 
@@ -203,11 +205,11 @@ class DeviceLinear:
         ``xf2d [T, K]`` from the host, or ``source`` (a
         :class:`~vkqlinear.dispatch.RecordedCall` whose float output is on this device).
         Returns ``(out [T, N] or None when it stays on the device, recorded_call)``."""
-        kernel = self.kernel(algorithm, t, out_scale is not None, variant)
+        call = self.recorded_call(
+            algorithm, t, out_scale is not None, variant,
+            ("float", id(source), download, check_convention(act_quant)), False,
+            "host" if source is None else source, download, act_quant)
         with self.device.lock:
-            call = self.recorded_call(
-                kernel, t, ("float", id(source), download, check_convention(act_quant)), False,
-                "host" if source is None else source, download, act_quant)
             out = call.run_float(xf2d, bias, out_scale, out_zero_point)
         return out, call
 

@@ -23,9 +23,10 @@ import math
 import numpy as np
 
 from . import args, reference
-from .device import resolve
+from .device import Device
 from .device_linear import DeviceLinear, fallback_or_raise
 from .errors import CompilerNotFoundError, VulkanUnavailableError
+from .kernels import ALGORITHMS
 from .quant import pack_int4, quantize_with_qparams, unpack_int4
 from .sources import executorch_q, executorch_scales, executorch_weight_sums
 from .weights import QuantizedWeights, prepack
@@ -33,13 +34,27 @@ from .weights import QuantizedWeights, prepack
 __all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o", "linear_dq8ca_q4gsw"]
 
 
-def _weights(w_packed, group_size, k, **params):
-    """Prepacked weights as given, or raw ones checked and prepacked (``params``: the
-    per-group arguments of :func:`~vkqlinear.prepack`, ``None`` where not given)."""
+def _front(algorithm, device):
+    """The ``algorithm`` and ``device`` arguments, checked (every op's first step; the
+    common values skip the calls)."""
+    if type(algorithm) is not str or algorithm not in _ALGORITHMS:
+        args.algorithm_name(algorithm)
+    if device is not None and type(device) is not Device:
+        args.device_arg(device)
+
+
+_ALGORITHMS = frozenset(ALGORITHMS)
+
+
+def _weights(w_packed, group_size, k, w_scales=None, w_zeros=None, scales_and_zeros=None):
+    """Prepacked weights as given, or raw ones checked and prepacked (the per-group
+    arguments of :func:`~vkqlinear.prepack`, ``None`` where not given)."""
+    if type(w_packed) is QuantizedWeights and group_size is None and w_packed.K == k and \
+            w_scales is None and w_zeros is None and scales_and_zeros is None:
+        return w_packed          # the common call, without the loop below
+    given = {"w_scales": w_scales, "w_zeros": w_zeros, "scales_and_zeros": scales_and_zeros}
     if isinstance(w_packed, QuantizedWeights):
-        if group_size is not None:
-            params = dict(group_size=group_size)
-        for name, value in params.items():
+        for name, value in (("group_size", group_size), *given.items()):
             if value is not None:
                 raise ValueError(f"{name}: not expected with prepacked QuantizedWeights "
                                  "(they already hold it)")
@@ -49,14 +64,14 @@ def _weights(w_packed, group_size, k, **params):
         return w_packed
     if group_size is None:
         raise TypeError("group_size: required with raw w_packed")
-    return prepack(args.packed_weights(w_packed, k), group_size, **params)
+    return prepack(args.packed_weights(w_packed, k), group_size, **given)
 
 
 def _linear(x_q, x2d, xs, xz, lead, weights, bias, out_scale, out_zero_point, algorithm,
             device, variant):
     """Both ops after the activations and weights: check the rest, run (on the weights'
     DeviceLinear, or the reference path), shape the result like ``x_q``."""
-    b = args.bias_vector(bias, weights.N)
+    b = None if bias is None else args.bias_vector(bias, weights.N)
     os_ = oz = None
     if out_scale is not None or out_zero_point is not None:
         os_, oz = args.output_qparams(out_scale, out_zero_point, lead, x2d.shape[0])
@@ -67,7 +82,7 @@ def _linear(x_q, x2d, xs, xz, lead, weights, bias, out_scale, out_zero_point, al
         out = np.zeros((0, weights.N), np.int8 if os_ is not None else np.float32)
     elif algorithm != "reference":
         try:
-            out = DeviceLinear.of(weights, resolve(device)).run(
+            out = DeviceLinear.of(weights, device).run(
                 algorithm, x2d, xs, xz, b, os_, oz, variant=variant)[0]
         except (VulkanUnavailableError, CompilerNotFoundError) as e:
             fallback_or_raise(e, algorithm, device)
@@ -77,7 +92,7 @@ def _linear(x_q, x2d, xs, xz, lead, weights, bias, out_scale, out_zero_point, al
         out = reference.run(x2d, xs, xz, weights, b, os_, oz)
     if len(lead) != 1:
         out = out.reshape(tuple(lead) + (weights.N,))
-    return args.like_input(out, x_q)
+    return out if type(x_q) is np.ndarray else args.like_input(out, x_q)
 
 
 def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_scales=None,
@@ -105,8 +120,7 @@ def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_
 
     Returns: float32 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
-    algorithm = args.algorithm_name(algorithm)
-    args.device_arg(device)
+    _front(algorithm, device)
     x2d, xs, xz, lead = args.activations(x_q, x_scale, x_zero_point)
     weights = _weights(w_packed, group_size, x2d.shape[1], w_scales=w_scales, w_zeros=w_zeros)
     return _linear(x_q, x2d, xs, xz, lead, weights, bias, None, None, algorithm, device,
@@ -135,8 +149,7 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
 
     Returns: int8 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
-    algorithm = args.algorithm_name(algorithm)
-    args.device_arg(device)
+    _front(algorithm, device)
     if not isinstance(w_packed, QuantizedWeights) and scales_and_zeros is None:
         raise TypeError("scales_and_zeros: required with raw w_packed (float32 [G, N, 2])")
     if out_scale is None:
@@ -171,8 +184,7 @@ def linear_dq8ca_q4gsw(input, input_scales, input_zp, weights, weight_sums, weig
 
     Returns: float32 ``[..., N]`` (a torch tensor if ``input`` is one).
     """
-    algorithm = args.algorithm_name(algorithm)
-    args.device_arg(device)
+    _front(algorithm, device)
     x = args.as_array(input, "input", (np.float32,))
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"input: expected float32 [..., K] with K > 0, got {list(x.shape)}")

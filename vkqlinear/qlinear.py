@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import args, reference
-from .device import resolve
 from .device_linear import DeviceLinear, fallback_or_raise
 from .errors import CompilerNotFoundError, VulkanUnavailableError
 from .quant import check_convention, quantize_per_token, quantize_weights, quantize_weights_search
@@ -178,7 +177,7 @@ class QLinear:
         y = None
         if t > 0 and algorithm != "reference":
             try:
-                y, call = DeviceLinear.of(self.weights, resolve(device)).run_float(
+                y, call = DeviceLinear.of(self.weights, device).run_float(
                     algorithm, t, xf2d=None if source is not None else xf.reshape(t, k),
                     source=source.call if source is not None else None, bias=self.bias,
                     out_scale=os_, out_zero_point=oz, download=output == "host",
