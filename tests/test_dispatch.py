@@ -37,13 +37,13 @@ def test_a_repeated_call_records_and_allocates_nothing(rng, device, spy_recordin
     x = (d["x_q"], d["x_scale"], d["x_zero_point"])
     y1 = vq.linear_qta8a_qga4w(*x, qw, algorithm="tiled", device=device)
     (call,) = vq.DeviceLinear.of(qw, device).calls
-    tensors = (call.x, call.y, call.algo, call.seq)
+    tensors = (call.x, call.y, call.seq)
     for _ in range(3):
         np.testing.assert_array_equal(
             vq.linear_qta8a_qga4w(*x, qw, algorithm="tiled", device=device), y1)
     assert len(spy_recording) == 1
     assert vq.DeviceLinear.of(qw, device).calls == (call,)
-    assert (call.x, call.y, call.algo, call.seq) == tensors
+    assert (call.x, call.y, call.seq) == tensors
     np.testing.assert_allclose(y1, _ref(d), rtol=1e-5, atol=1e-5)
 
 
@@ -114,17 +114,36 @@ def test_split_grid_is_correct(rng, algorithm):
 
 
 @pytest.mark.usefixtures("device")
-def test_buffer_larger_than_device_range_is_refused(rng):
-    dev = vq.Device()
-    lim = dict(dev.info.limits, max_storage_buffer_range=3000)
-    dev.info = dataclasses.replace(dev.info, limits=lim)
-    d = make_layer(rng, 64, 64, 8, 32)   # x_q is 4096 bytes
-    with pytest.raises(ValueError, match="maxStorageBufferRange"):
-        vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=dev)
-    small = make_layer(rng, 2, 64, 8, 32)
-    np.testing.assert_allclose(vq.linear_qta8a_qga4w(**small, algorithm="tiled", device=dev),
-                               _ref(small), rtol=1e-5, atol=1e-5)
-    dev.close()
+def test_buffer_larger_than_a_binding_is_refused(rng, monkeypatch):
+    """Activations larger than one binding (which are not split) are refused naming the
+    limit: the device's own, or the smaller VKQLINEAR_MAX_BINDING_BYTES."""
+    from vkqlinear import device as devmod
+    info = vq.devices()[0]
+    small_range = dataclasses.replace(info, limits=dict(info.limits,
+                                                        max_storage_buffer_range=6000))
+    monkeypatch.setattr(devmod, "devices", lambda: [small_range])
+    d = make_layer(rng, 64, 128, 8, 32)   # x_q is 8192 bytes
+    small = make_layer(rng, 2, 128, 8, 32)
+    with vq.Device() as dev:
+        assert dev.max_binding == 6000
+        with pytest.raises(ValueError, match="^x_q: .*6000"):
+            vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=dev)
+        np.testing.assert_allclose(vq.linear_qta8a_qga4w(**small, algorithm="tiled",
+                                                         device=dev),
+                                   _ref(small), rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("VKQLINEAR_MAX_BINDING_BYTES", "4096")
+    with vq.Device() as dev:
+        assert dev.max_binding == 4096
+        with pytest.raises(ValueError, match="^x_q: .*4096"):
+            vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=dev)
+
+
+@pytest.mark.usefixtures("device")
+@pytest.mark.parametrize("bad", ["12", "lots", "-1"])
+def test_bad_binding_limit_setting_is_refused(monkeypatch, bad):
+    monkeypatch.setenv("VKQLINEAR_MAX_BINDING_BYTES", bad)
+    with pytest.raises(ValueError, match="VKQLINEAR_MAX_BINDING_BYTES"):
+        vq.Device()
 
 
 @pytest.mark.parametrize("t,k,n,g", [(2, 16384, 16, 128), (1, 64, 16384, 32),

@@ -14,6 +14,7 @@ from .device_linear import DeviceLinear
 from .errors import (
                      CompilerNotFoundError,
                      DeviceClosedError,
+    DeviceMemoryError,
                      ShaderCompileError,
                      VulkanUnavailableError,
 )
@@ -39,7 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Device", "DeviceInfo", "default_device", "devices", "DeviceLinear", "Variant",
-    "CompilerNotFoundError", "DeviceClosedError", "ShaderCompileError",
+    "CompilerNotFoundError", "DeviceClosedError", "DeviceMemoryError", "ShaderCompileError",
     "VulkanUnavailableError",
     "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o", "linear_dq8ca_q4gsw",
     "from_torchao", "from_executorch", "load_gguf",

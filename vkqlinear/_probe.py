@@ -68,6 +68,8 @@ def probe():
 
             mem = vk.vkGetPhysicalDeviceMemoryProperties(pd)
             heaps = [int(mem.memoryHeaps[i].size) for i in range(mem.memoryHeapCount)]
+            local = [bool(mem.memoryHeaps[i].flags & vk.VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+                     for i in range(mem.memoryHeapCount)]
             qfs = vk.vkGetPhysicalDeviceQueueFamilyProperties(pd)
             compute_q = [q for q in qfs if q.queueFlags & vk.VK_QUEUE_COMPUTE_BIT]
             ops = int(sg.supportedOperations)
@@ -96,6 +98,7 @@ def probe():
                     if compute_q else 0,
                 },
                 "memory_heaps": heaps,
+                "device_local_heaps": local,
                 "subgroup": {
                     "size": int(sg.subgroupSize),
                     "compute": bool(sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT),

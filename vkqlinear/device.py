@@ -24,11 +24,12 @@ import os
 import subprocess
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import INSTALL_HINT, DeviceClosedError, VulkanUnavailableError
+from .errors import INSTALL_HINT, DeviceClosedError, DeviceMemoryError, VulkanUnavailableError
 from .kernels import DeviceCaps, Variant
 
 __all__ = ["DeviceInfo", "Device", "devices", "default_device", "FEATURES"]
@@ -71,6 +72,14 @@ class DeviceInfo:
     features: dict
     extensions: list = field(repr=False)
     properties: dict = field(default_factory=dict, repr=False)  # e.g. dot acceleration
+    device_local_heaps: list = field(default_factory=list, repr=False)  # per heap
+
+    @property
+    def memory_budget(self):
+        """Bytes the library may hold on the device: its largest device-local heap."""
+        local = [size for size, is_local in zip(self.memory_heaps, self.device_local_heaps)
+                 if is_local]
+        return max(local or self.memory_heaps or [0])
 
     @property
     def is_lavapipe(self):
@@ -151,8 +160,35 @@ def _import_kp():
     return kp
 
 
+# Vulkan flag values for kp.OpMemoryBarrier (the patched kp binds it)
+ACCESS_SHADER_READ, ACCESS_SHADER_WRITE, ACCESS_TRANSFER_WRITE = 0x20, 0x40, 0x1000
+STAGE_COMPUTE_SHADER, STAGE_TRANSFER = 0x800, 0x1000
+
 WAITS = ("auto", "block", "yield")
 KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yield_ns)
+KP_PATCH_STORAGE = 9   # the kp patch item that lets storage tensors be copied into
+# Vulkan errors that mean "out of memory", as Kompute's exceptions name them
+_OUT_OF_MEMORY = ("outofdevicememory", "outofhostmemory", "out of memory",
+                  "outofpoolmemory", "toomanyobjects")
+MAX_BINDING_ENV = "VKQLINEAR_MAX_BINDING_BYTES"
+
+
+def binding_limit(info, environ=os.environ):
+    """The largest buffer one binding may hold: the device's ``maxStorageBufferRange``, or
+    ``$VKQLINEAR_MAX_BINDING_BYTES`` where that is smaller (read when a device opens; layers
+    larger than the limit are split)."""
+    limit = int(info.limits["max_storage_buffer_range"])
+    env = environ.get(MAX_BINDING_ENV, "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 4096:
+            raise ValueError(f"{MAX_BINDING_ENV}: expected a byte count of at least 4096, "
+                             f"got {env!r}")
+        limit = min(limit, value)
+    return limit
 # How long a call on a "yield" device polls before it blocks. Long enough for a decode
 # step's kernels; a longer submission blocks after it, so that a thread polling for its
 # whole length does not take a core's worth of time from the device's worker threads
@@ -205,9 +241,18 @@ class Device:
         self.enabled_features = frozenset((get() if get else ())) | (
             {"texelBufferLoads"} if texel else set())
         self._kp_yields = kp_has_eval_io(kp)
+        self._kp_storage = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_STORAGE
         self.wait = wait
         self.lock = threading.RLock()
         self.closed = False
+        self._memory = 0                 # bytes of the buffers the library holds here
+        self._memory_lock = threading.Lock()
+        try:
+            #: the largest buffer one binding holds (``$VKQLINEAR_MAX_BINDING_BYTES``)
+            self.max_binding = binding_limit(self.info)
+        except ValueError:
+            self._mgr.destroy()
+            raise
         self.caps = DeviceCaps.from_info(self.info, self.enabled)
         env = os.environ.get("VKQLINEAR_VARIANT", "").strip()
         try:
@@ -266,19 +311,86 @@ class Device:
     # -- memory ------------------------------------------------------------------------
     def check_binding(self, nbytes, name):
         """Refuse a buffer of ``nbytes`` that one binding of this device cannot hold."""
-        lim = self.info.limits["max_storage_buffer_range"]
+        lim = self.max_binding
         if nbytes > lim:
-            raise ValueError(f"{name}: needs a {nbytes}-byte storage buffer, more than this "
-                             f"device's maxStorageBufferRange of {lim} bytes")
+            src = (f"{MAX_BINDING_ENV}={lim}" if lim < self.info.limits["max_storage_buffer_range"]
+                   else f"this device's maxStorageBufferRange of {lim} bytes")
+            raise ValueError(f"{name}: needs a {nbytes}-byte storage buffer, more than "
+                             f"{src}")
 
-    def upload(self, arrays):
-        """Device tensors holding ``arrays`` (numpy), copied to the device now."""
+    @property
+    def memory_budget(self):
+        """Bytes the library may hold on this device (its largest device-local heap)."""
+        return self.info.memory_budget
+
+    def memory_used(self):
+        """Bytes of the device buffers the library holds on this device: resident weights
+        (one copy each) and the tensors of recorded calls (a device buffer and its host
+        staging buffer each)."""
+        return self._memory
+
+    def _release(self, nbytes):
+        with self._memory_lock:
+            if not self.closed:
+                self._memory -= nbytes
+
+    def _allocate(self, make, nbytes, what):
+        """``make()`` (a kp tensor) counted against the budget; a refused or failed
+        allocation is a :class:`~vkqlinear.errors.DeviceMemoryError`."""
+        with self._memory_lock:
+            used = self._memory
+            if used + nbytes > self.memory_budget:
+                raise DeviceMemoryError(
+                    f"{what}: needs {nbytes} bytes on {self.name}, where vkqlinear holds "
+                    f"{used} of its {self.memory_budget} bytes (Device.memory_used()); drop "
+                    "layers it no longer needs (their QuantizedWeights) or use another device")
+            self._memory += nbytes
+        try:
+            tensor = make()
+        except (RuntimeError, MemoryError) as e:
+            self._release(nbytes)
+            if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _OUT_OF_MEMORY):
+                raise DeviceMemoryError(f"{what}: allocating {nbytes} bytes on {self.name} "
+                                        f"failed ({e}); vkqlinear holds {used} bytes there "
+                                        "(Device.memory_used())") from None
+            raise
+        weakref.finalize(tensor, self._release, nbytes)
+        return tensor
+
+    def tensors(self, arrays, what):
+        """Device tensors (with host staging buffers) initialised from ``arrays``; not yet
+        copied to the device (a recorded call's sequence does that)."""
+        with self.lock:
+            mgr = self.manager
+            return [self._allocate(lambda a=a: mgr.tensor_t(np.ascontiguousarray(a)),
+                                   2 * a.nbytes, what) for a in arrays]
+
+    def upload(self, arrays, what):
+        """Device tensors holding ``arrays``, copied to the device now, for data that stays
+        (weights): device memory only, filled from temporary host-visible tensors (with the
+        kp that tools/setup.sh builds; with another kp they keep a staging copy)."""
         import kp
         with self.lock:
             mgr = self.manager
-            tensors = [mgr.tensor_t(np.ascontiguousarray(a)) for a in arrays]
-            mgr.sequence().eval(kp.OpTensorSyncDevice(tensors))
-        return tensors
+            if not self._kp_storage:
+                tensors = self.tensors(arrays, what)
+                mgr.sequence().eval(kp.OpTensorSyncDevice(tensors))
+                return tensors
+            arrays = [np.ascontiguousarray(a) for a in arrays]
+            resident = [self._allocate(
+                lambda a=a: mgr.tensor_t(a, kp.TensorTypes.storage), a.nbytes, what)
+                for a in arrays]
+            staging = [self._allocate(lambda a=a: mgr.tensor_t(a, kp.TensorTypes.host),
+                                      a.nbytes, what) for a in arrays]
+            seq = mgr.sequence()
+            for src, dst in zip(staging, resident):
+                seq.record(kp.OpTensorCopy([src, dst]))
+            # the copies' writes are visible to the kernels of every later submission
+            seq.record(kp.OpMemoryBarrier(resident, ACCESS_TRANSFER_WRITE, ACCESS_SHADER_READ,
+                                          STAGE_TRANSFER, STAGE_COMPUTE_SHADER))
+            seq.eval()
+            del seq, staging
+        return resident
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self):
@@ -289,6 +401,8 @@ class Device:
             self.closed = True
             mgr, self._mgr = self._mgr, None
             mgr.destroy()
+            with self._memory_lock:
+                self._memory = 0
         global _default
         with _default_lock:
             if _default is self:

@@ -31,7 +31,7 @@ from . import tuning
 from .device import default_device, resolve
 from .dispatch import RecordedCall
 from .kernels import Variant, choose_kernel
-from .layout import device_layout, pad_groups, padded_group_size
+from .layout import device_layout, pad_groups, padded_group_size, split_channels
 from .quant import check_convention, pack_int4, unpack_int4
 
 __all__ = ["DeviceLinear", "fallback_or_raise"]
@@ -43,19 +43,26 @@ _warned_fallback = False
 
 
 class WeightBuffers:
-    """A layer's weights uploaded to a device in one layout: the four tensors the shaders
-    bind (units, scales, offsets, nibble sums) and the padded channel count ``NP``."""
+    """A layer's weights uploaded to a device in one layout, split along N into pieces that
+    each fit one binding (``pieces``: ``[(n0, n1, NP, tensors)]``, the four tensors the
+    shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums, and
+    the piece's padded channel count ``NP``)."""
 
-    def __init__(self, device, weights, lanes, layout, order):
+    def __init__(self, device, weights, lanes, layout, order, split):
         g = weights.group_size
         packed = weights.w_packed
         if padded_group_size(g) != g:   # groups padded with q = 0 (nibble 8)
             packed = pack_int4(pad_groups(unpack_int4(packed), g, 0))
-        words, ws, wo, wsu, self.NP = device_layout(
-            packed, padded_group_size(g), weights.w_scales, weights.w_offsets, lanes, layout,
-            order)
-        device.check_binding(words.nbytes, "w_packed (prepacked)")
-        self.tensors = device.upload([words, ws, wo, wsu])
+        self.pieces = []
+        for n0, n1 in split:
+            words, ws, wo, wsu, np_ = device_layout(
+                packed[n0:n1], padded_group_size(g), weights.w_scales[n0:n1],
+                weights.w_offsets[n0:n1], lanes, layout, order)
+            for name, a in (("w_packed (prepacked)", words), ("w_scales", ws)):
+                device.check_binding(a.nbytes, name)
+            tensors = device.upload([words, ws, wo, wsu], f"the weights of an {weights.N} x "
+                                    f"{weights.K} layer (channels {n0} to {n1 - 1})")
+            self.pieces.append((n0, n1, np_, tensors))
 
 
 class DeviceLinear:
@@ -113,7 +120,7 @@ class DeviceLinear:
 
     @property
     def layouts(self):
-        """The ``(lanes, layout, order)`` of every weight upload on the device."""
+        """The ``(lanes, layout, order, pieces)`` of every weight upload on the device."""
         return tuple(self._buffers)
 
     @property
@@ -141,9 +148,17 @@ class DeviceLinear:
             self._kernels[key] = kernel
         return kernel
 
-    def buffers(self, kernel):
-        """The weights in ``kernel``'s layout on the device, uploaded on first use."""
-        key = (kernel.lanes, kernel.layout, kernel.order)
+    def split(self, kernel, t=1):
+        """The pieces ``[(n0, n1)]`` the layer's channels are split into for ``kernel`` at
+        ``t`` tokens, so that every buffer fits one binding (one piece when it fits)."""
+        return split_channels(self.N, self.kernel_K, self.kernel_group_size, kernel.lanes, t,
+                              1 if kernel.out_int8 else 4, self.device.max_binding)
+
+    def buffers(self, kernel, t=1):
+        """The weights in ``kernel``'s layout on the device, split as :meth:`split` says for
+        ``t`` tokens, uploaded on first use."""
+        split = tuple(self.split(kernel, t))
+        key = (kernel.lanes, kernel.layout, kernel.order, split)
         with self.device.lock:
             self.device.check_open()
             buf = self._buffers.get(key)
@@ -174,7 +189,7 @@ class DeviceLinear:
             return hit[1]
         kernel = self.kernel(algorithm, t, out_int8, variant)
         with self.device.lock:
-            call = RecordedCall(self.device, kernel, self.buffers(kernel), t, self.kernel_K,
+            call = RecordedCall(self.device, kernel, self.buffers(kernel, t), t, self.kernel_K,
                                 self.N, timed, float_input, download, act_quant,
                                 (self.group_size, self.kernel_group_size))
             self._calls[key] = (threshold, call)

@@ -16,15 +16,19 @@ from __future__ import annotations
 import numpy as np
 
 from .compiler import compile_shader
-from .device import R32G32B32A32_UINT, TEXEL_BYTES, kp_has_eval_io
+from .device import (
+    ACCESS_SHADER_READ,
+    ACCESS_SHADER_WRITE,
+    R32G32B32A32_UINT,
+    STAGE_COMPUTE_SHADER,
+    TEXEL_BYTES,
+    kp_has_eval_io,
+)
 from .quant import CONVENTIONS, check_convention
 
 __all__ = ["RecordedCall", "evaluate", "quantizer_constants"]
 
 
-# Vulkan flag values for kp.OpMemoryBarrier (the patched kp binds it).
-_SHADER_READ, _SHADER_WRITE = 0x20, 0x40           # VkAccessFlagBits
-_COMPUTE_SHADER = 0x800                            # VkPipelineStageFlagBits
 QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
 EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests turn it off)
 
@@ -55,60 +59,73 @@ def evaluate(device, seq):
 def _shader_barrier(kp, tensors):
     """Compute-to-compute barrier: earlier shader writes of ``tensors`` become visible to
     later shader reads (across submissions too: a barrier covers all earlier commands)."""
-    return kp.OpMemoryBarrier(tensors, _SHADER_WRITE, _SHADER_READ, _COMPUTE_SHADER,
-                              _COMPUTE_SHADER)
+    return kp.OpMemoryBarrier(tensors, ACCESS_SHADER_WRITE, ACCESS_SHADER_READ,
+                              STAGE_COMPUTE_SHADER, STAGE_COMPUTE_SHADER)
 
 
 class RecordedCall:
-    """Tensors, pipelines and sequence for one (kernel, T, K) on one prepacked weights.
+    """Tensors, pipelines and sequence for one (kernel, T, K) on one layer's weights.
 
-    ``float_input``: ``None`` for int8 activations uploaded from the host; else the
-    activations are float32 rows quantized on the device (``quantize_tokens.comp``) in
-    the same sequence, read either from this call's own ``xf`` tensor (``float_input ==
-    "host"``) or from another call's float output (``float_input`` is that
-    :class:`RecordedCall`: chaining without a host round trip). ``download=False`` leaves
-    the output on the device (read it later with :meth:`download`).
+    ``weight_buffers.pieces``: the layer's channels in pieces that each fit one binding;
+    each piece has its own pipeline, bias and output tensors, and all run in the one
+    sequence, on the same activations. ``float_input``: ``None`` for int8 activations
+    uploaded from the host; else the activations are float32 rows quantized on the device
+    (``quantize_tokens.comp``) in the same sequence, read either from this call's own
+    ``xf`` tensor (``float_input == "host"``) or from another call's float output
+    (``float_input`` is that :class:`RecordedCall`: chaining without a host round trip).
+    ``download=False`` leaves the output on the device (read it later with
+    :meth:`download`; one piece only).
     """
 
     def __init__(self, device, kernel, weight_buffers, t, k, n, timed=False, float_input=None,
                  download=True, act_quant="spec", group=None):
         import kp
+        pieces = weight_buffers.pieces
+        if not download and len(pieces) > 1:
+            raise ValueError(f"output: 'device' needs the layer's output in one buffer; this "
+                             f"layer's {n} channels are split in {len(pieces)} pieces to fit "
+                             f"a binding of {device.max_binding} bytes")
         self.kernel = kernel
-        self.t, self.k, self.n, self.np_ = t, k, n, weight_buffers.NP
+        self.t, self.k, self.n = t, k, n
         self.device = device
         self.generation = 0          # runs so far: a device-resident output's version
-        np_ = self.np_
-        out_words = t * np_ // 4 if kernel.out_int8 else t * np_
         # X rounded up to whole 16-byte texels (the texel-load variant reads 16 at a time)
         x_words = -(-t * k // TEXEL_BYTES) * (TEXEL_BYTES // 4)
         device.check_binding(x_words * 4, "x_q")
-        device.check_binding(out_words * 4, "output")
         spirv = compile_shader(kernel.shader, dict(kernel.defines))
         limits = device.info.limits["max_workgroup_count"]
-        gx, gy, n_disp = kernel.grid(t, np_, limits)
         mgr = device.manager
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
-        self.x = mgr.tensor_t(np.zeros(x_words, np.uint32))
-        self.xs = mgr.tensor_t(np.zeros(t, np.float32))
-        self.xz = mgr.tensor_t(np.zeros(t, np.int32))
-        self.bias = mgr.tensor_t(np.zeros(np_, np.float32))
-        self.os = mgr.tensor_t(np.ones(q, np.float32))
-        self.oz = mgr.tensor_t(np.zeros(q, np.int32))
-        self.y = mgr.tensor_t(np.zeros(out_words, np.float32 if not kernel.out_int8
-                                       else np.uint32))
-        tensors = ([self.x, self.xs, self.xz] + weight_buffers.tensors
-                   + [self.bias, self.os, self.oz, self.y])
+        self.x, self.xs, self.xz, self.os, self.oz = device.tensors(
+            [np.zeros(x_words, np.uint32), np.zeros(t, np.float32), np.zeros(t, np.int32),
+             np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
-        if kernel.variant.texel:      # X and the weight tensors as texel buffers (kp patch)
-            texel = [self.x] + weight_buffers.tensors
-            kp.Algorithm.set_next_texel_formats(
-                [R32G32B32A32_UINT if any(u is v for v in texel) else 0 for u in tensors])
-        self.algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec, self._push(0))
-        self.n_dispatch = n_disp
+        self._pieces = []          # (n0, n1, NP, bias tensor, output tensor, algorithm, grid)
+        for n0, n1, np_, wt in pieces:
+            out_words = t * np_ // 4 if kernel.out_int8 else t * np_
+            device.check_binding(out_words * 4, "output")
+            bias, y = device.tensors(
+                [np.zeros(np_, np.float32),
+                 np.zeros(out_words, np.uint32 if kernel.out_int8 else np.float32)],
+                f"a recorded call at T={t}")
+            tensors = [self.x, self.xs, self.xz] + wt + [bias, self.os, self.oz, y]
+            if kernel.variant.texel:  # X and the weight tensors as texel buffers (kp patch)
+                texel = [self.x] + wt
+                kp.Algorithm.set_next_texel_formats(
+                    [R32G32B32A32_UINT if any(u is v for v in texel) else 0 for u in tensors])
+            gx, gy, n_disp = kernel.grid(t, np_, limits)
+            algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec,
+                                 self._push(n1 - n0, np_, 0))
+            self._pieces.append((n0, n1, np_, bias, y, algo, (gy, n_disp)))
+        self.n_dispatch = sum(p[6][1] for p in self._pieces)
+        # one piece (the common case): its output is the call's, readable by a next layer
+        self.y, self.np_ = (self._pieces[0][4], self._pieces[0][2]) if len(pieces) == 1 \
+            else (None, None)
+        biases = [p[3] for p in self._pieces]
         self.source = float_input if isinstance(float_input, RecordedCall) else None
         n_quant = 0
         if float_input is None:
-            inputs = [self.x, self.xs, self.xz, self.bias, self.os, self.oz]
+            inputs = [self.x, self.xs, self.xz] + biases + [self.os, self.oz]
         else:
             # the float rows hold K_in = k / g_out * g_in values; the quantizer pads each
             # group of g_in to the kernel's g_out (both multiples of 4) with the zero point
@@ -116,11 +133,12 @@ class RecordedCall:
             k_in = k // g_out * g_in
             if self.source is not None:      # the producer's padded float output rows
                 xf, stride = self.source.y, self.source.np_
-                inputs = [self.bias, self.os, self.oz]
+                inputs = biases + [self.os, self.oz]
             else:
-                xf, stride = mgr.tensor_t(np.zeros(t * k_in, np.float32)), k_in
+                (xf,), stride = device.tensors([np.zeros(t * k_in, np.float32)],
+                                               f"float activations at T={t}"), k_in
                 self._xf_in = xf.data().reshape(t, k_in)     # see the views below
-                inputs = [xf, self.bias, self.os, self.oz]
+                inputs = [xf] + biases + [self.os, self.oz]
             qgy = min(t, limits[1])
             n_quant = -(-t // qgy)
             self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
@@ -135,37 +153,50 @@ class RecordedCall:
             ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * qgy)) for i in range(n_quant)]
             ops.append(_shader_barrier(kp, [self.x, self.xs, self.xz]))
         self._first_linear = len(ops)     # timestamp i is taken after op i - 1
-        self.seq = mgr.sequence(0, len(ops) + n_disp + 2) if timed else mgr.sequence()
+        self.seq = mgr.sequence(0, len(ops) + self.n_dispatch + 2) if timed else \
+            mgr.sequence()
         for op in ops:
             self.seq.record(op)
-        rows = gy * kernel.tokens_per_row
-        for i in range(n_disp):
-            self.seq.record(kp.OpAlgoDispatch(self.algo, self._push(i * rows)))
+        for n0, n1, np_, _, _, algo, (gy, n_disp) in self._pieces:
+            rows = gy * kernel.tokens_per_row
+            for i in range(n_disp):
+                self.seq.record(kp.OpAlgoDispatch(algo, self._push(n1 - n0, np_, i * rows)))
         self._download = download
         if download:
-            self.seq.record(kp.OpTensorSyncLocal([self.y]))
+            self.seq.record(kp.OpTensorSyncLocal([p[4] for p in self._pieces]))
         self._has_bias = False
         # Numpy views of the tensors' host memory, made once: each kp data() call costs
         # microseconds. The memory stays mapped as long as the device is open, and every
         # use goes through device.check_open first.
         self._x_in = self.x.data().view(np.int8)[:t * k].reshape(t, k)
         self._xs_in, self._xz_in = self.xs.data(), self.xz.data()
-        self._bias_in, self._os_in, self._oz_in = (self.bias.data(), self.os.data(),
-                                                   self.oz.data())
-        y = self.y.data()
-        self._y_out = (y.view(np.int8) if kernel.out_int8 else y).reshape(t, np_)[:, :n]
+        self._os_in, self._oz_in = self.os.data(), self.oz.data()
+        self._bias_in = [p[3].data()[:p[1] - p[0]] for p in self._pieces]
+        self._y_outs = []
+        for n0, n1, np_, _, y, _, _ in self._pieces:
+            y = y.data()
+            self._y_outs.append((y.view(np.int8) if kernel.out_int8 else y)
+                                .reshape(t, np_)[:, :n1 - n0])
+        self._y_out = self._y_outs[0] if len(self._pieces) == 1 else None
+        self._bias_slices = [slice(p[0], p[1]) for p in self._pieces]
         self._int8_views = [self._x_in, self._xs_in, self._xz_in]
         # the patched kp's one-call round trip (copies, eval, copy out, and the wait the
         # device asks for); None on a stock kp, or one built before the patch's item 8
         self._eval_io = self.seq.eval_io if _kp_eval_io(kp) else None
 
     @property
+    def pieces(self):
+        """How many pieces the layer's channels are split in (one when they fit a
+        binding)."""
+        return len(self._pieces)
+
+    @property
     def uses_eval_io(self):
         """Whether a run goes through the patched kp's ``Sequence.eval_io``."""
         return self._eval_io is not None
 
-    def _push(self, token_base):
-        return np.array([self.t, self.k, self.n, self.np_, token_base], dtype=np.uint32)
+    def _push(self, n, np_, token_base):
+        return np.array([self.t, self.k, n, np_, token_base], dtype=np.uint32)
 
     def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
         """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
@@ -184,18 +215,21 @@ class RecordedCall:
         replay the sequence, return a copy of the output (``None`` if it stays on the
         device). The inputs are canonical: C-contiguous, the views' shapes and dtypes."""
         if bias is not None:
-            inputs, views = inputs + [bias], views + [self._bias_in[:self.n]]
+            inputs = inputs + [bias[s] for s in self._bias_slices]
+            views = views + self._bias_in
             self._has_bias = True
         elif self._has_bias:          # the previous call's bias, still on the device
-            self._bias_in[:] = 0.0
+            for v in self._bias_in:
+                v[:] = 0.0
             self._has_bias = False
         if self.kernel.out_int8:
             inputs = inputs + [out_scale, out_zero_point]
             views = views + [self._os_in, self._oz_in]
         self.generation += 1
         if self._eval_io is not None:
-            return self._eval_io(inputs, views, self._y_out if self._download else None,
-                                 self.device.yield_ns)
+            out = self._eval_io(inputs, views, self._y_out if self._download else None,
+                                self.device.yield_ns)
+            return out if self._y_out is not None or not self._download else self._output()
         for a, v in zip(inputs, views):
             np.copyto(v, a)
         self.seq.eval()
@@ -223,7 +257,10 @@ class RecordedCall:
             evaluate(self.device, seq)
 
     def _output(self):
-        return self._y_out.copy()   # a copy: the tensor memory is reused by the next call
+        # a copy: the tensor memory is reused by the next call
+        if self._y_out is not None:
+            return self._y_out.copy()
+        return np.concatenate(self._y_outs, axis=1)
 
     def kernel_ns(self, timestamp_period_ns):
         """Device time of the linear dispatches of the last run, in ns (``timed`` only)."""

@@ -20,3 +20,9 @@ class ShaderCompileError(RuntimeError):
 class DeviceClosedError(ValueError):
     """An operation used a :class:`~vkqlinear.Device` (or an object made on it) after
     ``close()``. A ``ValueError``, as docs/spec.md asks for arrays on a closed device."""
+
+
+class DeviceMemoryError(MemoryError):
+    """An allocation on a :class:`~vkqlinear.Device` failed, or would take the library past
+    the device's memory budget; the message says what was asked for and what is resident.
+    Nothing already resident is affected."""

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["device_layout", "padded_group_size", "pad_groups"]
+__all__ = ["device_layout", "padded_group_size", "pad_groups", "split_channels"]
 
 
 def padded_group_size(group_size):
@@ -112,3 +112,30 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     sum_u = u.reshape(np_, g, group_size).sum(axis=2, dtype=np.int32)
     return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
             groups(w_offsets, np.float32), groups(sum_u[:n], np.int32), np_)
+
+
+def split_channels(n, k, group_size, lanes, t, out_bytes, limit):
+    """The output channels of an ``N x K`` layer in pieces whose buffers each fit one
+    binding of ``limit`` bytes: ``[(n0, n1), ...]``, one piece when the layer fits.
+
+    A piece's buffers scale with its padded channel count ``NP``: the weight units
+    (``NP * K / 2`` bytes), each array of group data (``NP * G * 4``), the bias
+    (``NP * 4``) and the output at ``t`` tokens (``t * NP * out_bytes``). Pieces are whole
+    blocks of ``8 * lanes`` channels (the layout's interleave), as equal as they can be.
+    """
+    blk = 8 * lanes
+    weights = max(blk * k // 2, blk * (k // group_size) * 4, blk * 4)
+    output = t * blk * out_bytes
+    fit = limit // max(weights, output)
+    if fit < 1:
+        if output > weights:
+            raise ValueError(f"x_q: the output of {t} tokens for one block of {blk} channels "
+                             f"needs {output} bytes in one binding, more than the limit of "
+                             f"{limit}; call with fewer tokens at a time")
+        raise ValueError(f"w_packed: one block of {blk} channels at K={k} needs {weights} "
+                         f"bytes in one binding, more than the limit of {limit}")
+    blocks = -(-n // blk)
+    pieces = -(-blocks // fit)
+    per = -(-blocks // pieces)
+    edges = [min(n, i * per * blk) for i in range(pieces)] + [n]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]

@@ -1,0 +1,180 @@
+"""Real model sizes: layers split along N to fit a binding (bit for bit the same result),
+the device memory the library holds, and what happens when it runs out."""
+
+import dataclasses
+import gc
+
+import numpy as np
+import pytest
+
+import vkqlinear as vq
+from vkqlinear import device as devmod
+from vkqlinear.layout import split_channels
+
+from .conftest import make_layer
+
+
+def test_split_channels_covers_n_in_whole_blocks_that_fit():
+    for n, k, g, lanes, t, limit in [(1000, 256, 32, 8, 3, 40_000), (128256, 4096, 32, 8, 1,
+                                                                      1 << 27),
+                                     (300, 64, 8, 16, 1, 8192), (64, 64, 32, 8, 1, 1 << 20)]:
+        pieces = split_channels(n, k, g, lanes, t, 4, limit)
+        assert pieces[0][0] == 0 and pieces[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        blk = 8 * lanes
+        for n0, n1 in pieces[:-1]:
+            assert n0 % blk == 0 and (n1 - n0) % blk == 0
+        for n0, n1 in pieces:
+            np_ = -(-(n1 - n0) // blk) * blk
+            assert max(np_ * k // 2, np_ * (k // g) * 4, t * np_ * 4) <= limit
+    assert len(split_channels(128256, 4096, 32, 8, 1, 4, 1 << 27)) == 2   # 250 MiB of units
+
+
+@pytest.fixture
+def small_binding(monkeypatch, device):
+    """A device whose bindings hold 8 KiB (the documented setting, read at open)."""
+    monkeypatch.setenv("VKQLINEAR_MAX_BINDING_BYTES", "8192")
+    with vq.Device() as dev:
+        yield dev
+
+
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+def test_split_layer_equals_the_unsplit_one_bit_for_bit(rng, device, small_binding, algorithm):
+    d = make_layer(rng, 5, 256, 300, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    x = (d["x_q"], d["x_scale"], d["x_zero_point"])
+    b = rng.standard_normal(300).astype(np.float32)
+    os_, oz = np.full(5, 0.1, np.float32), np.arange(5, dtype=np.int32)
+    for variant in [v.name for v in device.caps.variants(algorithm)]:
+        kw = dict(algorithm=algorithm, variant=variant)
+        whole = vq.linear_qta8a_qga4w(*x, qw, bias=b, device=device, **kw)
+        split = vq.linear_qta8a_qga4w(*x, qw, bias=b, device=small_binding, **kw)
+        np.testing.assert_array_equal(split, whole, err_msg=variant)
+        split8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=os_, out_zero_point=oz,
+                                             device=small_binding, **kw)
+        whole8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=os_, out_zero_point=oz,
+                                             device=device, **kw)
+        np.testing.assert_array_equal(split8, whole8, err_msg=variant)
+    calls = vq.DeviceLinear.of(qw, small_binding).calls
+    assert calls and all(c.pieces > 1 for c in calls)
+    # float in, quantized on the device, bias on then off: the same
+    xf = rng.standard_normal((5, 256)).astype(np.float32)
+    for bias in (b, None):
+        whole = vq.QLinear(qw, bias, device)(xf, algorithm=algorithm)
+        np.testing.assert_array_equal(vq.QLinear(qw, bias, small_binding)(xf,
+                                                                          algorithm=algorithm),
+                                      whole)
+
+
+class _Manager:
+    """A device's Kompute manager, with its tensor_t watched or refused."""
+
+    def __init__(self, mgr, on_tensor):
+        self._mgr, self._on_tensor = mgr, on_tensor
+
+    def tensor_t(self, data, *args):
+        self._on_tensor(data)
+        return self._mgr.tensor_t(data, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._mgr, name)
+
+
+def _watch_manager(monkeypatch, on_tensor):
+    real = devmod.Device.manager
+    monkeypatch.setattr(devmod.Device, "manager",
+                        property(lambda self: _Manager(real.fget(self), on_tensor)))
+
+
+def test_split_respects_the_limit_it_is_given(rng, device, small_binding, monkeypatch):
+    sizes = []
+    _watch_manager(monkeypatch, lambda data: sizes.append(data.nbytes))
+    d = make_layer(rng, 3, 256, 300, 32)
+    y = vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=small_binding)
+    assert len(sizes) > 8 and max(sizes) <= 8192
+    np.testing.assert_allclose(y, vq.linear_qta8a_qga4w(**d, algorithm="reference"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_split_layer_cannot_keep_its_output_on_the_device(rng, small_binding):
+    layer = vq.QLinear.from_float(rng.standard_normal((300, 256)).astype(np.float32),
+                                  device=small_binding)
+    with pytest.raises(ValueError, match="output: 'device'.*split"):
+        layer(rng.standard_normal((2, 256)).astype(np.float32), output="device")
+    assert layer(rng.standard_normal((2, 256)).astype(np.float32)).shape == (2, 300)
+
+
+def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
+    with vq.Device() as dev:
+        assert dev.memory_used() == 0
+        d = make_layer(rng, 2, 256, 64, 32)
+        qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"], device=dev)
+        resident = dev.memory_used()
+        assert resident >= 64 * 256 // 2            # at least the packed weights
+        vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw, device=dev)
+        assert dev.memory_used() > resident          # plus a recorded call's tensors
+        del qw
+        gc.collect()
+        assert dev.memory_used() == 0
+    assert dev.memory_used() == 0
+
+
+@pytest.mark.usefixtures("device")
+def test_out_of_memory_is_a_clear_error_and_resident_layers_keep_working(rng, monkeypatch):
+    """Upload layers (and call each once) until the budget is exhausted (here a 1 MiB
+    heap): the next upload or call is a DeviceMemoryError naming what was asked for and
+    what is resident; the layers already resident still give the right answers; dropping
+    some makes room again."""
+    info = vq.devices()[0]
+    tiny = dataclasses.replace(info, memory_heaps=[1 << 20], device_local_heaps=[True])
+    monkeypatch.setattr(devmod, "devices", lambda: [tiny])
+    with vq.Device() as dev:
+        assert dev.memory_budget == 1 << 20
+        layers, refs = [], []
+        with pytest.raises(vq.DeviceMemoryError) as err:
+            for _ in range(100):
+                d = make_layer(rng, 2, 512, 256, 32)
+                qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"], device=dev)
+                vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                      device=dev)
+                layers.append((d, qw))
+                refs.append(vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"],
+                                                  qw, algorithm="reference"))
+        msg = str(err.value)
+        assert "needs" in msg and "bytes" in msg and "memory_used" in msg
+        assert isinstance(err.value, MemoryError) and len(layers) >= 2
+        used = dev.memory_used()
+        assert used <= dev.memory_budget
+        for (d, qw), ref in zip(layers, refs):
+            y = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                      device=dev)
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+        del layers[:2]         # an upload also needs room for its staging copy meanwhile
+        gc.collect()
+        assert dev.memory_used() < used
+        d = make_layer(rng, 2, 512, 256, 32)
+        vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"], device=dev)
+
+
+@pytest.mark.parametrize("error,raised", [
+    ("vk::Device::allocateMemory: ErrorOutOfDeviceMemory", vq.DeviceMemoryError),
+    ("vk::Device::createBuffer: ErrorOutOfHostMemory", vq.DeviceMemoryError),
+    ("something else", RuntimeError)])
+def test_failed_vulkan_allocation(rng, device, monkeypatch, error, raised):
+    """An allocation the driver refuses (Kompute raises) is a DeviceMemoryError, is not
+    charged to the budget, and the device goes on working."""
+    d = make_layer(rng, 2, 256, 64, 32)
+    with vq.Device() as dev:
+        before = dev.memory_used()
+
+        def refuse(data):
+            raise RuntimeError(error)
+        with monkeypatch.context() as m:
+            _watch_manager(m, refuse)
+            with pytest.raises(raised) as e:
+                vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"], device=dev)
+        assert raised is RuntimeError or "bytes" in str(e.value)
+        assert dev.memory_used() == before
+        y = vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=dev)
+        np.testing.assert_allclose(y, vq.linear_qta8a_qga4w(**d, algorithm="reference"),
+                                   rtol=1e-5, atol=1e-5)
