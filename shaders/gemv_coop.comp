@@ -15,12 +15,34 @@
 //                    the lanes of one subgroup (the host sets LOCAL_X to the device's
 //                    subgroup size) and reduce with subgroupAdd: no shared memory and no
 //                    barrier, which also keeps CPU implementations (lavapipe) from
-//                    splitting the kernel at barriers.
+//                    splitting the kernel at barriers. A device may run the pipeline at
+//                    another subgroup size than the one it reports; the kernel checks, and
+//                    then reduces each row through shared memory instead (slower, right).
 #include "common.glsl"
 #include "tile.glsl"
 
 #ifdef SUBGROUP_REDUCE
 const uint WORKERS = LOCAL_X;
+// The fallback's scratch: one value per invocation (LOCAL_X * LOCAL_Y <= the device's
+// maxComputeWorkGroupInvocations, so it fits any device's shared memory).
+shared float row_sum[LOCAL_Y][LOCAL_X];
+
+// tile_total summed over the workers of each block through shared memory, one value at a
+// time (call in uniform control flow: every invocation of the workgroup).
+void reduce_rows_shared(uint w, uint lb) {
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) {
+            row_sum[lb][w] = tile_total[i][c];
+            barrier();
+            for (uint s = LOCAL_X / 2u; s > 0u; s >>= 1u) {
+                if (w < s) row_sum[lb][w] += row_sum[lb][w + s];
+                barrier();
+            }
+            tile_total[i][c] = row_sum[lb][0];
+            barrier();
+        }
+    }
+}
 #else
 const uint WORKERS = LOCAL_Y;
 shared float partial[LOCAL_Y][LOCAL_X * TM * 8u];
@@ -52,8 +74,14 @@ void main() {
     tile_flush();
 
 #ifdef SUBGROUP_REDUCE
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = subgroupAdd(tile_total[i][c]);
+    // One subgroup per row of LOCAL_X workers only when the pipeline runs at the reported
+    // size; gl_SubgroupSize and gl_NumSubgroups are uniform across the workgroup.
+    if (gl_SubgroupSize == LOCAL_X && gl_NumSubgroups == LOCAL_Y) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = subgroupAdd(tile_total[i][c]);
+        }
+    } else {
+        reduce_rows_shared(w, lb);
     }
 #else
     [[unroll]] for (uint i = 0u; i < TM; i++) {

@@ -127,3 +127,25 @@ def test_wait_ab_script(capsys, device):
     for mode in ("block", "yield"):
         line = next(v for v in out.splitlines() if v.startswith(f"{mode}:"))
         assert float(line.split("kernel / block's")[1]) > 0
+
+
+def test_decoder_benchmark_tiny(tmp_path, capsys, device):
+    """bench --model tiny: every Linear of the tiny decoder resident, decode and prefill
+    measured, memory reported, CPU baselines, one layer split past a lowered binding."""
+    from vkqlinear import model_bench
+    shapes = model_bench.linear_shapes(model_bench.MODELS["tiny"])
+    assert len(shapes) == 2 * 7 + 1 and shapes[-1] == ("lm_head", 256, 4096)
+    llama = model_bench.linear_shapes(model_bench.MODELS["llama-3.2-1b"])
+    assert len(llama) == 113
+    assert sum(k * n for _, k, n in llama) == 1_235_746_816      # without the embeddings
+    assert bench.main(["--model", "tiny", "--out", str(tmp_path)]) == 0
+    doc = json.loads(next(tmp_path.glob("model-tiny-*.json")).read_text())
+    assert doc["weights"] == "random" and doc["linear_layers"] == 15
+    for phase, t in (("decode", 1), ("prefill", 128)):
+        p = doc[phase]
+        assert p["T"] == t and p["kernel_s"] > 0 and p["wall_s"] > 0
+        assert p["tokens_per_s"] == pytest.approx(t / p["wall_s"])
+        assert p["host_share"] == pytest.approx(p["wall_s"] / p["kernel_s"])
+    assert doc["device_bytes_resident"] >= doc["sizes_bytes"]["int4_g32_packed"]
+    assert set(doc["cpu"]) == {"float32", "dynamic_int8"}
+    assert "the shapes are real, the weights are not" in capsys.readouterr().out

@@ -178,3 +178,25 @@ def test_failed_vulkan_allocation(rng, device, monkeypatch, error, raised):
         y = vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=dev)
         np.testing.assert_allclose(y, vq.linear_qta8a_qga4w(**d, algorithm="reference"),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [2, 0.5])
+def test_cooperative_kernel_is_right_at_another_subgroup_size(rng, device, factor):
+    """A device may run a pipeline at another subgroup size than the one it reports (some
+    GPUs do unless the size is required): here the library is told twice or half the real
+    size, so the subgroup COOPERATIVE kernel's rows are not one subgroup each. The kernel
+    notices and reduces through shared memory: still within the contract."""
+    from vkqlinear import conformance
+    real = device.info.subgroup["size"]
+    with vq.Device() as dev:
+        dev.caps = dataclasses.replace(dev.caps, subgroup_size=max(4, int(real * factor)))
+        variants = [v for v in dev.caps.variants("cooperative") if v.subgroup]
+        if not variants:
+            pytest.skip(f"{dev.name} has no subgroup arithmetic")
+        for variant in variants:
+            for case in [conformance.Case("wrong sg T=3", (3,), 256, 40, 32, bias=True,
+                                          seed=5),
+                         conformance.Case("wrong sg T=1 int8", (1,), 1280, 24, 32, "float",
+                                          "int8", seed=6)]:
+                ok, msg = conformance.run_case(case, "cooperative", dev, variant)
+                assert ok, f"{variant.name} at subgroup size {dev.caps.subgroup_size}: {msg}"

@@ -40,6 +40,7 @@ from . import __version__, args, conformance, ops
 from .calibrate import alu_kernel, read_kernel
 from .device import WAITS, Device
 from .device_linear import DeviceLinear
+from .model_bench import MODELS, run_model
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
 from .tuning import store_threshold
 from .weights import prepack
@@ -378,7 +379,16 @@ def main(argv=None):
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--tune", action="store_true",
                     help="store the measured crossover as this device's auto threshold")
+    ap.add_argument("--model", choices=sorted(MODELS),
+                    help="instead of the kernel sweep: every Linear of this decoder resident "
+                         "on the device, decode (T=1) and prefill (T=128) throughput "
+                         "(vkqlinear.model_bench)")
+    ap.add_argument("--big-layer", action="store_true",
+                    help="with --model: also time one layer larger than a binding "
+                         "(4096 x 128256)")
     a = ap.parse_args(argv)
+    if a.model:
+        return model_main(a)
     shapes = _shapes(a.shapes) if a.shapes else (
         SHAPE_SETS["llama-7b"] + SHAPE_SETS["minilm"] if a.full else SHAPE_SETS["quick"])
     tokens = _parse_list(a.tokens) if a.tokens else TOKENS
@@ -452,6 +462,24 @@ def main(argv=None):
         path = store_threshold(dev.info, threshold, {"measured": doc["date"],
                                                      "crossovers": crossovers})
         print(f"tuned: auto threshold T <= {threshold} -> cooperative, stored in {path}")
+    return 0
+
+
+def model_main(a):
+    """``bench --model``: the decoder benchmark, its report as JSON beside the sweep's."""
+    dev = Device(a.device, wait=a.wait)
+    print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
+          f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
+    report = run_model(dev, a.model, baselines=not a.no_baselines, big_layer=a.big_layer)
+    report.update(date=_dt.datetime.now().isoformat(timespec="seconds"),
+                  commit=_git_commit(), vkqlinear=__version__,
+                  host={"machine": platform.machine(), "cpus": os.cpu_count(),
+                        "python": platform.python_version(), "numpy": np.__version__})
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"model-{a.model}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nJSON: {path}")
     return 0
 
 

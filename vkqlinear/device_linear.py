@@ -214,15 +214,17 @@ class DeviceLinear:
         return out, call
 
     def run_float(self, algorithm, t, xf2d=None, source=None, bias=None, out_scale=None,
-                  out_zero_point=None, *, download=True, variant=None, act_quant="spec"):
+                  out_zero_point=None, *, download=True, variant=None, act_quant="spec",
+                  timed=False):
         """Float activations quantized per token on the device (``act_quant``: a convention
         of :data:`vkqlinear.quant.CONVENTIONS`), then the linear kernel, in one submission:
         ``xf2d [T, K]`` from the host, or ``source`` (a
         :class:`~vkqlinear.dispatch.RecordedCall` whose float output is on this device).
-        Returns ``(out [T, N] or None when it stays on the device, recorded_call)``."""
+        Returns ``(out [T, N] or None when it stays on the device, recorded_call)``;
+        ``timed`` as in :meth:`run`."""
         call = self.recorded_call(
             algorithm, t, out_scale is not None, variant,
-            ("float", id(source), download, check_convention(act_quant)), False,
+            ("float", id(source), download, check_convention(act_quant), timed), timed,
             "host" if source is None else source, download, act_quant)
         with self.device.lock:
             out = call.run_float(xf2d, bias, out_scale, out_zero_point)
