@@ -162,7 +162,8 @@ def _import_kp():
 
 # Vulkan flag values for kp.OpMemoryBarrier (the patched kp binds it)
 ACCESS_SHADER_READ, ACCESS_SHADER_WRITE, ACCESS_TRANSFER_WRITE = 0x20, 0x40, 0x1000
-STAGE_COMPUTE_SHADER, STAGE_TRANSFER = 0x800, 0x1000
+ACCESS_HOST_READ = 0x2000
+STAGE_COMPUTE_SHADER, STAGE_TRANSFER, STAGE_HOST = 0x800, 0x1000, 0x4000
 
 WAITS = ("auto", "block", "yield")
 KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yield_ns)
@@ -357,6 +358,14 @@ class Device:
         weakref.finalize(tensor, self._release, nbytes)
         return tensor
 
+    @property
+    def unified_memory(self):
+        """Whether all of the device's memory is device-local (lavapipe, most integrated
+        GPUs): host-visible buffers are then as fast for the kernels as any, and a staging
+        copy would only double the memory."""
+        heaps = self.info.device_local_heaps
+        return bool(heaps) and all(heaps)
+
     def tensors(self, arrays, what):
         """Device tensors (with host staging buffers) initialised from ``arrays``; not yet
         copied to the device (a recorded call's sequence does that)."""
@@ -364,6 +373,19 @@ class Device:
             mgr = self.manager
             return [self._allocate(lambda a=a: mgr.tensor_t(np.ascontiguousarray(a)),
                                    2 * a.nbytes, what) for a in arrays]
+
+    def io_tensors(self, arrays, what):
+        """Tensors for a recorded call's inputs and outputs, initialised from ``arrays``:
+        host-visible buffers the kernels read and write directly on a device with unified
+        memory, else device buffers with host staging buffers (:meth:`tensors`)."""
+        if not self.unified_memory:
+            return self.tensors(arrays, what)
+        import kp
+        with self.lock:
+            mgr = self.manager
+            return [self._allocate(lambda a=a: mgr.tensor_t(np.ascontiguousarray(a),
+                                                            kp.TensorTypes.host),
+                                   a.nbytes, what) for a in arrays]
 
     def upload(self, arrays, what):
         """Device tensors holding ``arrays``, copied to the device now, for data that stays

@@ -17,10 +17,12 @@ import numpy as np
 
 from .compiler import compile_shader
 from .device import (
+    ACCESS_HOST_READ,
     ACCESS_SHADER_READ,
     ACCESS_SHADER_WRITE,
     R32G32B32A32_UINT,
     STAGE_COMPUTE_SHADER,
+    STAGE_HOST,
     TEXEL_BYTES,
     kp_has_eval_io,
 )
@@ -54,6 +56,13 @@ def evaluate(device, seq):
         seq.eval_io([], [], None, device.yield_ns)
     else:
         seq.eval()
+
+
+def _host_barrier(kp, tensors):
+    """Shader-to-host barrier on ``tensors``' own buffers: the host reads host-visible
+    outputs the kernels wrote (Kompute's sync op covers only staged ones)."""
+    return kp.OpMemoryBarrier(tensors, ACCESS_SHADER_WRITE, ACCESS_HOST_READ,
+                              STAGE_COMPUTE_SHADER, STAGE_HOST)
 
 
 def _shader_barrier(kp, tensors):
@@ -96,7 +105,7 @@ class RecordedCall:
         limits = device.info.limits["max_workgroup_count"]
         mgr = device.manager
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
-        self.x, self.xs, self.xz, self.os, self.oz = device.tensors(
+        self.x, self.xs, self.xz, self.os, self.oz = device.io_tensors(
             [np.zeros(x_words, np.uint32), np.zeros(t, np.float32), np.zeros(t, np.int32),
              np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
         spec = np.array(kernel.spec_constants, dtype=np.uint32)
@@ -104,7 +113,7 @@ class RecordedCall:
         for n0, n1, np_, wt in pieces:
             out_words = t * np_ // 4 if kernel.out_int8 else t * np_
             device.check_binding(out_words * 4, "output")
-            bias, y = device.tensors(
+            bias, y = device.io_tensors(
                 [np.zeros(np_, np.float32),
                  np.zeros(out_words, np.uint32 if kernel.out_int8 else np.float32)],
                 f"a recorded call at T={t}")
@@ -135,7 +144,7 @@ class RecordedCall:
                 xf, stride = self.source.y, self.source.np_
                 inputs = biases + [self.os, self.oz]
             else:
-                (xf,), stride = device.tensors([np.zeros(t * k_in, np.float32)],
+                (xf,), stride = device.io_tensors([np.zeros(t * k_in, np.float32)],
                                                f"float activations at T={t}"), k_in
                 self._xf_in = xf.data().reshape(t, k_in)     # see the views below
                 inputs = [xf] + biases + [self.os, self.oz]
@@ -164,6 +173,7 @@ class RecordedCall:
         self._download = download
         if download:
             self.seq.record(kp.OpTensorSyncLocal([p[4] for p in self._pieces]))
+            self.seq.record(_host_barrier(kp, [p[4] for p in self._pieces]))
         self._has_bias = False
         # Numpy views of the tensors' host memory, made once: each kp data() call costs
         # microseconds. The memory stays mapped as long as the device is open, and every
@@ -254,6 +264,7 @@ class RecordedCall:
         with self.device.lock:
             seq = self.device.manager.sequence()
             seq.record(kp.OpTensorSyncLocal(tensors))
+            seq.record(_host_barrier(kp, tensors))
             evaluate(self.device, seq)
 
     def _output(self):
@@ -262,8 +273,11 @@ class RecordedCall:
             return self._y_out.copy()
         return np.concatenate(self._y_outs, axis=1)
 
-    def kernel_ns(self, timestamp_period_ns):
-        """Device time of the linear dispatches of the last run, in ns (``timed`` only)."""
+    def kernel_ns(self, timestamp_period_ns, quantizer=False):
+        """Device time of the linear dispatches of the last run, in ns (``timed`` only);
+        with ``quantizer``, from the start of the on-device activation quantizer (float
+        input) to the end of the linear dispatches."""
         ts = self.seq.get_timestamps()
         first = self._first_linear
-        return (int(ts[first + self.n_dispatch]) - int(ts[first])) * timestamp_period_ns
+        start = 1 if quantizer else first    # timestamp 1: after the inputs' upload
+        return (int(ts[first + self.n_dispatch]) - int(ts[start])) * timestamp_period_ns

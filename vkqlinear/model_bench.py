@@ -8,9 +8,10 @@ shapes are real, the weights are not), as :class:`~vkqlinear.QLinear` layers (fl
 activations quantized on the device, float out) on one device:
 
 * **decode**: one token through every layer in order (T = 1), repeated; tokens per second
-  for the linear part, end to end and as the sum of the kernels' device time; the bytes the
-  kernels read per token over the device's calibrated read bandwidth (the roofline of a
-  decode step); the host's share (end to end over the kernels' time);
+  for the linear part, end to end (each layer's recorded call replayed from Python, numpy
+  in and out) and as the sum of the kernels' device time; the bytes the kernels read per
+  token over the device's calibrated read bandwidth (the roofline of a decode step); the
+  host's share (end to end over the kernels' time);
 * **prefill**: T = 128 through the same layers;
 * device memory (``Device.memory_used``) and the process's peak host memory, with the
   same model's float16 and int8 sizes for comparison;
@@ -94,21 +95,18 @@ def _read_bytes(weights, t):
 
 
 def _time_pass(layers, inputs, t):
-    """One pass of ``t`` tokens through every layer: ``(wall seconds, kernel seconds)``,
-    the kernel time from the device timestamps of each layer's recorded call."""
-    period = None
-    kernel_s = 0.0
+    """One pass of ``t`` tokens through every layer: ``(wall seconds, kernel seconds)``.
+    Each layer runs its recorded call (float in, quantized on the device, float out: the
+    path of a ``QLinear`` call after its argument checks), recorded with device timestamps,
+    which give the kernels' time (the activation quantizer's and the linear kernel's)."""
+    calls = []
     t0 = time.perf_counter()
     for layer, x in zip(layers, inputs):
-        layer(x)
+        calls.append(DeviceLinear.of(layer.weights, layer.device).run_float(
+            "auto", t, x, timed=True)[1])
     wall = time.perf_counter() - t0
-    for layer, x in zip(layers, inputs):           # the same calls, timed on the device
-        dl = DeviceLinear.of(layer.weights, layer.device)
-        _, call = dl.run_float("auto", t, x.reshape(t, -1), timed=True)
-        if period is None:
-            period = layer.device.info.limits["timestamp_period_ns"] * 1e-9
-        kernel_s += call.kernel_ns(1.0) * period
-    return wall, kernel_s
+    period = layers[0].device.info.limits["timestamp_period_ns"] * 1e-9
+    return wall, sum(call.kernel_ns(1.0, quantizer=True) for call in calls) * period
 
 
 def _peak_host_bytes():
