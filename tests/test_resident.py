@@ -200,3 +200,20 @@ def test_cooperative_kernel_is_right_at_another_subgroup_size(rng, device, facto
                                           "int8", seed=6)]:
                 ok, msg = conformance.run_case(case, "cooperative", dev, variant)
                 assert ok, f"{variant.name} at subgroup size {dev.caps.subgroup_size}: {msg}"
+
+
+@pytest.mark.usefixtures("device")
+def test_fill_device_script(monkeypatch, capsys):
+    """bench/fill_device.py on a 4 MiB budget: fills, fails cleanly, every layer right."""
+    import importlib.util
+    from pathlib import Path
+    info = vq.devices()[0]
+    tiny = dataclasses.replace(info, memory_heaps=[4 << 20], device_local_heaps=[True])
+    monkeypatch.setattr(devmod, "devices", lambda: [tiny])
+    path = Path(__file__).resolve().parent.parent / "bench" / "fill_device.py"
+    spec = importlib.util.spec_from_file_location("fill_device", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--shape", "512x256"]) == 0
+    out = capsys.readouterr().out
+    assert "DeviceMemoryError" in out and "0 wrong" in out
