@@ -185,18 +185,20 @@ def cosines(a, b):
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
+def _setup(sentences, layers_limit):
+    """``(device, model, Linear layer names, tokens)`` for a run over ``sentences``."""
+    import vkqlinear as vq
+    model = MiniLM()
+    if layers_limit is not None:
+        model.layers = layers_limit
+    return vq.default_device(), model, model.linear_names(), model.tokenize(sentences)
+
+
 def run(sentences=SENTENCES, group_sizes=(32, 64, 128), methods=("minmax", "search"),
         layers_limit=None, repeats=3, log=print):
     """The whole report as a dict (see the module doc)."""
     import torch
-
-    import vkqlinear as vq
-    dev = vq.default_device()
-    model = MiniLM()
-    if layers_limit is not None:
-        model.layers = layers_limit
-    names = model.linear_names()
-    tokens = model.tokenize(sentences)
+    dev, model, names, tokens = _setup(sentences, layers_limit)
     torch.set_num_threads(os.cpu_count() or 1)
     with torch.no_grad():
         ref = model.encode(sentences, tokens=tokens)
@@ -296,14 +298,8 @@ def run_torchao(sentences=SENTENCES, group_sizes=(32, 64, 128), flows=("tensor",
 
     import torch
 
-    import vkqlinear as vq
     from vkqlinear.torch import convert_torchao
-    dev = vq.default_device()
-    model = MiniLM()
-    if layers_limit is not None:
-        model.layers = layers_limit
-    names = model.linear_names()
-    tokens = model.tokenize(sentences)
+    dev, model, names, tokens = _setup(sentences, layers_limit)
     with torch.no_grad():
         ref = model.encode(sentences, tokens=tokens)
     report = {"device": f"{dev.name} ({dev.info.driver_name} {dev.info.driver_info})",
