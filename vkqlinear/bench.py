@@ -8,10 +8,12 @@ COOPERATIVE kernels forced, and ``auto``:
   min of at least ``--runs`` runs (more where they fit ``--budget`` seconds a point), the
   kernels interleaved, after a warm-up of the device; every configuration is checked
   against the contract's tolerance before it is timed;
-* ops/s counted as ``2*T*N*K``; effective bytes/s (packed weights + scales/offsets +
-  activations + outputs); the fraction of the device's roofline, calibrated in the same run
-  by a streaming-read kernel over exactly the packed weight bytes and an int32
-  multiply-add kernel (:mod:`vkqlinear.calibrate`);
+* ops/s counted as ``2*T*N*K``; effective bytes/s (what one call moves: packed weights,
+  group data, activations, outputs); the fraction of the roofline, its binding limit:
+  the fastest calibrated read of those bytes (storage or texel buffer, whichever the
+  device reads faster; on a CPU device the host's memory bandwidth is reported beside it)
+  or the calibrated multiply-add rate (two of the kernels' multiply-adds per int32 one),
+  both measured in the same run (:mod:`vkqlinear.calibrate`);
 * the crossover T where TILED overtakes COOPERATIVE, and ``auto``'s regret (auto / best);
 * baselines on the same shapes: numpy float32 matmul against the dequantized weights, the
   CPU int8 reference path, and PyTorch's dynamic int8 ``Linear`` when torch is installed.
@@ -37,13 +39,19 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, args, conformance, ops
-from .calibrate import alu_kernel, read_kernel
+from .calibrate import (
+    SWAR_MACS_PER_MADD,
+    alu_kernel,
+    fastest_read,
+    host_read_bandwidth,
+    read_kernel,
+)
 from .device import WAITS, Device
 from .device_linear import DeviceLinear
 from .model_bench import MODELS, run_model
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
 from .tuning import store_threshold
-from .weights import prepack
+from .weights import QuantizedWeights, prepack
 
 SHAPE_SETS = {
     "quick": [(4096, 4096), (1536, 384)],
@@ -107,6 +115,12 @@ def _time_host(fn, runs):
     return _stats(ts)
 
 
+def call_bytes(qw, t):
+    """Bytes one call at ``t`` tokens moves: the packed weights, the group data (scale,
+    offset and nibble sum per group), the activations with their qparams, the output."""
+    return qw.w_packed.nbytes + 3 * qw.N * qw.G * 4 + t * qw.K + t * 8 + t * qw.N * 4
+
+
 def runs_for(rep_s, runs, budget_s):
     """Timed runs at a point whose one round (every kernel, timed and end to end) takes
     ``rep_s``: at least ``runs``, more while they fit in ``budget_s`` (at most 8x). lavapipe
@@ -144,10 +158,10 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
              group_size=g, w_scales=qw.w_scales, w_zeros=qw.w_zeros, w_offsets=None,
              bias=None)
     period = dev.info.limits["timestamp_period_ns"] * 1e-9
-    point = {"T": t, "K": k, "N": n, "group_size": g, "kernels": {},
+    point = {"T": t, "K": k, "N": n, "group_size": g, "kernels": {}, "bytes": call_bytes(qw, t),
              "calibration_runs": {c: [] for c in calibrations},
              "calibration_work": {c: cal.work for c, cal in calibrations.items()}}
-    nbytes = qw.nbytes + t * k + t * 8 + t * n * 4   # + activations, qparams, output
+    nbytes = call_bytes(qw, t)
     calls = {}
     for alg in KERNELS:   # correctness first, and the warm-up
         out, calls[alg] = dl.run(alg, x2d, xs, xz, timed=True)
@@ -225,16 +239,23 @@ def round_ratio(num, den):
 
 def derive(points, calib):
     """Roofline fraction, best kernel, ratios (auto's regret, cooperative / best,
-    end-to-end / kernel, and against the in-round calibrations), baselines, crossovers."""
-    bw, peak = calib["read_bytes_per_s"], calib["alu_madd_per_s"]
+    end-to-end / kernel, and against the in-round calibrations), baselines, crossovers.
+
+    The roofline of a point is its binding limit: the time to read the bytes one call
+    moves at the fastest calibrated read, or to do its ``T N K`` multiply-adds at the
+    calibrated arithmetic rate (``SWAR_MACS_PER_MADD`` per int32 multiply-add), whichever
+    is longer; the fraction is that time over the kernel's, and ``roofline_bound`` names
+    the limit."""
+    bw = calib["read_bytes_per_s"]
+    macs_per_s = calib["alu_madd_per_s"] * SWAR_MACS_PER_MADD
     for p in points:
         ks = p["kernels"]
         macs = p["T"] * p["N"] * p["K"]
-        wbytes = p["K"] * p["N"] / 2
+        t_read, t_alu = p["bytes"] / bw, macs / macs_per_s
         for v in ks.values():
             t = v["kernel_s"]["median"]
-            attainable = min(peak, bw * macs / wbytes)
-            v["roofline_fraction"] = macs / t / attainable
+            v["roofline_fraction"] = max(t_read, t_alu) / t
+            v["roofline_bound"] = "read" if t_read >= t_alu else "arithmetic"
         best = min(("tiled", "cooperative"), key=lambda a: ks[a]["kernel_s"]["median"])
         p["best"] = best
         rk = ks[best]["runs_kernel"]
@@ -243,10 +264,12 @@ def derive(points, calib):
         p["e2e_over_kernel"] = round_ratio(ks[best]["runs_e2e"], rk)
         cr = p.get("calibration_runs", {})
         if cr.get("read"):
-            p["best_over_read"] = round_ratio(rk, cr["read"])
+            # the best kernel over the fastest read of the bytes it moves, per round
+            reads = np.asarray(cr["read"]) * p["bytes"] / p["calibration_work"]["read"]
+            p["best_over_read"] = round_ratio(rk, reads)
         if cr.get("alu"):
-            # the best kernel's multiply-adds per second over the ALU kernel's, per round
-            rate = p["calibration_work"]["alu"] / np.asarray(cr["alu"])
+            # the best kernel's multiply-adds per second over the arithmetic limit, per round
+            rate = SWAR_MACS_PER_MADD * p["calibration_work"]["alu"] / np.asarray(cr["alu"])
             p["alu_fraction"] = float(np.median(macs / np.asarray(rk) / rate))
         if "baselines" in p:
             e2e = min(ks[a]["e2e_s"]["median"] for a in ("tiled", "cooperative"))
@@ -274,15 +297,19 @@ def headline(points, calib):
     p1 = find(1, 4096, 4096, 32)
     if p1:
         best = p1["kernels"][p1["best"]]["kernel_s"]["median"]
-        out["gemv_T1_over_read"] = best / calib["read_s"]["median"]
+        out["gemv_T1_over_read"] = best / (p1["bytes"] / calib["read_bytes_per_s"])
         if "best_over_read" in p1:
             out["gemv_T1_over_read_in_round"] = p1["best_over_read"]
+        if calib.get("host_read_bytes_per_s"):
+            out["gemv_T1_over_host_read"] = best / (p1["bytes"] /
+                                                    calib["host_read_bytes_per_s"])
         out["coop_T1_over_best"] = p1["coop_over_best"]
         out["e2e_T1_over_kernel"] = p1["e2e_over_kernel"]
     p512 = find(512, 4096, 4096, 32)
     if p512:
         best = p512["kernels"][p512["best"]]["kernel_s"]["median"]
-        out["gemm_T512_alu_fraction"] = 4096 * 4096 * 512 / best / calib["alu_madd_per_s"]
+        out["gemm_T512_alu_fraction"] = 4096 * 4096 * 512 / best / (
+            SWAR_MACS_PER_MADD * calib["alu_madd_per_s"])
         if "alu_fraction" in p512:
             out["gemm_T512_alu_fraction_in_round"] = p512["alu_fraction"]
     if points:
@@ -291,9 +318,12 @@ def headline(points, calib):
 
 
 def print_table(points, crossovers, calib, figures):
-    print(f"\ncalibration: read {calib['read_bytes_per_s'] / 1e9:.2f} GB/s "
-          f"({calib['read_s']['median'] * 1e3:.3f} ms for {calib['read_bytes'] / 2**20:.1f} "
-          f"MiB), int32 multiply-add {calib['alu_madd_per_s'] / 1e9:.2f} G/s")
+    host = calib.get("host_read_bytes_per_s")
+    print(f"\ncalibration: fastest read {calib['read_bytes_per_s'] / 1e9:.2f} GB/s "
+          f"({calib['read_how']}, over {calib['read_bytes'] / 2**20:.1f} MiB)"
+          + (f", the host's memory {host / 1e9:.2f} GB/s" if host else "")
+          + f"; int32 multiply-add {calib['alu_madd_per_s'] / 1e9:.2f} G/s "
+          f"({SWAR_MACS_PER_MADD}x as the kernels' multiply-adds)")
     hdr = (f"{'K x N':>12s} {'g':>4s} {'T':>4s} | {'tiled ms':>9s} {'coop ms':>9s} "
            f"{'auto ms':>9s} | {'best':>5s} {'GOPS':>7s} {'roof':>5s} {'regret':>6s} "
            f"{'e2e/k':>5s} | {'x np32':>6s} {'x ref':>6s} {'x torch':>7s}")
@@ -402,21 +432,25 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
           f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
-    # The read calibration covers the packed bytes of the headline 4096 x 4096 layer when it is
-    # in the sweep, else of the biggest layer.
-    read_bytes = (4096 * 4096 if (4096, 4096) in shapes else max(k * n for k, n in shapes)) // 2
-    # read calibration kernels by byte count, made once
-    read_cal = functools.cache(lambda nbytes: read_kernel(dev, nbytes))
-    read = read_cal(read_bytes)
-    warm_up(read, a.warm_up)
-    rt = read.time(20)
+    # The read calibration covers the bytes one call moves at the headline point (4096 x
+    # 4096, g = 32, T = 1) when it is in the sweep, else at the biggest layer's T = 1
+    k0, n0 = (4096, 4096) if (4096, 4096) in shapes else max(shapes, key=lambda s: s[0] * s[1])
+    g0 = 32 if k0 % 32 == 0 else gsizes[0]
+    read_bytes = call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
+                                             np.zeros((n0, k0 // g0), np.float32),
+                                             np.zeros((n0, k0 // g0))), 1)
+    warm_up(read_kernel(dev, read_bytes), a.warm_up)
+    bw, how = fastest_read(dev, read_bytes, 20)
+    # read calibration kernels of the fastest kind, by byte count, made once
+    read_cal = functools.cache(
+        lambda nbytes: read_kernel(dev, nbytes, texel=how == "texel buffer"))
     alu = alu_kernel(dev)
     at = alu.time(5)
-    calib = {"read_bytes": read.work,
-             "read_s": {"median": rt.median, "min": rt.min},
-             "read_bytes_per_s": read.work / rt.median,
+    calib = {"read_bytes": read_bytes, "read_how": how, "read_bytes_per_s": bw,
              "alu_s": {"median": at.median, "min": at.min},
              "alu_madd_per_s": alu.work / at.median}
+    if dev.info.type == "cpu":       # the physical limit under a CPU device
+        calib["host_read_bytes_per_s"] = host_read_bandwidth(read_bytes)
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
     prog = Progress(len(configs) * len(tokens))
     points = []
@@ -428,7 +462,7 @@ def main(argv=None):
         for t in tokens:
             prog.step(f"K={k} N={n} g={g} T={t}")
             # the headline calibrations, timed again in each round of their points
-            cals = {"read": read_cal(k * n // 2)} if t == 1 else \
+            cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
                 {"alu": alu} if t == 512 else {}
             points.append(measure_point(dev, qw, t, runs, rng, budget, cals))
     if not a.no_baselines:

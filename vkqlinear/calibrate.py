@@ -10,9 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compiler import compile_shader
+from .device import R32G32B32A32_UINT
 from .dispatch import evaluate
 
-__all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel"]
+__all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel",
+           "fastest_read", "host_read_bandwidth", "SWAR_MACS_PER_MADD"]
+
+# The SWAR kernels multiply two channels' nibbles by one activation in one int32
+# multiply-add (the two 16-bit halves): two of the operator's multiply-adds each.
+SWAR_MACS_PER_MADD = 2
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,10 @@ class Calibration:
         return time_dispatches(self.device, self.algo, self.push, runs)
 
 
-def read_kernel(device, nbytes):
+def read_kernel(device, nbytes, texel=False):
     """The streaming-read kernel over ``nbytes`` bytes (rounded down to 16-byte words):
-    workgroup w reads its own contiguous chunk with 16-byte loads."""
+    workgroup w reads its own contiguous chunk with 16-byte loads, from a storage buffer
+    or (``texel``, where the device has texel-buffer loads) a uniform texel buffer."""
     import kp
     words = max(1, nbytes // 16)
     local = max(8, min(64, int(device.info.subgroup.get("size") or 8)))
@@ -67,22 +74,61 @@ def read_kernel(device, nbytes):
     chunk = -(-words // wgs)
     with device.lock:
         mgr = device.manager
-        src = mgr.tensor_t(np.arange(words * 4, dtype=np.uint32))
-        dst = mgr.tensor_t(np.zeros(wgs * local, np.uint32))
+        src, dst = device.tensors([np.arange(words * 4, dtype=np.uint32),
+                                   np.zeros(wgs * local, np.uint32)], "a read calibration")
         mgr.sequence().eval(kp.OpTensorSyncDevice([src]))
         push = np.array([words, chunk], np.uint32)
-        algo = mgr.algorithm([src, dst], compile_shader("calib_read.comp"), (wgs, 1, 1),
-                             np.array([local], np.uint32), push)
+        defines = {"TEXEL_LOADS": 1} if texel else {}
+        if texel:
+            kp.Algorithm.set_next_texel_formats([R32G32B32A32_UINT, 0])
+        algo = mgr.algorithm([src, dst], compile_shader("calib_read.comp", defines),
+                             (wgs, 1, 1), np.array([local], np.uint32), push)
     return Calibration(device, algo, push, words * 16, (src, dst))
+
+
+def fastest_read(device, nbytes, runs=10):
+    """``(bytes per second, how)``: the faster of the storage-buffer and (where the device
+    has them) texel-buffer streaming reads of ``nbytes``, each the median of ``runs``."""
+    best = (0.0, "")
+    paths = [("storage buffer", False)]
+    if device.enabled("texelBufferLoads"):
+        paths.append(("texel buffer", True))
+    for how, texel in paths:
+        cal = read_kernel(device, nbytes, texel)
+        cal.time(3)
+        rate = cal.work / cal.time(runs).median
+        best = max(best, (rate, how))
+    return best
+
+
+def host_read_bandwidth(nbytes, threads=None, runs=5):
+    """The host's streaming-read bandwidth over ``nbytes`` (numpy reductions over as many
+    threads as there are CPUs): the physical limit under a CPU Vulkan device."""
+    import os
+    import threading
+    import time
+    threads = threads or os.cpu_count() or 1
+    data = np.ones(max(8, nbytes // 8), np.uint64)
+    parts = np.array_split(data, threads)
+    times = []
+    for _ in range(runs + 1):
+        workers = [threading.Thread(target=np.bitwise_or.reduce, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        [w.start() for w in workers]
+        [w.join() for w in workers]
+        times.append(time.perf_counter() - t0)
+    return data.nbytes / float(np.median(times[1:]))
 
 
 def alu_kernel(device, iters=2048):
     """The int32 multiply-add kernel: 32 independent chains of ``iters`` steps in each
-    of 64 x 64 invocations."""
+    of 64 x 64 invocations. Its ``work`` is int32 multiply-adds; the SWAR kernels form two
+    of the operator's multiply-adds (4-bit weight x 8-bit activation) with each, so their
+    arithmetic limit is twice this rate (:data:`SWAR_MACS_PER_MADD`)."""
     local, wgs, chains = 64, 64, 32
     with device.lock:
         mgr = device.manager
-        dst = mgr.tensor_t(np.zeros(wgs * local, np.int32))
+        (dst,) = device.tensors([np.zeros(wgs * local, np.int32)], "an ALU calibration")
         push = np.array([iters, 1664525, 1013904223 & 0x7FFFFFFF], np.uint32)
         algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
                              np.array([local], np.uint32), push)
