@@ -99,7 +99,7 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     out = tmp_path / "out"
     assert bench.main(["--shapes", "64x48", "--tokens", "1,5", "--group-sizes", "32",
                        "--runs", "2", "--budget", "0", "--warm-up", "0", "--out", str(out),
-                       "--tune", "--wait", "block"]) == 0
+                       "--tune", "--tune-budget", "10", "--wait", "block"]) == 0
     text = capsys.readouterr().out
     assert "64x48" in text and "crossover T" in text and "calls wait: block" in text
     doc = json.loads(next(out.glob("bench-*.json")).read_text())
@@ -126,8 +126,9 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
                    for v in p["kernels"].values())
     assert doc["headline"] == {"auto_regret_max": pytest.approx(
         max(p["auto_regret"] for p in doc["points"]))}
-    stored = json.loads(tfile.read_text())
+    stored = json.loads(tfile.read_text())["devices"]
     (entry,) = stored.values()
+    assert set(entry["configs"]) == {"64x48 g32 float T1", "64x48 g32 float T8"}
     cross = doc["crossovers"]["64x48 g32"]
     assert entry["auto_threshold"] == (cross - 1 if cross else 5)
     assert tuning.auto_threshold(device.info) == entry["auto_threshold"]    # auto reads it

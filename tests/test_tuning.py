@@ -1,5 +1,7 @@
-"""The tuning file: read, written atomically, re-checked on open devices; a broken file is
-a warning, never a crash. CPU only (device descriptions are made up)."""
+"""The tuning file: versioned, written atomically under a lock (two writers keep both
+entries), re-checked on open devices, tuned configs found exactly or by the nearest point;
+a broken or foreign file is a warning, never a crash. CPU only (device descriptions are
+made up)."""
 
 import json
 import threading
@@ -8,7 +10,7 @@ import pytest
 
 from vkqlinear import tuning
 from vkqlinear.device import DeviceInfo
-from vkqlinear.kernels import DEFAULT_AUTO_THRESHOLD
+from vkqlinear.kernels import DEFAULT_AUTO_THRESHOLD, KERNEL_GENERATION
 
 
 def fake_info(name="Test GPU", driver="testdrv"):
@@ -33,21 +35,35 @@ def test_round_trip_and_builtin_defaults(tfile):
         tuning.BUILTIN_THRESHOLDS["llvmpipe"]
     path = tuning.store_threshold(info, 17, {"measured": "test"})
     assert path == tfile and tuning.auto_threshold(info) == 17
-    assert json.loads(tfile.read_text())[tuning.device_key(info)]["measured"] == "test"
+    doc = json.loads(tfile.read_text())
+    assert doc["version"] == tuning.VERSION
+    assert doc["devices"][tuning.device_key(info)]["measured"] == "test"
     assert tuning.auto_threshold(fake_info(name="Other")) == DEFAULT_AUTO_THRESHOLD
 
 
-@pytest.mark.parametrize("content", [b"{broken", b"[1, 2]", b"\xff\xfe not utf-8"])
+@pytest.mark.parametrize("content", [b"{broken", b"[1, 2]", b"\xff\xfe not utf-8",
+                                     b'{"Test GPU | testdrv 1.0": {"auto_threshold": 3}}',
+                                     b'{"version": 99, "devices": {}}'])
 def test_broken_file_is_ignored_with_a_warning(tfile, content):
     tfile.write_bytes(content)
     with pytest.warns(RuntimeWarning, match="tuning file"):
         assert tuning.auto_threshold(fake_info()) == DEFAULT_AUTO_THRESHOLD
-    tuning.store_threshold(fake_info(), 9)            # and it is replaced by a good one
+    tuning.store_threshold(fake_info(), 9)            # a good one written beside it
     assert tuning.auto_threshold(fake_info()) == 9
+    assert (tfile.parent / "tuning.json.broken").read_bytes() == content
 
 
 def test_bad_entry_falls_back_to_the_default(tfile):
-    tfile.write_text(json.dumps({tuning.device_key(fake_info()): {"auto_threshold": "x"}}))
+    entry = {"kernel_generation": KERNEL_GENERATION, "auto_threshold": "x"}
+    tfile.write_text(json.dumps({"version": tuning.VERSION,
+                                 "devices": {tuning.device_key(fake_info()): entry}}))
+    assert tuning.auto_threshold(fake_info()) == DEFAULT_AUTO_THRESHOLD
+
+
+def test_entries_of_another_kernel_generation_are_ignored(tfile):
+    entry = {"kernel_generation": KERNEL_GENERATION - 1, "auto_threshold": 11}
+    tfile.write_text(json.dumps({"version": tuning.VERSION,
+                                 "devices": {tuning.device_key(fake_info()): entry}}))
     assert tuning.auto_threshold(fake_info()) == DEFAULT_AUTO_THRESHOLD
     tuning.store_threshold(fake_info(), 9)            # and it is replaced by a good one
     assert tuning.auto_threshold(fake_info()) == 9
@@ -61,7 +77,7 @@ def test_change_by_another_process_is_seen_after_the_recheck(tfile, monkeypatch)
     monkeypatch.setattr(tuning, "RECHECK_S", 3600.0)
     assert tuning.auto_threshold(info) == 7
     data = json.loads(tfile.read_text())
-    data[tuning.device_key(info)]["auto_threshold"] = 1000
+    data["devices"][tuning.device_key(info)]["auto_threshold"] = 1000
     tfile.write_text(json.dumps(data))                # "another process"
     assert tuning.auto_threshold(info) == 7           # not re-checked yet
     monkeypatch.setattr(tuning, "RECHECK_S", 0.0)
@@ -77,6 +93,51 @@ def test_concurrent_writers_leave_a_valid_file(tfile):
     threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    data = json.loads(tfile.read_text())
+    data = json.loads(tfile.read_text())["devices"]
     assert all(data[tuning.device_key(i)]["auto_threshold"] == 19 for i in infos)
     assert not list(tfile.parent.glob("*.tmp"))
+
+
+def _writer(path, name, count):
+    """A process storing ``count`` configs for its own device name."""
+    import os
+    os.environ["VKQLINEAR_TUNING_FILE"] = path
+    from vkqlinear import tuning as tn
+    info = fake_info(name=name)
+    for i in range(count):
+        tn.store_configs(info, {f"{64 * (i + 1)}x64 g32 float T1": {"config": {"tm": i}}})
+
+
+def test_two_tuning_processes_at_once_leave_a_valid_file_with_both(tfile):
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tfile), f"GPU {i}", 15)) for i in range(2)]
+    [p.start() for p in procs]
+    [p.join(120) for p in procs]
+    assert all(p.exitcode == 0 for p in procs)
+    devices = json.loads(tfile.read_text())["devices"]
+    for i in range(2):
+        assert len(devices[tuning.device_key(fake_info(name=f"GPU {i}"))]["configs"]) == 15
+
+
+def test_tuned_configs_exact_then_nearest(tfile):
+    info = fake_info()
+    assert tuning.tuned_config(info, 4096, 4096, 32, False, 1)[0] is None
+    tuning.store_configs(info, {
+        tuning.point_key(4096, 4096, 32, False, 1): {"config": {"tm": 1}},
+        tuning.point_key(4096, 4096, 32, False, 64): {"config": {"tm": 8}},
+        tuning.point_key(1536, 384, 32, False, 1): {"config": {"tm": 2}},
+        tuning.point_key(4096, 4096, 128, False, 1): {"config": {"tm": 4}}})
+    def tm(k, n, g, t, out=False):
+        config = tuning.tuned_config(info, k, n, g, out, t)[0]
+        return None if config is None else config["tm"]
+    assert tm(4096, 4096, 32, 1) == 1 and tm(4096, 4096, 128, 1) == 4
+    assert tm(4096, 4096, 32, 48) == 8            # bucket 64
+    assert tm(4096, 4096, 32, 3) == 1             # nearest bucket: 4 is closer to 1 than 64
+    assert tm(2048, 2048, 32, 1) == 1             # nearest shape, by log(K N)
+    assert tm(1024, 512, 32, 1) == 2
+    assert tm(4096, 4096, 64, 1) is None          # no entry of that group size
+    assert tm(4096, 4096, 32, 1, out=True) is None
+    assert set(tuning.device_entries(info)) == {
+        "4096x4096 g32 float T1", "4096x4096 g32 float T64", "1536x384 g32 float T1",
+        "4096x4096 g128 float T1"}

@@ -34,6 +34,7 @@ from .quant import (
                      unpack_int4,
 )
 from .sources import from_executorch, from_torchao, load_gguf
+from .tuner import tune
 from .weights import QuantizedWeights, prepack
 
 __version__ = "0.1.0"
@@ -43,7 +44,7 @@ __all__ = [
     "CompilerNotFoundError", "DeviceClosedError", "DeviceMemoryError", "ShaderCompileError",
     "VulkanUnavailableError",
     "linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o", "linear_dq8ca_q4gsw",
-    "from_torchao", "from_executorch", "load_gguf",
+    "from_torchao", "from_executorch", "load_gguf", "tune",
     "dequantize_per_token", "dequantize_weights", "offsets_from_zero_points",
     "offsets_to_scales_and_zeros", "pack_int4", "quantize_per_token", "quantize_weights",
     "quantize_weights_search", "scales_and_zeros_to_offsets", "unpack_int4",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vkqlinear {info,demo,conformance,bench} ...``."""
+"""Command line: ``python -m vkqlinear {info,demo,conformance,bench,tune} ...``."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def cmd_info(args):
     from .compiler import cache_dir, compiler_version
     from .device import Device, devices
     from .kernels import lanes_for
-    from .tuning import auto_threshold, tuning_file
+    from .tuning import auto_threshold, device_entries, tuning_file
     infos = devices()
     try:
         opened = Device(args.device)
@@ -55,7 +55,14 @@ def cmd_info(args):
                 print(f"  {alg} variants (default first): "
                       f"{', '.join(v.name for v in caps.variants(alg))}")
             print(f"  weight layout lanes {lanes_for(caps)}, auto threshold T <= "
-                  f"{auto_threshold(d)} -> cooperative (tuning file {tuning_file()})")
+                  f"{auto_threshold(d)} -> cooperative where nothing is tuned (tuning "
+                  f"file {tuning_file()})")
+            entries = device_entries(d)
+            print(f"  tuned points: {len(entries) or 'none (python -m vkqlinear tune)'}")
+            for key, e in sorted(entries.items()):
+                c = e.get("config", {})
+                print(f"    {key:32s} {c.get('algorithm')} {c.get('variant')} tm={c.get('tm')} "
+                      f"local={c.get('local_size')}")
     try:
         print(f"glslangValidator: {compiler_version().splitlines()[0]}")
     except Exception as e:
@@ -137,6 +144,11 @@ def cmd_bench(args):
     return bench_main(args.rest)
 
 
+def cmd_tune(args):
+    from .tuner import main as tune_main
+    return tune_main(args.rest)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m vkqlinear",
                                  description="vkqlinear: W4A8 linear layers on Vulkan")
@@ -150,13 +162,16 @@ def main(argv=None):
         if name == "conformance":
             p.add_argument("--quick", action="store_true", help="a quick subset of cases")
         p.set_defaults(fn=fn)
-    p = sub.add_parser("bench", help="GEMM versus GEMV benchmark (see --help)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_bench)
+    for name, fn, help_ in (("bench", cmd_bench, "GEMM versus GEMV benchmark (see --help)"),
+                            ("tune", cmd_tune, "find the fastest kernels on this device "
+                                               "(see --help)")):
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=fn)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the benchmark has its own parser (see vkqlinear.bench)
-        args = argparse.Namespace(fn=cmd_bench, rest=argv[1:])
+    if argv[:1] in (["bench"], ["tune"]):  # they have their own parsers
+        args = argparse.Namespace(fn=cmd_bench if argv[0] == "bench" else cmd_tune,
+                                  rest=argv[1:])
     else:
         args = ap.parse_args(argv)
     from .errors import CompilerNotFoundError, VulkanUnavailableError

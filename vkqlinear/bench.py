@@ -19,8 +19,9 @@ COOPERATIVE kernels forced, and ``auto``:
   CPU int8 reference path, and PyTorch's dynamic int8 ``Linear`` when torch is installed.
 
 Writes a table (stdout), a JSON file with every figure and the device, driver, library and
-commit, and a PNG plot when matplotlib is installed. ``--tune`` stores the measured
-crossover as the device's ``auto`` threshold (see :mod:`vkqlinear.kernels`).
+commit, and a PNG plot when matplotlib is installed. ``--tune`` first runs the tuner
+(:mod:`vkqlinear.tuner`) on the sweep's points, so that ``auto`` measures with the tuned
+kernels, and stores the measured crossover as the fallback ``auto`` threshold.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ from .calibrate import (
 )
 from .device import WAITS, Device
 from .device_linear import DeviceLinear
+from .kernels import kernel_config
 from .model_bench import MODELS, run_model
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
+from .tuner import tune
 from .tuning import store_threshold
 from .weights import QuantizedWeights, prepack
 
@@ -198,7 +201,8 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
         v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
         v["ops_per_s"] = 2 * t * n * k / v["kernel_s"]["median"]
         v["bytes_per_s"] = nbytes / v["kernel_s"]["median"]
-        v["chose"] = dl.kernel(alg, t).describe()
+        chosen = dl.kernel(alg, t)
+        v["chose"], v["config"] = chosen.describe(), kernel_config(chosen)
     return point
 
 
@@ -408,7 +412,11 @@ def main(argv=None):
     ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--tune", action="store_true",
-                    help="store the measured crossover as this device's auto threshold")
+                    help="first tune this device on the sweep's shapes, tokens and group "
+                         "sizes (vkqlinear.tuner; its budget: --tune-budget), then measure; "
+                         "also store the measured crossover as the auto threshold")
+    ap.add_argument("--tune-budget", type=float, default=600.0,
+                    help="seconds for the tuner (default 600)")
     ap.add_argument("--model", choices=sorted(MODELS),
                     help="instead of the kernel sweep: every Linear of this decoder resident "
                          "on the device, decode (T=1) and prefill (T=128) throughput "
@@ -451,6 +459,9 @@ def main(argv=None):
              "alu_madd_per_s": alu.work / at.median}
     if dev.info.type == "cpu":       # the physical limit under a CPU device
         calib["host_read_bytes_per_s"] = host_read_bandwidth(read_bytes)
+    if a.tune:
+        tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
+        print(f"tuned {len(tuned['points'])} points in {tuned['seconds']:.0f} s")
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
     prog = Progress(len(configs) * len(tokens))
     points = []

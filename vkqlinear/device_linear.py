@@ -30,7 +30,7 @@ import numpy as np
 from . import tuning
 from .device import default_device, resolve
 from .dispatch import RecordedCall
-from .kernels import Variant, choose_kernel
+from .kernels import Kernel, Variant, choose_kernel, kernel_from_config
 from .layout import device_layout, pad_groups, padded_group_size, split_channels
 from .quant import check_convention, pack_int4, unpack_int4
 
@@ -75,7 +75,7 @@ class DeviceLinear:
         # the weights go
         self._weights = weakref.ref(weights)
         self.device = device
-        self.N = weights.N
+        self.N, self.K = weights.N, weights.K
         self.group_size = weights.group_size
         # what the kernels see: groups padded to a multiple of 8 (layout.pad_groups)
         self.kernel_group_size = padded_group_size(weights.group_size)
@@ -131,18 +131,29 @@ class DeviceLinear:
     # -- choices -------------------------------------------------------------------------
     def kernel(self, algorithm, t, out_int8=False, variant=None):
         """The :class:`~vkqlinear.kernels.Kernel` that ``algorithm`` runs at ``t`` tokens:
-        ``variant`` (a :class:`~vkqlinear.kernels.Variant` or its name), else the device's
-        forced variant (``$VKQLINEAR_VARIANT``), else the device's best."""
+        with ``variant`` (a :class:`~vkqlinear.kernels.Variant` or its name) or the
+        device's forced variant (``$VKQLINEAR_VARIANT``), that code shape; else, for
+        ``"auto"``, the configuration tuned for this shape and token bucket on this device
+        (or the nearest tuned one; :mod:`vkqlinear.tuning`), else the default choice."""
         if variant is None:
             variant = self.device.forced_variant
         elif not isinstance(variant, Variant):
             variant = Variant.parse(variant)
-        threshold = tuning.auto_threshold(self.device.info) if algorithm == "auto" else None
-        key = (algorithm, t, out_int8, variant, threshold)
+        stamp = tuning.state(self.device.info) if algorithm == "auto" else None
+        key = (algorithm, t, out_int8, variant, stamp)
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = choose_kernel(algorithm, t, self.kernel_group_size, out_int8,
-                                   self.device.caps, threshold, variant)
+            caps, info = self.device.caps, self.device.info
+            if algorithm == "auto" and variant is None:
+                config, _ = tuning.tuned_config(info, self.K, self.N, self.group_size,
+                                                out_int8, t)
+                if config is not None:
+                    kernel = kernel_from_config(config, t, self.kernel_group_size, out_int8,
+                                                caps)
+            if kernel is None:
+                threshold = tuning.auto_threshold(info) if algorithm == "auto" else None
+                kernel = choose_kernel(algorithm, t, self.kernel_group_size, out_int8, caps,
+                                       threshold, variant)
             if len(self._kernels) > 256:
                 self._kernels.clear()
             self._kernels[key] = kernel
@@ -174,25 +185,27 @@ class DeviceLinear:
     # -- calls ---------------------------------------------------------------------------
     def recorded_call(self, algorithm, t, out_int8=False, variant=None, kind=("int8",),
                       timed=False, float_input=None, download=True, act_quant="spec"):
-        """The recorded call that runs ``algorithm`` at ``t`` tokens for ``kind`` (a key
-        naming the other options, which make it on a miss; see
+        """The recorded call that runs ``algorithm`` (or an explicit
+        :class:`~vkqlinear.kernels.Kernel`) at ``t`` tokens for ``kind`` (a key naming the
+        other options, which make it on a miss; see
         :class:`~vkqlinear.dispatch.RecordedCall`). Kept per (algorithm, T, output,
         variant, kind), least recently used dropped after :attr:`MAX_CALLS`; for
-        ``"auto"``, remade when the tuned threshold changes."""
+        ``"auto"``, remade when the tuning file changes."""
         if self.device.closed:
             self.device.check_open()
-        threshold = tuning.auto_threshold(self.device.info) if algorithm == "auto" else None
+        stamp = tuning.state(self.device.info) if algorithm == "auto" else None
         key = (algorithm, t, out_int8, variant, kind)
         hit = self._calls.get(key)
-        if hit is not None and hit[0] == threshold:
+        if hit is not None and hit[0] == stamp:
             self._calls.move_to_end(key)
             return hit[1]
-        kernel = self.kernel(algorithm, t, out_int8, variant)
+        kernel = algorithm if isinstance(algorithm, Kernel) else \
+            self.kernel(algorithm, t, out_int8, variant)
         with self.device.lock:
             call = RecordedCall(self.device, kernel, self.buffers(kernel, t), t, self.kernel_K,
                                 self.N, timed, float_input, download, act_quant,
                                 (self.group_size, self.kernel_group_size))
-            self._calls[key] = (threshold, call)
+            self._calls[key] = (stamp, call)
             self._calls.move_to_end(key)
             while len(self._calls) > self.MAX_CALLS:
                 self._calls.popitem(last=False)
@@ -201,7 +214,9 @@ class DeviceLinear:
     def run(self, algorithm, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None, *,
             variant=None, timed=False):
         """int8 activations ``x2d [T, K]`` with their per-token ``xs``, ``xz`` (checked,
-        canonical) through ``algorithm``; returns ``(out [T, N], recorded_call)``.
+        canonical) through ``algorithm`` (a name, or a
+        :class:`~vkqlinear.kernels.Kernel` to run that one); returns
+        ``(out [T, N], recorded_call)``.
         ``timed`` records device timestamps around the kernel
         (:meth:`~vkqlinear.dispatch.RecordedCall.kernel_ns`)."""
         t = x2d.shape[0]

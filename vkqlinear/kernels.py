@@ -292,3 +292,74 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
         workers //= 2
     return Kernel("cooperative", "gemv_coop.comp", variant, (lanes, workers), tm, lanes,
                   group_size, bool(out_int8))
+
+
+# Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
+# file's entries of another generation are ignored.
+KERNEL_GENERATION = 2
+TILED_TM = (1, 2, 4, 8)
+COOP_TM = (1, 2, 4)
+LOCAL_SIZES = (1, 2, 4, 8, 16)       # token tiles, workers or blocks per workgroup
+
+
+def kernel_config(kernel):
+    """A :class:`Kernel`'s tunable choices as plain data (the tuning file's form)."""
+    return {"algorithm": kernel.algorithm, "variant": kernel.variant.name, "tm": kernel.tm,
+            "local_size": list(kernel.local_size)}
+
+
+def kernel_from_config(config, t, group_size, out_int8, caps):
+    """The :class:`Kernel` a tuned ``config`` (:func:`kernel_config`) makes for ``t``
+    tokens on a device described by ``caps``, its tokens per invocation capped at what
+    ``t`` needs; ``None`` if the device cannot run it (another device's entry, a variant
+    it lacks, limits)."""
+    try:
+        algorithm = config["algorithm"]
+        variant = Variant.parse(config["variant"])
+        tm = token_tile(t, int(config["tm"]))
+        x, y = (int(v) for v in config["local_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if algorithm not in KERNEL_ALGORITHMS or variant not in caps.variants(algorithm):
+        return None
+    lanes = caps.subgroup_size if algorithm == "cooperative" and variant.subgroup \
+        else lanes_for(caps)
+    kernel = Kernel(algorithm, "gemm_tiled.comp" if algorithm == "tiled" else
+                    "gemv_coop.comp", variant, (x, y), tm, lanes, group_size, bool(out_int8))
+    return kernel if fits(kernel, caps) else None
+
+
+def fits(kernel, caps):
+    """Whether ``caps``' device can run ``kernel``: its workgroup within the invocation
+    limit, the shared-memory reduction within the shared memory, the subgroup kernel's
+    rows one subgroup wide, and the workgroup a whole number of layout lanes."""
+    x, y = kernel.local_size
+    if x * y > caps.max_invocations or x < 1 or y < 1 or y & (y - 1) or x & (x - 1):
+        return False
+    if kernel.algorithm == "cooperative":
+        if kernel.variant.subgroup:
+            return x == caps.subgroup_size and y <= caps.subgroup_size
+        return x == kernel.lanes and x * y * kernel.tm * 8 * 4 <= caps.max_shared_memory
+    return x == kernel.lanes
+
+
+def candidates(algorithm, t, group_size, out_int8, caps):
+    """Every :class:`Kernel` of ``algorithm`` the device can run at ``t`` tokens: its
+    variants x tokens per invocation x the workgroup's other axis (token tiles for the
+    tiled kernel, workers or blocks for the cooperative one). The search space of
+    :mod:`vkqlinear.tuner`; the first is the default choice."""
+    default = choose_kernel(algorithm, t, group_size, out_int8, caps)
+    out = [default]
+    tms = TILED_TM if algorithm == "tiled" else COOP_TM
+    for variant in caps.variants(algorithm):
+        for tm in sorted({token_tile(t, m) for m in tms}):
+            for other in LOCAL_SIZES:
+                config = {"algorithm": algorithm, "variant": variant.name, "tm": tm,
+                          "local_size": [caps.subgroup_size if variant.subgroup else
+                                         lanes_for(caps), other]}
+                if algorithm == "cooperative" and variant.subgroup:
+                    config["local_size"] = [caps.subgroup_size, other]
+                k = kernel_from_config(config, t, group_size, out_int8, caps)
+                if k is not None and k not in out:
+                    out.append(k)
+    return out

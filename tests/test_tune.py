@@ -1,0 +1,103 @@
+"""The tuner: a tiny tune writes entries that auto then uses; a wrong candidate is
+excluded and reported; an interrupted run resumes; the command line works."""
+
+import json
+
+import numpy as np
+import pytest
+
+import vkqlinear as vq
+from vkqlinear import kernels, tuner, tuning
+from vkqlinear.model_bench import random_weights
+
+
+@pytest.fixture
+def tfile(tmp_path, monkeypatch):
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(path))
+    monkeypatch.setattr(tuning, "RECHECK_S", 0.0)
+    return path
+
+
+def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
+    report = tuner.tune([(256, 128)], [1, 4], [32], budget_s=30, device=device, log=None)
+    assert [p["key"] for p in report["points"]] == ["256x128 g32 float T1",
+                                                    "256x128 g32 float T4"]
+    entries = tuning.device_entries(device.info)
+    assert set(entries) == {p["key"] for p in report["points"]}
+    rng = np.random.default_rng(1)
+    qw = random_weights(rng, 256, 128)
+    dl = vq.DeviceLinear.of(qw, device)
+    for p in report["points"]:
+        assert p["candidates"] > 10 and not p["excluded"]
+        assert p["kernel_s"] <= p["default_s"]          # measured in alternation
+        t = p["T"]
+        want = kernels.kernel_from_config(entries[p["key"]]["config"], t, 32, False,
+                                          device.caps)
+        assert dl.kernel("auto", t) == want
+        # and an untuned token count takes the nearest tuned bucket's choice
+        x_q, xs, xz = vq.quantize_per_token(rng.standard_normal((t, 256)).astype(np.float32))
+        y = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, device=device)
+        np.testing.assert_allclose(y, vq.linear_qta8a_qga4w(x_q, xs, xz, qw,
+                                                            algorithm="reference"),
+                                   rtol=1e-4, atol=1e-4)
+    nearest = kernels.kernel_from_config(entries["256x128 g32 float T4"]["config"], 3, 32,
+                                         False, device.caps)
+    assert dl.kernel("auto", 3) == nearest
+    # a forced variant still wins over the tuned choice
+    assert dl.kernel("auto", 1, variant="portable").variant == kernels.Variant()
+
+
+def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
+    """A candidate that computes the wrong result (here: told the wrong group size) is
+    caught by the check before it is timed, and never chosen."""
+    real = kernels.candidates
+
+    def with_a_wrong_one(algorithm, t, group_size, out_int8, caps):
+        out = real(algorithm, t, group_size, out_int8, caps)
+        bad = kernels.choose_kernel(algorithm, t, group_size * 2, out_int8, caps)
+        return [bad] + out if algorithm == "tiled" else out
+    monkeypatch.setattr(tuner, "candidates", with_a_wrong_one)
+    report = tuner.tune([(256, 64)], [2], [32], budget_s=20, device=device, log=None)
+    (p,) = report["points"]
+    assert len(p["excluded"]) == 1
+    (why,) = p["excluded"].values()
+    assert "out of tolerance" in why
+    assert p["config"]["tm"] and p["best"] not in p["excluded"]
+
+
+def test_an_interrupted_tune_resumes(tfile, device, monkeypatch):
+    calls = []
+    real = tuner.search_point
+
+    def flaky(dl, t, *a, **k):
+        calls.append(t)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(dl, t, *a, **k)
+    monkeypatch.setattr(tuner, "search_point", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune([(128, 64)], [1, 2], [32], budget_s=10, device=device, log=None)
+    assert tfile.with_name("tuning.json.progress").is_file()
+    calls.clear()
+    report = tuner.tune([(128, 64)], [1, 2], [32], budget_s=10, device=device, log=None)
+    assert calls == [2]                       # T = 1 was done: not searched again
+    assert len(report["points"]) == 2
+    assert not tfile.with_name("tuning.json.progress").exists()
+
+
+def test_exhaustive_times_every_right_candidate(tfile, device):
+    report = tuner.tune([(128, 64)], [1], [32], budget_s=60, exhaustive=True, device=device,
+                       log=None)
+    (p,) = report["points"]
+    assert len(p["timings"]) == p["candidates"] - len(p["excluded"])
+
+
+def test_tune_command_line(tfile, tmp_path, device, capsys):
+    from vkqlinear.__main__ import main
+    assert main(["tune", "--shapes", "128x64", "--tokens", "1", "--group-sizes", "32",
+                 "--budget", "10", "--out", str(tmp_path)]) == 0
+    doc = json.loads(next(tmp_path.glob("tune-*.json")).read_text())
+    assert doc["points"][0]["key"] == "128x64 g32 float T1"
+    assert main(["info"]) == 0
+    assert "128x64 g32 float T1" in capsys.readouterr().out
