@@ -178,4 +178,4 @@ def test_bad_variant_names_are_refused(bad, err):
 
 def test_kernel_summary_names_its_choice():
     k = K.choose_kernel("tiled", 8, 32, False, LAVAPIPE)
-    assert k.describe() == f"tiled portable tm={k.tm} local={list(k.local_size)}"
+    assert k.describe() == f"tiled portable tm={k.tm} local={list(k.local_size)} g=32"

@@ -233,7 +233,7 @@ class Kernel:
     def describe(self):
         """A short human-readable summary (benchmark tables and JSON)."""
         return (f"{self.algorithm} {self.variant.name} tm={self.tm} "
-                f"local={list(self.local_size)}")
+                f"local={list(self.local_size)} g={self.group_size}")
 
 
 def lanes_for(caps):

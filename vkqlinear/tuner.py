@@ -34,14 +34,14 @@ from .kernels import candidates, choose_kernel, kernel_config
 from .model_bench import random_weights
 from .quant import quantize_per_token
 
-__all__ = ["tune", "search_point", "QUICK_SHAPES", "TOKENS"]
+__all__ = ["tune", "search_point", "alternate", "Point", "QUICK_SHAPES", "TOKENS"]
 
 QUICK_SHAPES = [(4096, 4096), (1536, 384)]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
 
 
-class _Point:
+class Point:
     """One point's inputs, its expected result, and what the search learnt so far."""
 
     def __init__(self, dl, t, rng):
@@ -53,13 +53,13 @@ class _Point:
                          w_offsets=w.w_offsets64, bias=None)
         self.expect = conformance.expected(self.spec)       # once: float64 at T x N x K
         self.period = dl.device.info.limits["timestamp_period_ns"] * 1e-9
-        self.timings, self.excluded, self.right = {}, {}, set()
+        self.timings, self.excluded, self.right, self.wrong = {}, {}, set(), set()
 
     def time(self, kernel, runs):
         """Median device time of ``runs`` timed runs of ``kernel`` after one untimed run,
         checked against the contract first (``None``, and excluded, if it is wrong)."""
         name = kernel.describe()
-        if name in self.excluded:
+        if kernel in self.wrong:
             return None
         if kernel not in self.right:
             try:
@@ -69,6 +69,7 @@ class _Point:
                 ok, msg = False, f"{type(e).__name__}: {e}"
             if not ok:
                 self.excluded[name] = msg
+                self.wrong.add(kernel)
                 return None
             self.right.add(kernel)
         self.dl.run(kernel, *self.x)
@@ -84,7 +85,7 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None):
     """Search the kernels for ``dl``'s layer at ``t`` tokens (see the module doc):
     ``{"best": Kernel, "timings": {describe: seconds}, "excluded": {describe: why},
     "default": describe}``. Every candidate is checked before it is timed."""
-    point = _Point(dl, t, rng or np.random.default_rng(0))
+    point = Point(dl, t, rng or np.random.default_rng(0))
     caps = dl.device.caps
     cands = []
     for alg in ("tiled", "cooperative"):
@@ -123,18 +124,24 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None):
     return _result(point, min(ok, key=lambda k: point.timings[k.describe()]), default)
 
 
-def _result(point, best, default, rounds=5):
-    """The winner against the default choice, timed in alternation (``rounds`` rounds of
-    one run each, medians) so that the host's drifts hit both alike; the faster wins."""
+def alternate(point, kernels, rounds=5):
+    """Time ``kernels`` in alternation, one run each a round (the order reversed every other
+    round), so that the host's drifts hit them alike; their medians are the point's
+    timings. Returns them, in the order given."""
+    runs = {k: [] for k in kernels}
+    for i in range(rounds):
+        for k in (kernels if i % 2 else kernels[::-1]):
+            runs[k].append(point.time(k, 1))
+    for k, v in runs.items():
+        point.timings[k.describe()] = float(np.median(v))
+    return [point.timings[k.describe()] for k in kernels]
+
+
+def _result(point, best, default):
+    """The winner against the default choice, in alternation; the faster wins."""
     if best != default and default.describe() in point.timings:
-        runs = {best: [], default: []}
-        for i in range(rounds):
-            for k in ((best, default) if i % 2 else (default, best)):
-                point.time(k, 1)
-                runs[k].append(point.timings[k.describe()])
-        for k, v in runs.items():
-            point.timings[k.describe()] = float(np.median(v))
-        if point.timings[default.describe()] < point.timings[best.describe()]:
+        t_best, t_default = alternate(point, [best, default])
+        if t_default < t_best:
             best = default
     return {"best": best, "timings": point.timings, "excluded": point.excluded,
             "default": default.describe()}
