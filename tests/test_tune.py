@@ -101,3 +101,16 @@ def test_tune_command_line(tfile, tmp_path, device, capsys):
     assert doc["points"][0]["key"] == "128x64 g32 float T1"
     assert main(["info"]) == 0
     assert "128x64 g32 float T1" in capsys.readouterr().out
+
+
+def test_tuned_wait_is_what_auto_uses(tfile, device):
+    """The tuner measures how calls wait best and stores it; Device(wait="auto") then
+    follows the measurement rather than the device's kind."""
+    report = tuner.tune([(128, 64)], [1], [32], budget_s=5, device=device, log=None)
+    assert report["wait"]["chose"] in ("block", "yield")
+    assert set(report["wait"]["e2e_s"]) == {"block", "yield"}
+    assert tuning.tuned_wait(device.info) == report["wait"]["chose"]
+    for mode in ("block", "yield"):
+        tuning.store_wait(device.info, mode)
+        with vq.Device(device.index) as dev:
+            assert dev.wait == mode

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import tuning
 from .errors import INSTALL_HINT, DeviceClosedError, DeviceMemoryError, VulkanUnavailableError
 from .kernels import DeviceCaps, Variant
 
@@ -221,7 +222,9 @@ class Device:
       without a wake-up from an idle core, which costs tens of microseconds on a
       virtual machine (docs/design.md). On a GPU it
       would keep a core busy for nothing;
-    * ``"auto"`` (default): ``"yield"`` on a CPU device, ``"block"`` on any other.
+    * ``"auto"`` (default): what the tuner measured faster on this device
+      (:mod:`vkqlinear.tuner`), else ``"yield"`` on a CPU device, ``"block"`` on any
+      other.
 
     ``"yield"`` needs the kp that ``tools/setup.sh`` builds; with any other kp a call
     blocks, and :attr:`wait` says so.
@@ -276,8 +279,9 @@ class Device:
                             f"got {type(mode).__name__}")
         if mode not in WAITS:
             raise ValueError(f"wait: expected one of {', '.join(WAITS)}, got {mode!r}")
-        if mode == "auto":
-            mode = "yield" if self.info.type == "cpu" else "block"
+        if mode == "auto":           # the tuner's measurement, else by the device's kind
+            mode = tuning.tuned_wait(self.info) or \
+                ("yield" if self.info.type == "cpu" else "block")
         # read by every call: how long it polls before it blocks
         self.yield_ns = YIELD_NS if mode == "yield" and self._kp_yields else 0
 

@@ -147,6 +147,33 @@ def _result(point, best, default):
             "default": default.describe()}
 
 
+def tune_wait(dl, t=1, rounds=40):
+    """How calls on ``dl``'s device should wait (:attr:`vkqlinear.Device.wait`): ``"block"``
+    and ``"yield"`` timed end to end at ``t`` tokens in alternating rounds; returns
+    ``(mode, {mode: median seconds})``. The device's mode is left as it was."""
+    dev = dl.device
+    before = dev.wait
+    x = quantize_per_token(np.random.default_rng(0).standard_normal(
+        (t, dl.weights.K)).astype(np.float32))
+    times = {"block": [], "yield": []}
+    try:
+        for mode in times:                    # record and warm
+            dev.wait = mode
+            dl.run("auto", *x)
+        for i in range(rounds):
+            for mode in (("block", "yield") if i % 2 else ("yield", "block")):
+                dev.wait = mode
+                if dev.wait != mode:          # a kp that cannot poll
+                    return "block", {}
+                t0 = time.perf_counter()
+                dl.run("auto", *x)
+                times[mode].append(time.perf_counter() - t0)
+    finally:
+        dev.wait = before
+    med = {m: float(np.median(v)) for m, v in times.items()}
+    return min(med, key=med.get), med
+
+
 def _state_path():
     path = tuning.tuning_file()
     return path.with_name(path.name + ".progress")
@@ -211,6 +238,16 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
                 f"{len(res['timings'])} timed, {len(res['excluded'])} excluded)")
     state_path.unlink(missing_ok=True)
+    if points:                    # how calls wait, at the first shape's T = 1
+        k, n, g, _ = points[0]
+        qw = random_weights(rng, k, n, g)        # held: a DeviceLinear holds it weakly
+        mode, med = tune_wait(DeviceLinear.of(qw, dev))
+        tuning.store_wait(dev.info, mode)
+        dev.wait = "auto"
+        report["wait"] = {"chose": mode, "e2e_s": med}
+        if log:
+            log(f"calls wait: {mode} (end to end at T=1: " + ", ".join(
+                f"{m} {v * 1e3:.3f} ms" for m, v in med.items()) + ")")
     report["seconds"] = time.perf_counter() - t0
     if plot:
         report["plot"] = plot_search(report, plot)

@@ -33,6 +33,7 @@ from .kernels import DEFAULT_AUTO_THRESHOLD, KERNEL_GENERATION
 
 __all__ = ["tuning_file", "device_key", "point_key", "token_bucket", "auto_threshold",
            "store_threshold", "store_configs", "tuned_config", "device_entries", "state",
+           "tuned_wait", "store_wait",
            "BUILTIN_THRESHOLDS", "RECHECK_S", "VERSION"]
 
 VERSION = 2
@@ -227,6 +228,19 @@ def _update(info, change):
             raise
         _writes += 1             # after the write: a device that looks now sees it
     return path
+
+
+def tuned_wait(info):
+    """How the tuner found calls on ``info``'s device wait fastest (``"block"`` or
+    ``"yield"``), or ``None``."""
+    entry, _ = _entry(info)
+    wait = entry.get("wait")
+    return wait if wait in ("block", "yield") else None
+
+
+def store_wait(info, wait, extra=None):
+    """Record how calls on ``info``'s device should wait (the tuner's measurement)."""
+    return _update(info, lambda e: e.update({"wait": wait, **(extra or {})}))
 
 
 def store_threshold(info, threshold, extra=None):
