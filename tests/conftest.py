@@ -27,6 +27,16 @@ def device():
 
 
 @pytest.fixture
+def tfile(tmp_path, monkeypatch):
+    """A fresh tuning file for the test, re-read at every look."""
+    from vkqlinear import tuning
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(path))
+    monkeypatch.setattr(tuning, "RECHECK_S", 0.0)
+    return path
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

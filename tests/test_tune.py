@@ -11,14 +11,6 @@ from vkqlinear import kernels, tuner, tuning
 from vkqlinear.model_bench import random_weights
 
 
-@pytest.fixture
-def tfile(tmp_path, monkeypatch):
-    path = tmp_path / "tuning.json"
-    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(path))
-    monkeypatch.setattr(tuning, "RECHECK_S", 0.0)
-    return path
-
-
 def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
     report = tuner.tune([(256, 128)], [1, 4], [32], budget_s=30, device=device, log=None)
     assert [p["key"] for p in report["points"]] == ["256x128 g32 float T1",

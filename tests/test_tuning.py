@@ -20,12 +20,6 @@ def fake_info(name="Test GPU", driver="testdrv"):
                       features={}, extensions=[])
 
 
-@pytest.fixture
-def tfile(tmp_path, monkeypatch):
-    path = tmp_path / "tuning.json"
-    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(path))
-    monkeypatch.setattr(tuning, "RECHECK_S", 0.0)
-    return path
 
 
 def test_round_trip_and_builtin_defaults(tfile):
