@@ -80,9 +80,9 @@ class DeviceLinear:
         # what the kernels see: groups padded to a multiple of 8 (layout.pad_groups)
         self.kernel_group_size = padded_group_size(weights.group_size)
         self.kernel_K = weights.K // weights.group_size * self.kernel_group_size
-        self._buffers = {}           # (lanes, layout, order) -> WeightBuffers
-        self._kernels = {}           # (algorithm, T, int8 out, variant, threshold) -> Kernel
-        # (algorithm, T, int8 out, variant, kind) -> (auto threshold, RecordedCall)
+        self._buffers = {}           # (lanes, layout, order, split) -> WeightBuffers
+        self._kernels = {}           # (algorithm, T, int8 out, variant, tuning state) -> Kernel
+        # (algorithm or Kernel, T, int8 out, variant, kind) -> (tuning state, RecordedCall)
         self._calls = OrderedDict()
 
     @classmethod
