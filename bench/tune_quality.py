@@ -30,7 +30,8 @@ def main(argv=None):
     ratios = []
     for shape in a.shapes.split(","):
         k, n = (int(v) for v in shape.lower().split("x"))
-        dl = vq.DeviceLinear.of(random_weights(rng, k, n), dev)
+        qw = random_weights(rng, k, n)         # held: a DeviceLinear holds it weakly
+        dl = vq.DeviceLinear.of(qw, dev)
         for t in (int(v) for v in a.tokens.split(",")):
             chosen = search_point(dl, t, a.budget, rng=rng)["best"]
             full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng)
