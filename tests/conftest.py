@@ -4,14 +4,23 @@ driver crash fails the probe, not pytest.
 Tests that need a Vulkan device take the ``device`` fixture (directly, or with
 ``@pytest.mark.usefixtures("device")`` when they open devices of their own). Without a
 device they skip, saying why; with ``VKQLINEAR_REQUIRE_DEVICE=1`` (set by
-``tools/vkq test``, so in CI) they fail instead. Every other test runs on the CPU alone."""
+``tools/vkq test``, so in CI) they fail instead. Every other test runs on the CPU alone.
+
+The tests never read the user's tuning file: a tuned kernel or wait mode there would make
+them depend on the machine's history."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 import vkqlinear as vq
+
+
+def pytest_configure(config):
+    os.environ["VKQLINEAR_TUNING_FILE"] = os.path.join(
+        tempfile.mkdtemp(prefix="vkqlinear-tests-"), "tuning.json")
 
 
 @pytest.fixture(scope="session")

@@ -106,3 +106,20 @@ def test_tuned_wait_is_what_auto_uses(tfile, device):
         tuning.store_wait(device.info, mode)
         with vq.Device(device.index) as dev:
             assert dev.wait == mode
+
+
+@pytest.mark.parametrize("setting", ["auto", "block", "yield"])
+def test_tuning_keeps_a_wait_the_caller_chose(tfile, device, monkeypatch, setting):
+    """After a tune, a device set to "block" or "yield" still waits that way; one set to
+    "auto" follows the new measurement, whichever way it went."""
+    other = {"auto": "block", "block": "yield", "yield": "block"}[setting]
+    measured = other if setting != "auto" else "block"
+    monkeypatch.setattr(tuner, "tune_wait", lambda dl: (measured, {measured: 1e-3}))
+    before = device.wait_setting
+    try:
+        device.wait = setting
+        tuner.tune([(128, 64)], [1], [32], budget_s=2, device=device, log=None)
+        assert device.wait_setting == setting
+        assert device.wait == (measured if setting == "auto" else setting)
+    finally:
+        device.wait = before

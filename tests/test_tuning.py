@@ -20,8 +20,6 @@ def fake_info(name="Test GPU", driver="testdrv"):
                       features={}, extensions=[])
 
 
-
-
 def test_round_trip_and_builtin_defaults(tfile):
     info = fake_info()
     assert tuning.auto_threshold(info) == DEFAULT_AUTO_THRESHOLD
@@ -76,6 +74,19 @@ def test_change_by_another_process_is_seen_after_the_recheck(tfile, monkeypatch)
     assert tuning.auto_threshold(info) == 7           # not re-checked yet
     monkeypatch.setattr(tuning, "RECHECK_S", 0.0)
     assert tuning.auto_threshold(info) == 1000
+
+
+def test_another_file_is_read_at_once(tfile, monkeypatch):
+    """Pointing $VKQLINEAR_TUNING_FILE elsewhere takes effect on the next look, however
+    soon: the recheck interval covers one file's changes, not a change of file."""
+    info = fake_info()
+    tuning.store_threshold(info, 5)
+    monkeypatch.setattr(tuning, "RECHECK_S", 3600.0)
+    assert tuning.auto_threshold(info) == 5
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tfile.with_name("other.json")))
+    assert tuning.auto_threshold(info) == DEFAULT_AUTO_THRESHOLD
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tfile))
+    assert tuning.auto_threshold(info) == 5
 
 
 def test_concurrent_writers_leave_a_valid_file(tfile):

@@ -272,6 +272,12 @@ class Device:
         set it to ``"auto"``, ``"block"`` or ``"yield"``."""
         return "yield" if self.yield_ns else "block"
 
+    @property
+    def wait_setting(self):
+        """The mode :attr:`wait` was last set to, ``"auto"`` included (``"auto"`` is
+        resolved again when the tuner stores a new measurement)."""
+        return self._wait_setting
+
     @wait.setter
     def wait(self, mode):
         if not isinstance(mode, str):
@@ -279,6 +285,7 @@ class Device:
                             f"got {type(mode).__name__}")
         if mode not in WAITS:
             raise ValueError(f"wait: expected one of {', '.join(WAITS)}, got {mode!r}")
+        self._wait_setting = mode
         if mode == "auto":           # the tuner's measurement, else by the device's kind
             mode = tuning.tuned_wait(self.info) or \
                 ("yield" if self.info.type == "cpu" else "block")

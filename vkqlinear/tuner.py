@@ -158,7 +158,7 @@ def tune_wait(dl, t=1, rounds=40):
     and ``"yield"`` timed end to end at ``t`` tokens in alternating rounds; returns
     ``(mode, {mode: median seconds})``. The device's mode is left as it was."""
     dev = dl.device
-    before = dev.wait
+    before = dev.wait_setting
     x = quantize_per_token(np.random.default_rng(0).standard_normal(
         (t, dl.weights.K)).astype(np.float32))
     times = {"block": [], "yield": []}
@@ -249,7 +249,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
         qw = random_weights(rng, k, n, g)        # held: a DeviceLinear holds it weakly
         mode, med = tune_wait(DeviceLinear.of(qw, dev))
         tuning.store_wait(dev.info, mode)
-        dev.wait = "auto"
+        dev.wait = dev.wait_setting       # "auto" now follows the new measurement
         report["wait"] = {"chose": mode, "e2e_s": med}
         if log:
             log(f"calls wait: {mode} (end to end at T=1: " + ", ".join(

@@ -119,9 +119,10 @@ def _entry(info):
     key = device_key(info)
     now = time.monotonic()
     hit = _memo.get(key)
-    if hit is not None and now - hit[1] < RECHECK_S and hit[3] == _writes:
-        return hit[0], (hit[2], hit[3])
     path = tuning_file()
+    if hit is not None and now - hit[1] < RECHECK_S and hit[3] == _writes and \
+            hit[2][0] == str(path):           # the same file, looked at moments ago
+        return hit[0], (hit[2], hit[3])
     stamp = (str(path), _stamp(path))
     if hit is not None and hit[2] == stamp and hit[3] == _writes:
         entry = hit[0]
