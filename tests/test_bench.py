@@ -59,6 +59,8 @@ def test_derived_figures_and_headline_ratios():
     coop = points[0]["kernels"]["cooperative"]
     assert coop["roofline_fraction"] == pytest.approx(t_read / 1e-3)
     assert coop["roofline_bound"] == "read"
+    t_alu1 = 4096 * 4096 / 4e10
+    assert coop["read_plus_alu_fraction"] == pytest.approx((t_read + t_alu1) / 1e-3)
     t_alu = 4096 * 4096 * 512 / 4e10      # T = 512: the arithmetic binds
     assert points[2]["kernels"]["tiled"]["roofline_fraction"] == pytest.approx(t_alu / 0.5)
     assert points[2]["kernels"]["tiled"]["roofline_bound"] == "arithmetic"
@@ -66,6 +68,7 @@ def test_derived_figures_and_headline_ratios():
     assert b["gemv_T1_over_read"] == pytest.approx(1e-3 / t_read)
     assert b["gemv_T1_over_read_in_round"] == pytest.approx(1.25)
     assert "gemv_T1_over_host_read" not in b          # no host bandwidth in calib
+    assert b["gemv_T1_read_plus_alu_fraction"] == pytest.approx((t_read + t_alu1) / 1e-3)
     assert b["coop_T1_over_best"] == pytest.approx(1.0)
     assert b["e2e_T1_over_kernel"] == pytest.approx(1.5)
     assert b["gemm_T512_alu_fraction"] == pytest.approx(4096 * 4096 * 512 / 0.5 / 4e10)

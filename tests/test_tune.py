@@ -40,6 +40,37 @@ def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
     assert dl.kernel("auto", 1, variant="portable").variant == kernels.Variant()
 
 
+def test_int8_output_points_are_tuned_and_used(tfile, device):
+    """An int8-output layer takes the float entry's kernel until it has its own; tuning
+    int8 outputs checks every candidate against the int8 contract and stores its own."""
+    qw = random_weights(np.random.default_rng(2), 128, 64)
+    dl = vq.DeviceLinear.of(qw, device)
+    report = tuner.tune([(128, 64)], [2], [32], budget_s=10, device=device, log=None)
+    float_config = report["points"][0]["config"]
+    assert dl.kernel("auto", 2, out_int8=True) == kernels.kernel_from_config(
+        float_config, 2, 32, True, device.caps)
+    report = tuner.tune([(128, 64)], [2], [32], budget_s=10, device=device, log=None,
+                        outputs=["int8"])
+    (p,) = report["points"]
+    assert p["key"] == "128x64 g32 int8 T2" and p["output"] == "int8"
+    assert not p["excluded"] and p["candidates"] > 10
+    entries = tuning.device_entries(device.info)
+    assert set(entries) == {"128x64 g32 float T2", "128x64 g32 int8 T2"}
+    kernel = dl.kernel("auto", 2, out_int8=True)
+    assert kernel == kernels.kernel_from_config(p["config"], 2, 32, True, device.caps)
+    assert kernel.out_int8
+    x = vq.quantize_per_token(np.random.default_rng(3).standard_normal((2, 128))
+                              .astype(np.float32))
+    oq = (np.full(2, 0.05, np.float32), np.zeros(2, np.int32))
+    got = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=oq[0], out_zero_point=oq[1],
+                                      device=device)
+    want = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=oq[0], out_zero_point=oq[1],
+                                       algorithm="reference")
+    assert got.dtype == np.int8 and np.abs(got.astype(int) - want).max() <= 1
+    with pytest.raises(ValueError, match="outputs"):
+        tuner.tune([(128, 64)], [2], [32], device=device, outputs=["int4"])
+
+
 def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
     """A candidate that computes the wrong result (here: told the wrong group size) is
     caught by the check before it is timed, and never chosen."""
@@ -123,3 +154,26 @@ def test_tuning_keeps_a_wait_the_caller_chose(tfile, device, monkeypatch, settin
         assert device.wait == (measured if setting == "auto" else setting)
     finally:
         device.wait = before
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--shapes", "40x"], "--shapes"), (["--shapes", "4096"], "--shapes"),
+    (["--tokens", "0"], "--tokens"), (["--tokens", "1,a"], "--tokens"),
+    (["--group-sizes", "12"], "group_sizes"),
+    (["--shapes", "64x48", "--group-sizes", "128"], "group_sizes")])
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_bad_command_lines_name_the_argument(command, argv, named, capsys):
+    """CPU only: the command lines refuse bad lists before opening a device."""
+    from vkqlinear.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main([command] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+def test_tune_refuses_bad_group_sizes_before_opening_a_device():
+    with pytest.raises(ValueError, match="group_sizes"):
+        tuner.tune([(64, 48)], [1], [20], device=-1)
+    with pytest.raises(ValueError, match="group_sizes"):
+        tuner.check_points([(64, 48)], [True])

@@ -142,7 +142,12 @@ def test_tuned_configs_exact_then_nearest(tfile):
     assert tm(2048, 2048, 32, 1) == 1             # nearest shape, by log(K N)
     assert tm(1024, 512, 32, 1) == 2
     assert tm(4096, 4096, 64, 1) is None          # no entry of that group size
-    assert tm(4096, 4096, 32, 1, out=True) is None
+    assert tm(4096, 4096, 32, 1, out=True) == 1   # int8 output: the float entries' kernel
+    assert tm(4096, 4096, 32, 48, out=True) == 8
+    tuning.store_configs(info, {
+        tuning.point_key(4096, 4096, 32, True, 64): {"config": {"tm": 2}}})
+    assert tm(4096, 4096, 32, 1, out=True) == 2   # an int8 entry first, however far
+    assert tm(4096, 4096, 32, 1) == 1
     assert set(tuning.device_entries(info)) == {
         "4096x4096 g32 float T1", "4096x4096 g32 float T64", "1536x384 g32 float T1",
-        "4096x4096 g128 float T1"}
+        "4096x4096 g128 float T1", "4096x4096 g32 int8 T64"}

@@ -52,7 +52,7 @@ from .device_linear import DeviceLinear
 from .kernels import kernel_config
 from .model_bench import MODELS, run_model
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
-from .tuner import tune
+from .tuner import check_points, int_list, shape_list, tune
 from .tuning import store_threshold
 from .weights import QuantizedWeights, prepack
 
@@ -63,21 +63,6 @@ SHAPE_SETS = {
 }
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 KERNELS = ("tiled", "cooperative", "auto")
-
-
-def _parse_list(s, conv=int):
-    return [conv(v) for v in s.split(",") if v]
-
-
-def _shapes(spec):
-    out = []
-    for part in spec.split(","):
-        if part in SHAPE_SETS:
-            out += SHAPE_SETS[part]
-        else:
-            k, n = part.lower().split("x")
-            out.append((int(k), int(n)))
-    return out
 
 
 def _git_commit():
@@ -249,7 +234,8 @@ def derive(points, calib):
     moves at the fastest calibrated read, or to do its ``T N K`` multiply-adds at the
     calibrated arithmetic rate (``SWAR_MACS_PER_MADD`` per int32 multiply-add), whichever
     is longer; the fraction is that time over the kernel's, and ``roofline_bound`` names
-    the limit."""
+    the limit. ``read_plus_alu_fraction`` is the sum of both times over the kernel's: the
+    bound where reads and arithmetic cannot overlap (above 1 where they do)."""
     bw = calib["read_bytes_per_s"]
     macs_per_s = calib["alu_madd_per_s"] * SWAR_MACS_PER_MADD
     for p in points:
@@ -260,6 +246,9 @@ def derive(points, calib):
             t = v["kernel_s"]["median"]
             v["roofline_fraction"] = max(t_read, t_alu) / t
             v["roofline_bound"] = "read" if t_read >= t_alu else "arithmetic"
+            # where the same cores both read and compute (a CPU device), the two limits
+            # add up unless the loads hide under the arithmetic: near 1, neither does
+            v["read_plus_alu_fraction"] = (t_read + t_alu) / t
         best = min(("tiled", "cooperative"), key=lambda a: ks[a]["kernel_s"]["median"])
         p["best"] = best
         rk = ks[best]["runs_kernel"]
@@ -307,6 +296,8 @@ def headline(points, calib):
         if calib.get("host_read_bytes_per_s"):
             out["gemv_T1_over_host_read"] = best / (p1["bytes"] /
                                                     calib["host_read_bytes_per_s"])
+        out["gemv_T1_read_plus_alu_fraction"] = \
+            p1["kernels"][p1["best"]]["read_plus_alu_fraction"]
         out["coop_T1_over_best"] = p1["coop_over_best"]
         out["e2e_T1_over_kernel"] = p1["e2e_over_kernel"]
     p512 = find(512, 4096, 4096, 32)
@@ -396,9 +387,11 @@ def main(argv=None):
                       help="shapes 'quick' (default), group sizes 32 and 128, at least 7 runs")
     mode.add_argument("--full", action="store_true",
                       help="llama-7b and minilm shapes, group sizes 32 and 128, at least 9 runs")
-    ap.add_argument("--shapes", help="KxN list or set names (quick, llama-7b, minilm)")
-    ap.add_argument("--tokens", help=f"T list (default {','.join(map(str, TOKENS))})")
-    ap.add_argument("--group-sizes", help="group sizes (default 32,128)")
+    ap.add_argument("--shapes", type=lambda s: shape_list(s, SHAPE_SETS),
+                    help="KxN list or set names (quick, llama-7b, minilm)")
+    ap.add_argument("--tokens", type=int_list,
+                    help=f"T list (default {','.join(map(str, TOKENS))})")
+    ap.add_argument("--group-sizes", type=int_list, help="group sizes (default 32,128)")
     ap.add_argument("--runs", type=int,
                     help="timed runs per point at least (more where they fit the budget)")
     ap.add_argument("--budget", type=float,
@@ -427,10 +420,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.model:
         return model_main(a)
-    shapes = _shapes(a.shapes) if a.shapes else (
+    shapes = a.shapes or (
         SHAPE_SETS["llama-7b"] + SHAPE_SETS["minilm"] if a.full else SHAPE_SETS["quick"])
-    tokens = _parse_list(a.tokens) if a.tokens else TOKENS
-    gsizes = _parse_list(a.group_sizes) if a.group_sizes else [32, 128]
+    tokens = a.tokens or TOKENS
+    gsizes = a.group_sizes or [32, 128]
+    try:
+        check_points(shapes, gsizes)
+    except ValueError as e:
+        ap.error(str(e))
     # At least 7 rounds a point: auto and tiled replay one recorded sequence at most
     # points, and with 5 rounds the host's bursts (15% or more in 1 round in 5 to 10 here)
     # took the median of their ratio past 1.1 at single points.

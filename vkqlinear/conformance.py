@@ -132,15 +132,20 @@ def make_inputs(case):
              x_zero_point=x_zp.reshape(lead), w_packed=w_packed, group_size=g,
              w_scales=w_scales, w_zeros=w_zeros, w_offsets=w_offsets, bias=bias)
     if case.out == "int8":
-        y = expected(d)[0]
-        # Output qparams that cover each token's range, so int8 values are meaningful.
-        lo = np.minimum(y.min(axis=1, initial=0), 0)
-        hi = np.maximum(y.max(axis=1, initial=0), 0)
-        os_ = np.maximum((hi - lo) / 255.0, 1e-30).astype(np.float32)
-        oz = np.clip(np.rint(-128 - lo / os_), -128, 127).astype(np.int32)
+        os_, oz = covering_qparams(expected(d)[0])
         d["out_scale"] = os_.reshape(lead)
         d["out_zero_point"] = oz.reshape(lead)
     return d
+
+
+def covering_qparams(y):
+    """Per-token int8 output ``(scale float32 [T], zero point int32 [T])`` that cover each
+    row of ``y [T, N]`` and zero, so that the int8 values are meaningful."""
+    lo = np.minimum(y.min(axis=1, initial=0), 0)
+    hi = np.maximum(y.max(axis=1, initial=0), 0)
+    os_ = np.maximum((hi - lo) / 255.0, 1e-30).astype(np.float32)
+    oz = np.clip(np.rint(-128 - lo / os_), -128, 127).astype(np.int32)
+    return os_, oz
 
 
 def _weights_f64(d):

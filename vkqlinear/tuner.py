@@ -2,9 +2,10 @@
 on the device in front of it, and store it for ``algorithm="auto"`` (:mod:`vkqlinear.tuning`).
 
 ``python -m vkqlinear tune [--shapes KxN,...] [--tokens ...] [--group-sizes ...]
-[--budget S] [--exhaustive] [--device N]``, or :func:`tune` from Python.
+[--outputs float,int8] [--budget S] [--exhaustive] [--device N]``, or :func:`tune` from
+Python.
 
-For each point (K, N, group size, T) the search space is every kernel the device can run
+For each point (K, N, group size, output kind, T) the search space is every kernel the device can run
 (:func:`vkqlinear.kernels.candidates`: both algorithms, every variant, tokens per
 invocation, the workgroup's other axis). Every candidate is first checked against the
 contract's tolerance on the point's inputs; a wrong one is excluded and reported (a bug to
@@ -20,6 +21,7 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -34,24 +36,73 @@ from .kernels import candidates, choose_kernel, kernel_config
 from .model_bench import random_weights
 from .quant import quantize_per_token
 
-__all__ = ["tune", "search_point", "alternate", "Point", "QUICK_SHAPES", "TOKENS"]
+__all__ = ["tune", "search_point", "alternate", "Point", "QUICK_SHAPES", "TOKENS",
+           "int_list", "shape_list", "check_points"]
 
 QUICK_SHAPES = [(4096, 4096), (1536, 384)]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
 
 
+def int_list(spec):
+    """Command-line type: ``"1,2,4"`` -> ``[1, 2, 4]``, positive integers."""
+    try:
+        out = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, got {spec!r}")
+    return out
+
+
+def output_list(spec):
+    """Command-line type: ``"float,int8"`` -> ``["float", "int8"]``."""
+    out = [v.strip() for v in spec.split(",") if v.strip()]
+    if not out or set(out) - {"float", "int8"}:
+        raise argparse.ArgumentTypeError(f"expected float, int8 or float,int8, got {spec!r}")
+    return out
+
+
+def shape_list(spec, sets=None):
+    """Command-line type: ``"4096x4096,1536x384"`` -> ``[(4096, 4096), (1536, 384)]``;
+    names in ``sets`` (a dict) stand for their lists of shapes."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip().lower()
+        if sets and part in sets:
+            out += sets[part]
+            continue
+        try:
+            k, n = (int(v) for v in part.split("x"))
+        except ValueError:
+            k = n = 0
+        if k < 1 or n < 1:
+            names = f" or one of {', '.join(sets)}" if sets else ""
+            raise argparse.ArgumentTypeError(
+                f"expected KxN shapes separated by commas (e.g. 4096x4096){names}, "
+                f"got {part!r}")
+        out.append((k, n))
+    return out
+
+
 class Point:
     """One point's inputs, its expected result, and what the search learnt so far."""
 
-    def __init__(self, dl, t, rng):
+    def __init__(self, dl, t, rng, out_int8=False):
         self.dl = dl
         w = dl.weights
-        self.x = quantize_per_token(rng.standard_normal((t, w.K)).astype(np.float32))
-        self.spec = dict(x_q=self.x[0], x_scale=self.x[1], x_zero_point=self.x[2],
+        x = quantize_per_token(rng.standard_normal((t, w.K)).astype(np.float32))
+        self.spec = dict(x_q=x[0], x_scale=x[1], x_zero_point=x[2],
                          w_packed=w.w_packed, group_size=w.group_size, w_scales=w.w_scales,
                          w_offsets=w.w_offsets64, bias=None)
         self.expect = conformance.expected(self.spec)       # once: float64 at T x N x K
+        self.x = x
+        if out_int8:
+            out_q = conformance.covering_qparams(self.expect[0])
+            self.spec["out_scale"], self.spec["out_zero_point"] = out_q
+            self.x = x + (None,) + out_q
+        self.out_int8 = out_int8
         self.period = dl.device.info.limits["timestamp_period_ns"] * 1e-9
         self.timings, self.excluded, self.right, self.wrong = {}, {}, set(), set()
 
@@ -81,16 +132,17 @@ class Point:
         return self.timings[name]
 
 
-def search_point(dl, t, budget_s, exhaustive=False, rng=None):
-    """Search the kernels for ``dl``'s layer at ``t`` tokens (see the module doc):
-    ``{"best": Kernel, "timings": {describe: seconds}, "excluded": {describe: why},
-    "default": describe}``. Every candidate is checked before it is timed."""
-    point = Point(dl, t, rng or np.random.default_rng(0))
+def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
+    """Search the kernels for ``dl``'s layer at ``t`` tokens, float or int8 output (see
+    the module doc): ``{"best": Kernel, "timings": {describe: seconds}, "excluded":
+    {describe: why}, "default": describe}``. Every candidate is checked before it is
+    timed."""
+    point = Point(dl, t, rng or np.random.default_rng(0), out_int8)
     caps = dl.device.caps
     cands = []
     for alg in ("tiled", "cooperative"):
-        cands += candidates(alg, t, dl.kernel_group_size, False, caps)
-    default = choose_kernel("auto", t, dl.kernel_group_size, False, caps,
+        cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
+    default = choose_kernel("auto", t, dl.kernel_group_size, out_int8, caps,
                             tuning.auto_threshold(dl.device.info))
     start = time.perf_counter()
 
@@ -195,17 +247,34 @@ def _load_state(path, plan):
     return state.get("done", {})
 
 
+def check_points(shapes, group_sizes):
+    """``ValueError`` naming the argument unless every group size is a multiple of 8 and
+    divides the K of at least one shape."""
+    for g in group_sizes:
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 8 or g % 8:
+            raise ValueError(f"group_sizes: expected positive multiples of 8, got {g!r}")
+        if not any(k % g == 0 for k, _ in shapes):
+            raise ValueError(f"group_sizes: {g} divides the K of none of the shapes "
+                             f"{', '.join(f'{k}x{n}' for k, n in shapes)}")
+
+
 def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
-         exhaustive=False, device=None, log=print, plot=None):
-    """Tune every (shape, group size, T) point on ``device`` (default: the default
-    device) and store the winners in the tuning file; returns the report (per point: the
-    winner, every candidate's time, the excluded ones). ``budget_s`` is shared by the
-    points; ``plot`` (a path) writes a PNG of what the search saw."""
-    dev = device if isinstance(device, Device) else Device(device)
+         exhaustive=False, device=None, log=print, plot=None, outputs=("float",)):
+    """Tune every (shape, group size, output kind, T) point on ``device`` (default: the
+    default device) and store the winners in the tuning file; returns the report (per
+    point: the winner, every candidate's time, the excluded ones). ``outputs``: output
+    kinds to tune, ``"float"`` and/or ``"int8"`` (an int8-output layer with no entry of
+    its own uses the nearest float entry's kernel). ``budget_s`` is shared by the points;
+    ``plot`` (a path) writes a PNG of what the search saw."""
     shapes = list(shapes or QUICK_SHAPES)
     tokens = list(tokens or TOKENS)
-    points = [(k, n, g, t) for k, n in shapes for g in group_sizes if k % g == 0
-              for t in tokens]
+    check_points(shapes, group_sizes)
+    outputs = list(outputs)
+    if not outputs or set(outputs) - {"float", "int8"}:
+        raise ValueError(f"outputs: expected 'float' and/or 'int8', got {outputs!r}")
+    dev = device if isinstance(device, Device) else Device(device)
+    points = [(k, n, g, out == "int8", t) for k, n in shapes for g in group_sizes
+              if k % g == 0 for out in outputs for t in tokens]
     plan = {"device": tuning.device_key(dev.info), "points": [list(p) for p in points],
             "exhaustive": exhaustive}
     state_path = _state_path()
@@ -214,8 +283,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
     report = {"device": dev.name, "exhaustive": exhaustive, "points": []}
     t0 = time.perf_counter()
     weights = {}
-    for i, (k, n, g, t) in enumerate(points):
-        key = tuning.point_key(k, n, g, False, t)
+    for i, (k, n, g, out_int8, t) in enumerate(points):
+        key = tuning.point_key(k, n, g, out_int8, t)
         if key in done:
             report["points"].append(done[key])
             continue
@@ -224,9 +293,10 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
         if qw is None:
             weights.clear()
             qw = weights[(k, n, g)] = random_weights(rng, k, n, g)
-        res = search_point(DeviceLinear.of(qw, dev), t, left, exhaustive, rng)
+        res = search_point(DeviceLinear.of(qw, dev), t, left, exhaustive, rng, out_int8)
         best = res["best"]
         entry = {"key": key, "K": k, "N": n, "group_size": g, "T": t,
+                 "output": "int8" if out_int8 else "float",
                  "config": kernel_config(best), "best": best.describe(),
                  "kernel_s": res["timings"][best.describe()], "default": res["default"],
                  "default_s": res["timings"].get(res["default"]),
@@ -245,7 +315,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                 f"{len(res['timings'])} timed, {len(res['excluded'])} excluded)")
     state_path.unlink(missing_ok=True)
     if points:                    # how calls wait, at the first shape's T = 1
-        k, n, g, _ = points[0]
+        k, n, g, _, _ = points[0]
         qw = random_weights(rng, k, n, g)        # held: a DeviceLinear holds it weakly
         mode, med = tune_wait(DeviceLinear.of(qw, dev))
         tuning.store_wait(dev.info, mode)
@@ -292,23 +362,30 @@ def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(prog="python -m vkqlinear tune",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", help="KxN list (default the quick benchmark's: "
-                                     "4096x4096,1536x384)")
-    ap.add_argument("--tokens", help=f"T list (default {','.join(map(str, TOKENS))})")
-    ap.add_argument("--group-sizes", default="32,128")
+    ap.add_argument("--shapes", type=shape_list,
+                    help="KxN list (default the quick benchmark's: 4096x4096,1536x384)")
+    ap.add_argument("--tokens", type=int_list,
+                    help=f"T list (default {','.join(map(str, TOKENS))})")
+    ap.add_argument("--group-sizes", type=int_list, default=[32, 128],
+                    help="group sizes (default 32,128)")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds in all (default 600)")
+    ap.add_argument("--outputs", type=output_list, default=["float"],
+                    help="output kinds to tune: float, int8 or float,int8 (default float; "
+                         "an int8-output layer without entries of its own uses the float "
+                         "ones)")
     ap.add_argument("--exhaustive", action="store_true", help="time every candidate")
     ap.add_argument("--device", type=int, default=None)
     ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
     a = ap.parse_args(argv)
-    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in a.shapes.split(",")] \
-        if a.shapes else None
-    tokens = [int(v) for v in a.tokens.split(",")] if a.tokens else None
+    try:
+        check_points(a.shapes or QUICK_SHAPES, a.group_sizes)
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report = tune(shapes, tokens, [int(g) for g in a.group_sizes.split(",")], a.budget,
-                  a.exhaustive, a.device, plot=out / f"tune-{stamp}.png")
+    report = tune(a.shapes, a.tokens, a.group_sizes, a.budget,
+                  a.exhaustive, a.device, plot=out / f"tune-{stamp}.png", outputs=a.outputs)
     path = out / f"tune-{stamp}.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"{len(report['points'])} points in {report['seconds']:.0f} s; stored in "

@@ -152,8 +152,9 @@ def auto_threshold(info):
 
 def tuned_config(info, k, n, group_size, out_int8, t):
     """``(config, token)``: the tuned config for the point (:func:`point_key`), else the
-    one of the nearest tuned point on this device (the same group size and output kind,
-    the nearest token bucket, then the nearest ``log(K N)``), else ``None``; ``token``
+    one of the nearest tuned point on this device (the same group size; the same output
+    kind if one is tuned, the nearest token bucket, then the nearest ``log(K N)``), else
+    ``None``; ``token``
     changes when the tuning file may have."""
     entry, token = _entry(info)
     configs = entry.get("configs")
@@ -173,9 +174,11 @@ def _nearest(configs, k, n, group_size, out_int8, bucket):
         try:
             shape, g, out, tb = name.split()
             kk, nn = (int(v) for v in shape.split("x"))
-            if int(g[1:]) != group_size or out != kind:
+            if int(g[1:]) != group_size:
                 continue
-            d = (abs(math.log2(int(tb[1:]) / bucket)), abs(math.log2(kk * nn / (k * n))))
+            # the other output kind last: its kernels differ only in the final store
+            d = (out != kind, abs(math.log2(int(tb[1:]) / bucket)),
+                 abs(math.log2(kk * nn / (k * n))))
         except (ValueError, ZeroDivisionError):
             continue
         if best_d is None or d < best_d:
