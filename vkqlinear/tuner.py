@@ -5,9 +5,9 @@ on the device in front of it, and store it for ``algorithm="auto"`` (:mod:`vkqli
 [--outputs float,int8] [--budget S] [--exhaustive] [--device N]``, or :func:`tune` from
 Python.
 
-For each point (K, N, group size, output kind, T) the search space is every kernel the device can run
-(:func:`vkqlinear.kernels.candidates`: both algorithms, every variant, tokens per
-invocation, the workgroup's other axis). Every candidate is first checked against the
+For each point (K, N, group size, output kind, T) the search space is every kernel the
+device can run (:func:`vkqlinear.kernels.candidates`: both algorithms, every variant,
+tokens per invocation, the workgroup's other axis). Every candidate is first checked against the
 contract's tolerance on the point's inputs; a wrong one is excluded and reported (a bug to
 fix). The search does not time everything: it times one representative of each
 (algorithm, variant) briefly, keeps the best three, then runs successive halving over all
