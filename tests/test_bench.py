@@ -137,6 +137,18 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     assert tuning.auto_threshold(device.info) == entry["auto_threshold"]    # auto reads it
 
 
+def test_tune_quality_script(capsys, device):
+    """bench/tune_quality.py (the search against exhaustive timing) runs and reports a
+    chosen / best ratio per point, the choice among the kernels timed again."""
+    mod = _script("tune_quality")
+    assert mod.main(["--shapes", "64x48", "--tokens", "1,3", "--budget", "1",
+                     "--rounds", "1", "--finalists", "2"]) == 0
+    lines = [v for v in capsys.readouterr().out.splitlines() if v.startswith("64x48 T=")]
+    assert len(lines) == 2
+    for line in lines:
+        assert float(line.rsplit("chosen / best ", 1)[1]) >= 1.0
+
+
 def test_wait_ab_script(capsys, device):
     """bench/wait_ab.py (the A/B of Device.wait) runs, checks its results against SPEC and
     reports both modes."""
@@ -169,3 +181,19 @@ def test_decoder_benchmark_tiny(tmp_path, capsys, device):
     assert doc["device_bytes_resident"] >= doc["sizes_bytes"]["int4_g32_packed"]
     assert set(doc["cpu"]) == {"float32", "dynamic_int8"}
     assert "the shapes are real, the weights are not" in capsys.readouterr().out
+
+
+def test_arithmetic_calibration_takes_the_fastest_chain_count(device, monkeypatch):
+    """The ALU calibration times each chain count and keeps the fastest rate; every count
+    does the same multiply-adds."""
+    from vkqlinear import calibrate
+    made = []
+    real = calibrate.alu_kernel
+
+    def spy(dev, iters=None, chains=32):
+        made.append(real(dev, iters, chains))
+        return made[-1]
+    monkeypatch.setattr(calibrate, "alu_kernel", spy)
+    cal, timing = calibrate.fastest_alu(device, runs=2, chains=(8, 32))
+    assert [c.work for c in made] == [64 * 64 * (1 << 16)] * 2
+    assert cal in made and timing.median > 0

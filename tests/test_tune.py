@@ -89,6 +89,33 @@ def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
     assert p["config"]["tm"] and p["best"] not in p["excluded"]
 
 
+def test_a_long_point_is_searched_on_a_proxy_layer(tfile, device, monkeypatch):
+    """Where a run of the layer is long, the search times a narrower layer of the same K
+    and T; the winner and the default are then timed (and checked) on the layer itself."""
+    assert tuner.proxy_channels(4096, 0.5) == tuner.PROXY_MIN_N
+    assert tuner.proxy_channels(4096, 0.04) == 2048
+    assert tuner.proxy_channels(4096, tuner.PROXY_RUN_S) is None
+    assert tuner.proxy_channels(384, 1.0) is None       # never wider than the layer
+    monkeypatch.setattr(tuner, "PROXY_RUN_S", 0.0)
+    monkeypatch.setattr(tuner, "PROXY_MIN_N", 64)
+    seen = []
+    real = tuner.Point
+
+    def spy(dl, *a, **k):
+        seen.append(dl.weights.N)
+        return real(dl, *a, **k)
+    monkeypatch.setattr(tuner, "Point", spy)
+    report = tuner.tune([(128, 512)], [2], [32], budget_s=10, device=device, log=None)
+    (p,) = report["points"]
+    assert p["proxy_N"] == 64 and seen == [512, 64]
+    assert not p["excluded"] and len(p["timings"]) > 10
+    assert p["kernel_s"] <= p["default_s"]
+    entry = tuning.device_entries(device.info)[p["key"]]
+    qw = random_weights(np.random.default_rng(4), 128, 512)
+    assert vq.DeviceLinear.of(qw, device).kernel("auto", 2) == kernels.kernel_from_config(
+        entry["config"], 2, 32, False, device.caps)
+
+
 def test_an_interrupted_tune_resumes(tfile, device, monkeypatch):
     calls = []
     real = tuner.search_point
@@ -177,3 +204,29 @@ def test_tune_refuses_bad_group_sizes_before_opening_a_device():
         tuner.tune([(64, 48)], [1], [20], device=-1)
     with pytest.raises(ValueError, match="group_sizes"):
         tuner.check_points([(64, 48)], [True])
+
+
+@pytest.mark.parametrize("costs, chosen", [({"yield": 1.0, "block": 0.98}, "yield"),
+                                           ({"yield": 1.0, "block": 0.90}, "block"),
+                                           ({"yield": 0.9, "block": 1.0}, "yield")])
+def test_the_wait_mode_changes_only_when_clearly_faster(monkeypatch, costs, chosen):
+    """CPU only, on a fake clock: the built-in mode stays unless the other is 3% faster;
+    the device's setting is restored."""
+    from types import SimpleNamespace
+    clock = SimpleNamespace(now=0.0)
+
+    class FakeDevice:
+        builtin_wait = "yield"
+        wait = wait_setting = "auto"
+
+    class FakeLinear:
+        device = FakeDevice()
+        weights = SimpleNamespace(K=8)
+
+        def run(self, algorithm, *x):
+            clock.now += costs[self.device.wait]
+    monkeypatch.setattr(tuner, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    dl = FakeLinear()
+    mode, med = tuner.tune_wait(dl, rounds=4)
+    assert mode == chosen and med == pytest.approx(costs)
+    assert dl.device.wait == "auto"

@@ -42,7 +42,7 @@ import numpy as np
 from . import __version__, args, conformance, ops
 from .calibrate import (
     SWAR_MACS_PER_MADD,
-    alu_kernel,
+    fastest_alu,
     fastest_read,
     host_read_bandwidth,
     read_kernel,
@@ -444,21 +444,20 @@ def main(argv=None):
     read_bytes = call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
                                              np.zeros((n0, k0 // g0), np.float32),
                                              np.zeros((n0, k0 // g0))), 1)
+    if a.tune:                       # first: the calibration belongs with the sweep
+        tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
+        print(f"tuned {len(tuned['points'])} points in {tuned['seconds']:.0f} s")
     warm_up(read_kernel(dev, read_bytes), a.warm_up)
     bw, how = fastest_read(dev, read_bytes, 20)
     # read calibration kernels of the fastest kind, by byte count, made once
     read_cal = functools.cache(
         lambda nbytes: read_kernel(dev, nbytes, texel=how == "texel buffer"))
-    alu = alu_kernel(dev)
-    at = alu.time(5)
+    alu, at = fastest_alu(dev)
     calib = {"read_bytes": read_bytes, "read_how": how, "read_bytes_per_s": bw,
              "alu_s": {"median": at.median, "min": at.min},
              "alu_madd_per_s": alu.work / at.median}
     if dev.info.type == "cpu":       # the physical limit under a CPU device
         calib["host_read_bytes_per_s"] = host_read_bandwidth(read_bytes)
-    if a.tune:
-        tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
-        print(f"tuned {len(tuned['points'])} points in {tuned['seconds']:.0f} s")
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
     prog = Progress(len(configs) * len(tokens))
     points = []

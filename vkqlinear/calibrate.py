@@ -14,6 +14,7 @@ from .device import R32G32B32A32_UINT
 from .dispatch import evaluate
 
 __all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel",
+           "fastest_alu",
            "fastest_read", "host_read_bandwidth", "SWAR_MACS_PER_MADD"]
 
 # The SWAR kernels multiply two channels' nibbles by one activation in one int32
@@ -120,16 +121,32 @@ def host_read_bandwidth(nbytes, threads=None, runs=5):
     return data.nbytes / float(np.median(times[1:]))
 
 
-def alu_kernel(device, iters=2048):
-    """The int32 multiply-add kernel: 32 independent chains of ``iters`` steps in each
-    of 64 x 64 invocations. Its ``work`` is int32 multiply-adds; the SWAR kernels form two
-    of the operator's multiply-adds (4-bit weight x 8-bit activation) with each, so their
-    arithmetic limit is twice this rate (:data:`SWAR_MACS_PER_MADD`)."""
-    local, wgs, chains = 64, 64, 32
+def alu_kernel(device, iters=None, chains=32):
+    """The int32 multiply-add kernel: ``chains`` independent chains of ``iters`` steps
+    (default: 64k multiply-adds an invocation) in each of 64 x 64 invocations. Its ``work``
+    is int32 multiply-adds; the SWAR kernels form two of the operator's multiply-adds (4-bit
+    weight x 8-bit activation) with each, so their arithmetic limit is twice this rate
+    (:data:`SWAR_MACS_PER_MADD`)."""
+    local, wgs = 64, 64
+    iters = iters or (1 << 16) // chains
     with device.lock:
         mgr = device.manager
         (dst,) = device.tensors([np.zeros(wgs * local, np.int32)], "an ALU calibration")
         push = np.array([iters, 1664525, 1013904223 & 0x7FFFFFFF], np.uint32)
         algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
-                             np.array([local], np.uint32), push)
+                             np.array([local, chains], np.uint32), push)
     return Calibration(device, algo, push, wgs * local * iters * chains, (dst,))
+
+
+def fastest_alu(device, runs=5, chains=(8, 16, 32)):
+    """``(kernel, Timing)``: the fastest of the multiply-add kernels with each count of
+    ``chains`` (enough chains hide the multiply's latency, too many spill registers; where
+    that lies is the device's)."""
+    best = None
+    for c in chains:
+        cal = alu_kernel(device, chains=c)
+        cal.time(2)
+        timing = cal.time(runs)
+        if best is None or cal.work / timing.median > best[0].work / best[1].median:
+            best = (cal, timing)
+    return best

@@ -273,6 +273,12 @@ class Device:
         return "yield" if self.yield_ns else "block"
 
     @property
+    def builtin_wait(self):
+        """What ``"auto"`` means before the tuner has measured: ``"yield"`` on a CPU
+        device, ``"block"`` on any other."""
+        return "yield" if self.info.type == "cpu" else "block"
+
+    @property
     def wait_setting(self):
         """The mode :attr:`wait` was last set to, ``"auto"`` included (``"auto"`` is
         resolved again when the tuner stores a new measurement)."""
@@ -287,8 +293,7 @@ class Device:
             raise ValueError(f"wait: expected one of {', '.join(WAITS)}, got {mode!r}")
         self._wait_setting = mode
         if mode == "auto":           # the tuner's measurement, else by the device's kind
-            mode = tuning.tuned_wait(self.info) or \
-                ("yield" if self.info.type == "cpu" else "block")
+            mode = tuning.tuned_wait(self.info) or self.builtin_wait
         # read by every call: how long it polls before it blocks
         self.yield_ns = YIELD_NS if mode == "yield" and self._kp_yields else 0
 

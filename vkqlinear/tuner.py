@@ -12,8 +12,12 @@ contract's tolerance on the point's inputs; a wrong one is excluded and reported
 fix). The search does not time everything: it times one representative of each
 (algorithm, variant) briefly, keeps the best three, then runs successive halving over all
 the configurations of those three (a third survives each round, each round with three
-times the runs) until one is left or the point's share of the time budget is spent.
-``exhaustive=True`` times every candidate instead, the yardstick of the search.
+times the runs) until one is left or the point's share of the time budget is spent. Where
+a run of the layer is long (large T), the search times a proxy layer with fewer output
+channels instead (:func:`proxy_channels`); either way the winner is then timed against the
+default on the layer itself, in alternation, and replaces it only when clearly faster.
+``exhaustive=True`` times every candidate on the layer instead, the yardstick of the
+search.
 
 Progress is written to a state file beside the tuning file after every point, so an
 interrupted run resumes where it stopped.
@@ -42,6 +46,12 @@ __all__ = ["tune", "search_point", "alternate", "Point", "QUICK_SHAPES", "TOKENS
 QUICK_SHAPES = [(4096, 4096), (1536, 384)]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
+# A point whose default kernel runs longer than this is searched on a proxy layer of fewer
+# output channels (at least PROXY_MIN_N), sized to run about this long: at T = 512 a 4096 x
+# 4096 layer takes 0.5 s a run on lavapipe, and a budget of seconds would time a few
+# candidates once each.
+PROXY_RUN_S = 0.02
+PROXY_MIN_N = 512
 
 
 def int_list(spec):
@@ -132,12 +142,25 @@ class Point:
         return self.timings[name]
 
 
+def proxy_channels(n, run_s):
+    """Output channels of the proxy layer a point's search times instead of its own (the
+    same K, group size and T; kernel time grows with N), or ``None`` when a run of the
+    real layer (``run_s`` seconds) is short enough to search on it."""
+    if run_s <= PROXY_RUN_S:
+        return None
+    m = max(PROXY_MIN_N, -(-int(n * PROXY_RUN_S / run_s) // 256) * 256)
+    return m if m < n else None
+
+
 def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
     """Search the kernels for ``dl``'s layer at ``t`` tokens, float or int8 output (see
-    the module doc): ``{"best": Kernel, "timings": {describe: seconds}, "excluded":
-    {describe: why}, "default": describe}``. Every candidate is checked before it is
-    timed."""
-    point = Point(dl, t, rng or np.random.default_rng(0), out_int8)
+    the module doc): ``{"best": Kernel, "kernel_s", "default": describe, "default_s",
+    "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``. Every
+    candidate is checked before it is timed. Where a run of the layer is long
+    (:data:`PROXY_RUN_S`) the search times a proxy layer of ``proxy_n`` channels (its
+    timings are those), and only the winner and the default are timed on the layer."""
+    rng = rng or np.random.default_rng(0)
+    point = Point(dl, t, rng, out_int8)
     caps = dl.device.caps
     cands = []
     for alg in ("tiled", "cooperative"):
@@ -150,30 +173,42 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
         return time.perf_counter() - start > budget_s
 
     point.time(default, 3)
+    search = point
+    proxy_n = None if exhaustive else proxy_channels(dl.weights.N,
+                                                     point.timings[default.describe()])
+    if proxy_n:
+        w = dl.weights
+        proxy = random_weights(rng, w.K, proxy_n, w.group_size)
+        search = Point(DeviceLinear.of(proxy, dl.device), t, rng, out_int8)
+        search.weights = proxy                 # held: a DeviceLinear holds it weakly
     if exhaustive:
         for k in cands:
             point.time(k, 3)
+        best = min((k for k in cands + [default] if k.describe() in point.timings),
+                   key=lambda k: point.timings[k.describe()])
+        return _result(point, best, default, point, None)
+    # one representative per (algorithm, variant): the first candidate of each
+    reps = {}
+    for k in cands:
+        reps.setdefault((k.algorithm, k.variant), k)
+    for k in reps.values():
+        if not over():
+            search.time(k, 1)
+    timed = [av for av, k in reps.items() if k.describe() in search.timings]
+    kept = sorted(timed, key=lambda av: search.timings[reps[av].describe()])
+    pool = [k for k in cands if (k.algorithm, k.variant) in kept[:KEEP_VARIANTS]]
+    runs, ranked = 1, None
+    while len(pool) > 1 and not over():
+        pool = [k for k in pool if search.time(k, runs) is not None]
+        ranked = pool = sorted(pool, key=lambda k: search.timings[k.describe()])
+        pool = pool[:max(1, -(-len(pool) // 3))]
+        runs *= 3
+    if ranked:                           # the leader of the last round
+        best = ranked[0]
     else:
-        # one representative per (algorithm, variant): the first candidate of each
-        reps = {}
-        for k in cands:
-            reps.setdefault((k.algorithm, k.variant), k)
-        for k in reps.values():
-            if not over():
-                point.time(k, 1)
-        timed = [av for av, k in reps.items() if k.describe() in point.timings]
-        kept = sorted(timed, key=lambda av: point.timings[reps[av].describe()])
-        pool = [k for k in cands if (k.algorithm, k.variant) in kept[:KEEP_VARIANTS]]
-        runs, ranked = 1, None
-        while len(pool) > 1 and not over():
-            pool = [k for k in pool if point.time(k, runs) is not None]
-            ranked = pool = sorted(pool, key=lambda k: point.timings[k.describe()])
-            pool = pool[:max(1, -(-len(pool) // 3))]
-            runs *= 3
-        if ranked:                       # the leader of the last round
-            return _result(point, ranked[0], default)
-    ok = [k for k in cands + [default] if k.describe() in point.timings]
-    return _result(point, min(ok, key=lambda k: point.timings[k.describe()]), default)
+        best = min((k for k in cands + [default] if k.describe() in search.timings),
+                   key=lambda k: search.timings[k.describe()], default=default)
+    return _result(point, best, default, search, proxy_n)
 
 
 def alternate(point, kernels, rounds=5):
@@ -194,21 +229,28 @@ def alternate(point, kernels, rounds=5):
 MARGIN = 0.97
 
 
-def _result(point, best, default):
-    """The winner against the default choice, in alternation; the default stays unless
-    the winner is clearly faster (:data:`MARGIN`)."""
-    if best != default and default.describe() in point.timings:
-        t_best, t_default = alternate(point, [best, default], rounds=7)
-        if t_best > MARGIN * t_default:
+def _result(point, best, default, search, proxy_n):
+    """The winner against the default choice on the layer itself, in alternation; the
+    default stays unless the winner is clearly faster (:data:`MARGIN`) or is the only
+    one that is right."""
+    if best != default:
+        if point.time(best, 1) is None:  # right on the proxy, wrong here: a bug to report
             best = default
-    return {"best": best, "timings": point.timings, "excluded": point.excluded,
-            "default": default.describe()}
+        elif default not in point.wrong:
+            t_best, t_default = alternate(point, [best, default], rounds=7)
+            if t_best > MARGIN * t_default:
+                best = default
+    excluded = dict(search.excluded, **point.excluded)
+    return {"best": best, "kernel_s": point.timings[best.describe()],
+            "default": default.describe(), "default_s": point.timings.get(default.describe()),
+            "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
 
 
 def tune_wait(dl, t=1, rounds=40):
     """How calls on ``dl``'s device should wait (:attr:`vkqlinear.Device.wait`): ``"block"``
-    and ``"yield"`` timed end to end at ``t`` tokens in alternating rounds; returns
-    ``(mode, {mode: median seconds})``. The device's mode is left as it was."""
+    and ``"yield"`` timed end to end at ``t`` tokens in alternating rounds; the other mode
+    replaces the device's built-in one only when :data:`MARGIN` faster. Returns ``(mode,
+    {mode: median seconds})``. The device's mode is left as it was."""
     dev = dl.device
     before = dev.wait_setting
     x = quantize_per_token(np.random.default_rng(0).standard_normal(
@@ -229,7 +271,9 @@ def tune_wait(dl, t=1, rounds=40):
     finally:
         dev.wait = before
     med = {m: float(np.median(v)) for m, v in times.items()}
-    return min(med, key=med.get), med
+    builtin = dev.builtin_wait
+    other = "block" if builtin == "yield" else "yield"
+    return (other if med[other] < MARGIN * med[builtin] else builtin), med
 
 
 def _state_path():
@@ -298,8 +342,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
         entry = {"key": key, "K": k, "N": n, "group_size": g, "T": t,
                  "output": "int8" if out_int8 else "float",
                  "config": kernel_config(best), "best": best.describe(),
-                 "kernel_s": res["timings"][best.describe()], "default": res["default"],
-                 "default_s": res["timings"].get(res["default"]),
+                 "kernel_s": res["kernel_s"], "default": res["default"],
+                 "default_s": res["default_s"], "proxy_N": res["proxy_n"],
                  "timings": res["timings"], "excluded": res["excluded"],
                  "candidates": len(res["timings"]) + len(res["excluded"])}
         tuning.store_configs(dev.info, {key: {"config": entry["config"],
@@ -310,9 +354,10 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
         report["points"].append(entry)
         if log:
             gain = (entry["default_s"] or entry["kernel_s"]) / entry["kernel_s"]
+            proxy = f" at N={res['proxy_n']}" if res["proxy_n"] else ""
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
-                f"{len(res['timings'])} timed, {len(res['excluded'])} excluded)")
+                f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded)")
     state_path.unlink(missing_ok=True)
     if points:                    # how calls wait, at the first shape's T = 1
         k, n, g, _, _ = points[0]
@@ -342,7 +387,8 @@ def plot_search(report, path):
     pts = report["points"]
     fig, ax = plt.subplots(figsize=(max(6, len(pts) * 0.35), 5))
     for i, p in enumerate(pts):
-        times = [v * 1e3 for v in p["timings"].values()]
+        scale = p["N"] / p["proxy_N"] if p.get("proxy_N") else 1.0   # proxy: scaled to N
+        times = [v * 1e3 * scale for v in p["timings"].values()]
         ax.scatter([i] * len(times), times, s=8, color="grey", alpha=0.5)
         ax.scatter([i], [p["kernel_s"] * 1e3], marker="*", s=80, color="red")
         if p.get("default_s"):
