@@ -84,6 +84,21 @@ def test_derived_figures_and_headline_ratios():
                                                  "gemm_T512_alu_fraction_in_round"}
 
 
+def test_limits_are_the_fastest_rates_seen():
+    """The read and arithmetic limits are the fastest of the calibrations before and after
+    the sweep and the in-round ones; in-round reads of other byte counts do not count."""
+    calib = {"read_bytes": 1600, "read_bytes_per_s": 8e9, "alu_madd_per_s": 2e10}
+    points = [{"calibration_work": {"read": 1600}, "calibration_runs": {"read": [1e-7, 4e-7]}},
+              {"calibration_work": {"read": 160}, "calibration_runs": {"read": [1e-9]}},
+              {"calibration_work": {"alu": 1e8}, "calibration_runs": {"alu": [1e-2, 5e-3]}},
+              {}]
+    bench.calib_limits(calib, points, 9e9, 1e10)
+    assert calib["read_bytes_per_s"] == pytest.approx(1.6e10)      # 1600 B in 0.1 us
+    assert calib["alu_madd_per_s"] == pytest.approx(2e10)          # the first was fastest
+    assert calib["seen"]["read_bytes_per_s"] == pytest.approx([4e9, 1.6e10])
+    assert calib["seen"]["alu_madd_per_s"] == pytest.approx([1e10, 2e10])
+
+
 def test_ratios_are_taken_round_by_round():
     # auto ran the same kernel; the slow spells hit different rounds of the two medians
     assert bench.round_ratio([1.0, 1.0, 2.0, 2.0, 2.0], [1.0, 1.0, 1.0, 2.0, 2.0]) == 1.0
