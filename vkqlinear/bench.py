@@ -496,11 +496,14 @@ def main(argv=None):
             cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
                 {"alu": alu} if t == 512 else {}
             points.append(measure_point(dev, qw, t, runs, rng, budget, cals))
-    # The limits are the fastest the device was seen to go: calibrated again after the
-    # sweep, and the headline points' in-round calibrations count too (a calibration of a
-    # fraction of a second can fall in one of the host's slow spells)
+    # The limits are the fastest the device (and the host) was seen to go: calibrated again
+    # after the sweep, and the headline points' in-round calibrations count too (a
+    # calibration of a fraction of a second can fall in one of the host's slow spells)
     calib_limits(calib, points, fastest_read(dev, read_bytes, 20)[0],
                  (lambda c: c[0].work / c[1].median)(fastest_alu(dev)))
+    if "host_read_bytes_per_s" in calib:
+        calib["host_read_bytes_per_s"] = max(calib["host_read_bytes_per_s"],
+                                             host_read_bandwidth(read_bytes))
     if not a.no_baselines:
         prog = Progress(len(points))
         for p in points:
