@@ -230,3 +230,9 @@ def test_the_wait_mode_changes_only_when_clearly_faster(monkeypatch, costs, chos
     mode, med = tuner.tune_wait(dl, rounds=4)
     assert mode == chosen and med == pytest.approx(costs)
     assert dl.device.wait == "auto"
+
+
+def test_short_kernels_get_more_final_rounds():
+    rounds = [tuner.final_rounds(s) for s in (1e-5, 1e-3, 5e-3, 2e-2, 1.0)]
+    assert rounds == sorted(rounds, reverse=True)
+    assert rounds[0] == 41 and rounds[-1] == 7 and 7 < rounds[2] < 41

@@ -229,6 +229,13 @@ def alternate(point, kernels, rounds=5):
 MARGIN = 0.97
 
 
+def final_rounds(run_s):
+    """Rounds of the final comparison for kernels of about ``run_s`` seconds: at least 7,
+    more for short kernels (up to 41, about a quarter second of runs), whose timings the
+    host's bursts disturb the most."""
+    return int(min(41, max(7, 0.25 / max(run_s, 1e-9) / 2)))
+
+
 def _result(point, best, default, search, proxy_n):
     """The winner against the default choice on the layer itself, in alternation; the
     default stays unless the winner is clearly faster (:data:`MARGIN`) or is the only
@@ -237,7 +244,8 @@ def _result(point, best, default, search, proxy_n):
         if point.time(best, 1) is None:  # right on the proxy, wrong here: a bug to report
             best = default
         elif default not in point.wrong:
-            t_best, t_default = alternate(point, [best, default], rounds=7)
+            t_best, t_default = alternate(point, [best, default],
+                                          final_rounds(point.timings[default.describe()]))
             if t_best > MARGIN * t_default:
                 best = default
     excluded = dict(search.excluded, **point.excluded)
