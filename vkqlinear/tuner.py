@@ -9,10 +9,11 @@ For each point (K, N, group size, output kind, T) the search space is every kern
 device can run (:func:`vkqlinear.kernels.candidates`: both algorithms, every variant,
 tokens per invocation, the workgroup's other axis). Every candidate is first checked against the
 contract's tolerance on the point's inputs; a wrong one is excluded and reported (a bug to
-fix). The search does not time everything: it times one representative of each
-(algorithm, variant) briefly, keeps the best three, then runs successive halving over all
-the configurations of those three (a third survives each round, each round with three
-times the runs) until one is left or the point's share of the time budget is spent. Where
+fix). The search runs successive halving (every candidate briefly, then a third of them
+with three times the runs, and so on) until one is left or the point's share of the time
+budget is spent; where halving over every candidate would not fit the share, it first
+times one representative of each (algorithm, variant) and halves over the configurations
+of the best three only. Where
 a run of the layer is long (large T), the search times a proxy layer with fewer output
 channels instead (:func:`proxy_channels`); either way the winner is then timed against the
 default on the layer itself, in alternation, and replaces it only when clearly faster.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -187,16 +189,22 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
         best = min((k for k in cands + [default] if k.describe() in point.timings),
                    key=lambda k: point.timings[k.describe()])
         return _result(point, best, default, point, None)
-    # one representative per (algorithm, variant): the first candidate of each
-    reps = {}
-    for k in cands:
-        reps.setdefault((k.algorithm, k.variant), k)
-    for k in reps.values():
-        if not over():
-            search.time(k, 1)
-    timed = [av for av, k in reps.items() if k.describe() in search.timings]
-    kept = sorted(timed, key=lambda av: search.timings[reps[av].describe()])
-    pool = [k for k in cands if (k.algorithm, k.variant) in kept[:KEEP_VARIANTS]]
+    run_s = search.time(default, 1) if search is not point else \
+        point.timings[default.describe()]
+    rounds = max(1, math.ceil(math.log(max(len(cands), 2), 3)))
+    if run_s is not None and len(cands) * rounds * run_s <= budget_s:
+        pool = list(cands)               # successive halving over everything fits
+    else:
+        # one representative per (algorithm, variant): the first candidate of each
+        reps = {}
+        for k in cands:
+            reps.setdefault((k.algorithm, k.variant), k)
+        for k in reps.values():
+            if not over():
+                search.time(k, 1)
+        timed = [av for av, k in reps.items() if k.describe() in search.timings]
+        kept = sorted(timed, key=lambda av: search.timings[reps[av].describe()])
+        pool = [k for k in cands if (k.algorithm, k.variant) in kept[:KEEP_VARIANTS]]
     runs, ranked = 1, None
     while len(pool) > 1 and not over():
         pool = [k for k in pool if search.time(k, runs) is not None]
