@@ -1,44 +1,37 @@
 #!/usr/bin/env python3
-"""How good is the tuner's search? For each point, in one process: the search's choice
-(vkqlinear.tuner.search_point, with the tuner's share of budget a point), every candidate
-timed (exhaustive), then the choice and the exhaustive search's fastest few timed again
-in alternation (a single exhaustive timing is as noisy as the search's); prints the
-chosen / best kernel time per point.
+"""How good is the tuner's search? For each point: the search's choice
+(vkqlinear.tuner.search_point, with the tuner's share of budget a point) and every
+candidate timed (exhaustive), in one process; then, in a fresh process, the choice and the
+exhaustive search's fastest few timed again in alternation (a single exhaustive timing is
+as noisy as the search's, and a process that has built hundreds of pipelines times
+differently). Prints the chosen / best kernel time per point.
 
     python bench/tune_quality.py [--shapes 4096x4096,1536x384] [--tokens 1,8,512]
 """
 
 import argparse
+import json
+import subprocess
 import sys
 
 import numpy as np
 
 import vkqlinear as vq
-from vkqlinear.kernels import candidates
+from vkqlinear.kernels import candidates, kernel_config, kernel_from_config
 from vkqlinear.model_bench import random_weights
-from vkqlinear.tuner import Point, alternate, search_point
+from vkqlinear.tuner import Point, alternate, int_list, search_point, shape_list
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="4096x4096,1536x384")
-    ap.add_argument("--tokens", default="1,8,512")
-    ap.add_argument("--budget", type=float, default=15.0,
-                    help="the search's seconds a point (default 15: the tuner's 600 s over "
-                         "the quick benchmark's 40 points)")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--finalists", type=int, default=4,
-                    help="the exhaustive search's fastest, timed again with the choice")
-    a = ap.parse_args(argv)
+def search(a):
+    """The points' choices and finalists, as configs."""
     dev = vq.Device()
     rng = np.random.default_rng(0)
-    print(dev.name)
-    ratios = []
-    for shape in a.shapes.split(","):
-        k, n = (int(v) for v in shape.lower().split("x"))
+    print(dev.name, flush=True)
+    out = []
+    for k, n in a.shapes:
         qw = random_weights(rng, k, n)         # held: a DeviceLinear holds it weakly
         dl = vq.DeviceLinear.of(qw, dev)
-        for t in (int(v) for v in a.tokens.split(",")):
+        for t in a.tokens:
             chosen = search_point(dl, t, a.budget, rng=rng)["best"]
             full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng)
             pool = {c.describe(): c for alg in ("tiled", "cooperative")
@@ -46,17 +39,50 @@ def main(argv=None):
             ranked = sorted((name for name in full["timings"] if name in pool),
                             key=full["timings"].get)
             finalists = [pool[name] for name in ranked[:a.finalists]]
-            timed = [chosen] + [c for c in finalists if c != chosen]
-            times = alternate(Point(dl, t, rng), timed, a.rounds)
-            best = timed[int(np.argmin(times))]
-            ratio = times[0] / min(times)
-            ratios.append(ratio)
-            print(f"{k}x{n} T={t}: search chose {chosen.describe()}; best of the "
-                  f"exhaustive search's {len(full['timings'])} after re-timing "
-                  f"{best.describe()}: chosen / best {ratio:.3f}",
-                  flush=True)
+            kernels = [chosen] + [c for c in finalists if c != chosen]
+            out.append({"K": k, "N": n, "T": t, "timed": len(full["timings"]),
+                        "configs": [kernel_config(c) for c in kernels]})
+    return out
+
+
+def retime(points, rounds):
+    """Chosen / best per point, the kernels timed in alternation (this process is fresh)."""
+    dev = vq.Device()
+    rng = np.random.default_rng(1)
+    ratios = []
+    for p in points:
+        qw = random_weights(rng, p["K"], p["N"])
+        dl = vq.DeviceLinear.of(qw, dev)
+        kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
+                   for c in p["configs"]]
+        times = alternate(Point(dl, p["T"], rng), kernels, rounds)
+        best = kernels[int(np.argmin(times))]
+        ratios.append(times[0] / min(times))
+        print(f"{p['K']}x{p['N']} T={p['T']}: search chose {kernels[0].describe()}; best of "
+              f"the exhaustive search's {p['timed']} after re-timing {best.describe()}: "
+              f"chosen / best {ratios[-1]:.3f}", flush=True)
     print(f"worst chosen / best: {max(ratios):.3f}")
-    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", type=shape_list, default=[(4096, 4096), (1536, 384)])
+    ap.add_argument("--tokens", type=int_list, default=[1, 8, 512])
+    ap.add_argument("--budget", type=float, default=15.0,
+                    help="the search's seconds a point (default 15: the tuner's 600 s over "
+                         "the quick benchmark's 40 points)")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--finalists", type=int, default=4,
+                    help="the exhaustive search's fastest, timed again with the choice")
+    ap.add_argument("--retime", help=argparse.SUPPRESS)    # the fresh process's input
+    a = ap.parse_args(argv)
+    if a.retime:
+        retime(json.loads(a.retime), a.rounds)
+        return 0
+    points = search(a)
+    sys.stdout.flush()
+    return subprocess.run([sys.executable, __file__, "--rounds", str(a.rounds),
+                           "--retime", json.dumps(points)]).returncode
 
 
 if __name__ == "__main__":

@@ -152,13 +152,14 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     assert tuning.auto_threshold(device.info) == entry["auto_threshold"]    # auto reads it
 
 
-def test_tune_quality_script(capsys, device):
+def test_tune_quality_script(capfd, device):
     """bench/tune_quality.py (the search against exhaustive timing) runs and reports a
-    chosen / best ratio per point, the choice among the kernels timed again."""
+    chosen / best ratio per point, the choice among the kernels timed again in a fresh
+    process."""
     mod = _script("tune_quality")
     assert mod.main(["--shapes", "64x48", "--tokens", "1,3", "--budget", "1",
                      "--rounds", "1", "--finalists", "2"]) == 0
-    lines = [v for v in capsys.readouterr().out.splitlines() if v.startswith("64x48 T=")]
+    lines = [v for v in capfd.readouterr().out.splitlines() if v.startswith("64x48 T=")]
     assert len(lines) == 2
     for line in lines:
         assert float(line.rsplit("chosen / best ", 1)[1]) >= 1.0
