@@ -192,7 +192,9 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
     run_s = search.time(default, 1) if search is not point else \
         point.timings[default.describe()]
     rounds = max(1, math.ceil(math.log(max(len(cands), 2), 3)))
-    if run_s is not None and len(cands) * rounds * run_s <= budget_s:
+    # runs of a full halving: per round about one untimed and one timed run a candidate of
+    # the first round's count, plus the first round's checks and warm-ups
+    if run_s is not None and len(cands) * (rounds + 2.5) * run_s <= budget_s:
         pool = list(cands)               # successive halving over everything fits
     else:
         # one representative per (algorithm, variant): the first candidate of each
