@@ -47,6 +47,7 @@ __all__ = ["tune", "search_point", "alternate", "Point", "QUICK_SHAPES", "TOKENS
 
 QUICK_SHAPES = [(4096, 4096), (1536, 384)]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+OUTPUTS = ("float", "int8")   # output kinds a point is tuned for
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
 # A point whose default kernel runs longer than this is searched on a proxy layer of fewer
 # output channels (at least PROXY_MIN_N), sized to run about this long: at T = 512 a 4096 x
@@ -71,7 +72,7 @@ def int_list(spec):
 def output_list(spec):
     """Command-line type: ``"float,int8"`` -> ``["float", "int8"]``."""
     out = [v.strip() for v in spec.split(",") if v.strip()]
-    if not out or set(out) - {"float", "int8"}:
+    if not out or set(out) - set(OUTPUTS):
         raise argparse.ArgumentTypeError(f"expected float, int8 or float,int8, got {spec!r}")
     return out
 
@@ -114,7 +115,6 @@ class Point:
             out_q = conformance.covering_qparams(self.expect[0])
             self.spec["out_scale"], self.spec["out_zero_point"] = out_q
             self.x = x + (None,) + out_q
-        self.out_int8 = out_int8
         self.period = dl.device.info.limits["timestamp_period_ns"] * 1e-9
         self.timings, self.excluded, self.right, self.wrong = {}, {}, set(), set()
 
@@ -332,7 +332,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
     tokens = list(tokens or TOKENS)
     check_points(shapes, group_sizes)
     outputs = list(outputs)
-    if not outputs or set(outputs) - {"float", "int8"}:
+    if not outputs or set(outputs) - set(OUTPUTS):
         raise ValueError(f"outputs: expected 'float' and/or 'int8', got {outputs!r}")
     dev = device if isinstance(device, Device) else Device(device)
     points = [(k, n, g, out == "int8", t) for k, n in shapes for g in group_sizes
