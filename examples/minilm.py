@@ -26,7 +26,9 @@ the time per batch against the float32 model.
 With ``--source torchao``, torchao quantizes the Linear layers (8da4w: both its flows), and
 :func:`vkqlinear.torch.convert_torchao` converts them, keeping the exact weights and
 torchao's activation quantization; the report compares the converted model's embeddings
-with the torchao model's. ``python examples/minilm.py --help``.
+with the torchao model's, beside the torchao model against itself with one float32 ulp of
+jitter in a tenth of its Linear outputs (what a change of summation order does end to end).
+``python examples/minilm.py --help``.
 """
 
 from __future__ import annotations
@@ -289,6 +291,23 @@ def module_linear(model, layers):
     return linear
 
 
+def jittered(linear, fraction=0.1, seed=0):
+    """``linear`` with one float32 ulp added to or taken from a random ``fraction`` of its
+    outputs: the size of a change of summation order. The model's embeddings under it
+    against the unchanged model's are the floor of agreement any other arithmetic can
+    expect (the int8 activations of the next layer amplify such changes)."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+
+    def out(name, x):
+        y = linear(name, x)
+        r = torch.rand(y.shape, generator=gen)
+        up = torch.nextafter(y, torch.full_like(y, float("inf")))
+        down = torch.nextafter(y, torch.full_like(y, float("-inf")))
+        return torch.where(r < fraction / 2, up, torch.where(r < fraction, down, y))
+    return out
+
+
 def run_torchao(sentences=SENTENCES, group_sizes=(32, 64, 128), flows=("tensor", "module"),
                 layers_limit=None, repeats=3, log=print):
     """MiniLM quantized by torchao (8da4w, both flows), converted with
@@ -313,6 +332,7 @@ def run_torchao(sentences=SENTENCES, group_sizes=(32, 64, 128), flows=("tensor",
             conv = convert_torchao(ours, device=dev)
             with torch.no_grad():
                 emb_ao = model.encode(sentences, module_linear(model, ao), tokens)
+                emb_jit = model.encode(sentences, jittered(module_linear(model, ao)), tokens)
                 emb_vq = model.encode(sentences, module_linear(model, ours), tokens)
                 t0 = time.perf_counter()
                 for _ in range(repeats):
@@ -321,12 +341,15 @@ def run_torchao(sentences=SENTENCES, group_sizes=(32, 64, 128), flows=("tensor",
             row = {"flow": flow, "group_size": g, "converted": len(conv.converted),
                    "kept": conv.kept,
                    "cos_device_torchao": [float(c) for c in cosines(emb_vq, emb_ao)],
+                   "cos_torchao_jittered": [float(c) for c in cosines(emb_jit, emb_ao)],
                    "cos_torchao_float": [float(c) for c in cosines(emb_ao, ref)],
                    "cos_device_float": [float(c) for c in cosines(emb_vq, ref)],
                    "device_s_per_batch": dev_s}
             report["configs"].append(row)
             log(f"  {flow:6s} g={g:3d}: {row['converted']} layers converted; cos(device, "
-                f"torchao) min {min(row['cos_device_torchao']):.6f}; cos(torchao, float) min "
+                f"torchao) min {min(row['cos_device_torchao']):.6f} (torchao against itself "
+                f"with one-ulp jitter {min(row['cos_torchao_jittered']):.6f}); cos(torchao, "
+                f"float) min "
                 f"{min(row['cos_torchao_float']):.4f}; {dev_s * 1e3:.0f} ms per batch")
     return report
 

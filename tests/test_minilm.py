@@ -54,3 +54,15 @@ def test_minilm_quantized_by_torchao_converts_exactly(flow, device):
     assert row["converted"] == 12 and not row["kept"]
     assert min(row["cos_device_torchao"]) >= 0.9999
     assert min(row["cos_torchao_float"]) > 0.95
+
+
+def test_jittered_moves_a_fraction_of_outputs_by_one_ulp():
+    torch = pytest.importorskip("torch")
+    y = torch.randn(64, 256)
+    out = minilm.jittered(lambda name, x: x, fraction=0.1, seed=3)("layer", y)
+    changed = out != y
+    assert 0.07 < changed.float().mean() < 0.13
+    up = torch.nextafter(y, torch.full_like(y, float("inf")))
+    down = torch.nextafter(y, torch.full_like(y, float("-inf")))
+    assert bool(((out == y) | (out == up) | (out == down)).all())
+    assert bool((out == up).any()) and bool((out == down).any())
