@@ -19,7 +19,7 @@ import numpy as np
 import vkqlinear as vq
 from vkqlinear.kernels import candidates, kernel_config, kernel_from_config
 from vkqlinear.model_bench import random_weights
-from vkqlinear.tuner import Point, alternate, int_list, search_point, shape_list
+from vkqlinear.tuner import VISIT_RUNS, Point, alternate, int_list, search_point, shape_list
 
 
 def search(a):
@@ -33,7 +33,8 @@ def search(a):
         dl = vq.DeviceLinear.of(qw, dev)
         for t in a.tokens:
             chosen = search_point(dl, t, a.budget, rng=rng)["best"]
-            full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng)
+            full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng,
+                                exhaustive_rounds=a.exhaustive_rounds)
             pool = {c.describe(): c for alg in ("tiled", "cooperative")
                     for c in candidates(alg, t, dl.kernel_group_size, False, dev.caps)}
             ranked = sorted((name for name in full["timings"] if name in pool),
@@ -55,7 +56,7 @@ def retime(points, rounds):
         dl = vq.DeviceLinear.of(qw, dev)
         kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
                    for c in p["configs"]]
-        times = alternate(Point(dl, p["T"], rng), kernels, rounds)
+        times = alternate(Point(dl, p["T"], rng), kernels, rounds, VISIT_RUNS)
         best = kernels[int(np.argmin(times))]
         ratios.append(times[0] / min(times))
         print(f"{p['K']}x{p['N']} T={p['T']}: search chose {kernels[0].describe()}; best of "
@@ -71,7 +72,11 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=15.0,
                     help="the search's seconds a point (default 15: the tuner's 600 s over "
                          "the quick benchmark's 40 points)")
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=15,
+                    help="visits a kernel when re-timing the finalists (default 15)")
+    ap.add_argument("--exhaustive-rounds", type=int, default=5,
+                    help="visits a candidate of the exhaustive search (default 5; 1 makes "
+                         "T = 512 on 4096 x 4096 affordable: it only picks the finalists)")
     ap.add_argument("--finalists", type=int, default=4,
                     help="the exhaustive search's fastest, timed again with the choice")
     ap.add_argument("--retime", help=argparse.SUPPRESS)    # the fresh process's input

@@ -235,4 +235,45 @@ def test_the_wait_mode_changes_only_when_clearly_faster(monkeypatch, costs, chos
 def test_short_kernels_get_more_final_rounds():
     rounds = [tuner.final_rounds(s) for s in (1e-5, 1e-3, 5e-3, 2e-2, 1.0)]
     assert rounds == sorted(rounds, reverse=True)
-    assert rounds[0] == 41 and rounds[-1] == 7 and 7 < rounds[2] < 41
+    assert rounds[0] == 15 and rounds[-1] == 3 and 3 < rounds[2] < 15
+    assert tuner.visit_runs(1e-3) == tuner.VISIT_RUNS and tuner.visit_runs(1.0) == 1
+
+
+def test_a_visit_warms_the_timed_call_and_keeps_every_run(monkeypatch):
+    """CPU only: each visit runs the timed call untimed first, and a kernel's timing
+    is the median of all its timed runs so far."""
+    from types import SimpleNamespace
+    calls, times = [], iter([5.0, 1.0, 3.0, 9.0])
+
+    class FakeLinear:
+        def run(self, kernel, *x, timed=False):
+            calls.append(timed)
+            return None, SimpleNamespace(kernel_ns=lambda period: next(times))
+    p = tuner.Point.__new__(tuner.Point)
+    p.dl, p.x, p.period = FakeLinear(), (), 1.0
+    p.timings, p.samples, p.excluded = {}, {}, {}
+    p.right, p.wrong = set(), set()
+    class Kernel:
+        def describe(self):
+            return "k"
+    kernel = Kernel()
+    p.right.add(kernel)
+    assert p.time(kernel, 2) == 3.0                # untimed runs, then 5 and 1
+    assert p.time(kernel, 2) == 4.0                # then 3 and 9: median of all four
+    assert calls == [True] * (2 * (tuner.VISIT_WARM + 2))
+    assert p.samples["k"] == [5.0, 1.0, 3.0, 9.0]
+
+
+def test_keeping_calls_holds_more_recorded_calls_for_a_block(device):
+    """The search visits more kernels than a layer keeps recorded calls; inside
+    keeping_calls none is made anew, and the usual bound is back after it."""
+    qw = random_weights(np.random.default_rng(5), 128, 64)
+    dl = vq.DeviceLinear.of(qw, device)
+    cands = kernels.candidates("tiled", 2, 32, False, device.caps)
+    assert len(cands) > dl.MAX_CALLS
+    with dl.keeping_calls(len(cands)):
+        first = [dl.recorded_call(k, 2) for k in cands]
+        assert [dl.recorded_call(k, 2) for k in cands] == first     # all kept
+    assert len(dl.calls) == vq.DeviceLinear.MAX_CALLS
+    assert dl.MAX_CALLS == vq.DeviceLinear.MAX_CALLS
+    assert tuner.keep_calls(100, 512, 4096, 4096) < 100 <= tuner.keep_calls(100, 1, 4096, 4096)

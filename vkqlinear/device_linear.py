@@ -24,6 +24,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -207,9 +208,26 @@ class DeviceLinear:
                                 (self.group_size, self.kernel_group_size))
             self._calls[key] = (stamp, call)
             self._calls.move_to_end(key)
-            while len(self._calls) > self.MAX_CALLS:
-                self._calls.popitem(last=False)
+            self._trim_calls()
         return call
+
+    def _trim_calls(self):
+        while len(self._calls) > self.MAX_CALLS:
+            self._calls.popitem(last=False)
+
+    @contextmanager
+    def keeping_calls(self, n):
+        """Keep up to ``n`` recorded calls inside the block, :attr:`MAX_CALLS` again after.
+        For the tuner, which visits more kernels in turn than a layer keeps: a call made
+        anew runs its first runs slowly (fresh memory; about a millisecond more on
+        lavapipe), which would be timed as the kernel's."""
+        self.MAX_CALLS = max(n, type(self).MAX_CALLS)
+        try:
+            yield self
+        finally:
+            del self.MAX_CALLS
+            with self.device.lock:
+                self._trim_calls()
 
     def run(self, algorithm, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None, *,
             variant=None, timed=False):

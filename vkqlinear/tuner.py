@@ -9,14 +9,15 @@ For each point (K, N, group size, output kind, T) the search space is every kern
 device can run (:func:`vkqlinear.kernels.candidates`: both algorithms, every variant,
 tokens per invocation, the workgroup's other axis). Every candidate is first checked against the
 contract's tolerance on the point's inputs; a wrong one is excluded and reported (a bug to
-fix). The search runs successive halving (every candidate briefly, then a third of them
-with three times the runs, and so on) until one is left or the point's share of the time
-budget is spent; where halving over every candidate would not fit the share, it first
-times one representative of each (algorithm, variant) and halves over the configurations
-of the best three only. Where
-a run of the layer is long (large T), the search times a proxy layer with fewer output
-channels instead (:func:`proxy_channels`); either way the winner is then timed against the
-default on the layer itself, in alternation, and replaces it only when clearly faster.
+fix). The search runs successive halving (:func:`halving`: every candidate a few runs, in
+alternation, then the fastest third with three times the runs, and so on) until one is left
+or the point's share of the time budget is spent; where a first round over every candidate
+would not fit the share, it first times one representative of each (algorithm, variant)
+and halves over the configurations of the best three only. A candidate's time is the
+median of its runs (:func:`statistic`). Where a run of the layer is long (large T), the
+search times a proxy layer with fewer output channels instead (:func:`proxy_channels`);
+either way the winner is then timed against the default on the layer itself, in
+alternation, and replaces it only when clearly faster.
 ``exhaustive=True`` times every candidate on the layer instead, the yardstick of the
 search.
 
@@ -31,6 +32,7 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,11 @@ QUICK_SHAPES = [(4096, 4096), (1536, 384)]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 OUTPUTS = ("float", "int8")   # output kinds a point is tuned for
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
+VISIT_RUNS = 3           # timed runs a visit to a candidate, after VISIT_WARM untimed
+VISIT_WARM = 1
+KEEP_CALLS_BYTES = 512 << 20   # device memory the recorded calls of a search may hold
+FIRST_ROUND_VISITS = 2   # at most this many visits a candidate in halving's first round
+EXHAUSTIVE_ROUNDS = 5    # visits a candidate of the exhaustive search, in alternation
 # A point whose default kernel runs longer than this is searched on a proxy layer of fewer
 # output channels (at least PROXY_MIN_N), sized to run about this long: at T = 512 a 4096 x
 # 4096 layer takes 0.5 s a run on lavapipe, and a budget of seconds would time a few
@@ -116,32 +123,51 @@ class Point:
             self.spec["out_scale"], self.spec["out_zero_point"] = out_q
             self.x = x + (None,) + out_q
         self.period = dl.device.info.limits["timestamp_period_ns"] * 1e-9
-        self.timings, self.excluded, self.right, self.wrong = {}, {}, set(), set()
+        self.timings, self.samples = {}, {}
+        self.excluded, self.right, self.wrong = {}, set(), set()
+
+    def check(self, kernel):
+        """Run ``kernel`` once and check it against the contract (once per kernel): whether
+        it is right; a wrong one is excluded, with why."""
+        if kernel in self.right:
+            return True
+        if kernel in self.wrong:
+            return False
+        try:
+            out, _ = self.dl.run(kernel, *self.x, timed=True)   # the call visits time
+            ok, msg = conformance.check(out, self.spec, self.expect)
+        except (ValueError, RuntimeError) as e:
+            ok, msg = False, f"{type(e).__name__}: {e}"
+        if not ok:
+            self.excluded[kernel.describe()] = msg
+            self.wrong.add(kernel)
+            return False
+        self.right.add(kernel)
+        return True
 
     def time(self, kernel, runs):
-        """Median device time of ``runs`` timed runs of ``kernel`` after one untimed run,
-        checked against the contract first (``None``, and excluded, if it is wrong)."""
-        name = kernel.describe()
-        if kernel in self.wrong:
+        """A visit to ``kernel``: :data:`VISIT_WARM` untimed runs, then ``runs`` timed ones
+        (checked first: ``None``, and excluded, if it is wrong); its timing is
+        :func:`statistic` of all its timed runs so far. The untimed run warms the very
+        call the timed ones use (the search keeps every candidate's call:
+        :meth:`~vkqlinear.DeviceLinear.keeping_calls`)."""
+        if not self.check(kernel):
             return None
-        if kernel not in self.right:
-            try:
-                out, _ = self.dl.run(kernel, *self.x)
-                ok, msg = conformance.check(out, self.spec, self.expect)
-            except (ValueError, RuntimeError) as e:
-                ok, msg = False, f"{type(e).__name__}: {e}"
-            if not ok:
-                self.excluded[name] = msg
-                self.wrong.add(kernel)
-                return None
-            self.right.add(kernel)
-        self.dl.run(kernel, *self.x)
-        times = []
+        name = kernel.describe()
+        samples = self.samples.setdefault(name, [])
+        for _ in range(VISIT_WARM):
+            self.dl.run(kernel, *self.x, timed=True)
         for _ in range(runs):
             _, call = self.dl.run(kernel, *self.x, timed=True)
-            times.append(call.kernel_ns(1.0) * self.period)
-        self.timings[name] = float(np.median(times))
+            samples.append(call.kernel_ns(1.0) * self.period)
+        self.timings[name] = statistic(samples)
         return self.timings[name]
+
+
+def statistic(samples):
+    """A kernel's time from its timed runs: their median (on a CPU device it ranked the
+    candidates more consistently between two halves of the same runs than the minimum)."""
+    return float(np.median(samples))
 
 
 def proxy_channels(n, run_s):
@@ -154,13 +180,15 @@ def proxy_channels(n, run_s):
     return m if m < n else None
 
 
-def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
+def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
+                 exhaustive_rounds=EXHAUSTIVE_ROUNDS):
     """Search the kernels for ``dl``'s layer at ``t`` tokens, float or int8 output (see
     the module doc): ``{"best": Kernel, "kernel_s", "default": describe, "default_s",
     "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``. Every
     candidate is checked before it is timed. Where a run of the layer is long
     (:data:`PROXY_RUN_S`) the search times a proxy layer of ``proxy_n`` channels (its
-    timings are those), and only the winner and the default are timed on the layer."""
+    timings are those), and only the winner and the default are timed on the layer.
+    ``exhaustive`` visits every candidate ``exhaustive_rounds`` times, in alternation."""
     rng = rng or np.random.default_rng(0)
     point = Point(dl, t, rng, out_int8)
     caps = dl.device.caps
@@ -169,69 +197,94 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False):
         cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
     default = choose_kernel("auto", t, dl.kernel_group_size, out_int8, caps,
                             tuning.auto_threshold(dl.device.info))
-    start = time.perf_counter()
+    # every candidate's recorded call kept, memory allowing: one made anew is slow in its
+    # first runs
+    calls = len(cands) + 2
+    with ExitStack() as keep:
+        keep.enter_context(dl.keeping_calls(keep_calls(calls, t, dl.weights.K, dl.weights.N)))
+        start = time.perf_counter()
+        layer_s = point.time(default, 1)
+        if exhaustive:
+            alternate(point, cands, exhaustive_rounds, visit_runs(layer_s))
+            best = min((k for k in cands + [default] if k.describe() in point.timings),
+                       key=lambda k: point.timings[k.describe()])
+            return _result(point, best, default, point, None)
+        search, proxy_n = point, proxy_channels(dl.weights.N, layer_s)
+        if proxy_n:
+            w = dl.weights
+            proxy = random_weights(rng, w.K, proxy_n, w.group_size)
+            search = Point(DeviceLinear.of(proxy, dl.device), t, rng, out_int8)
+            search.weights = proxy                 # held: a DeviceLinear holds it weakly
+            keep.enter_context(search.dl.keeping_calls(keep_calls(calls, t, w.K, proxy_n)))
+            search.time(default, 1)
+        runs = visit_runs(search.timings[default.describe()])
+        wall = time.perf_counter()
+        search.time(default, runs)
+        visit_wall = time.perf_counter() - wall       # with the submissions and waits
+        # what the search may spend: the point's share less the final comparison on the layer
+        final = 2 * final_rounds(layer_s) * (visit_runs(layer_s) + VISIT_WARM) * layer_s
+        spend = budget_s - (time.perf_counter() - start) - final
+        best = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
+        return _result(point, best, default, search, proxy_n)
 
-    def over():
-        return time.perf_counter() - start > budget_s
 
-    point.time(default, 3)
-    search = point
-    proxy_n = None if exhaustive else proxy_channels(dl.weights.N,
-                                                     point.timings[default.describe()])
-    if proxy_n:
-        w = dl.weights
-        proxy = random_weights(rng, w.K, proxy_n, w.group_size)
-        search = Point(DeviceLinear.of(proxy, dl.device), t, rng, out_int8)
-        search.weights = proxy                 # held: a DeviceLinear holds it weakly
-    if exhaustive:
-        for k in cands:
-            point.time(k, 3)
-        best = min((k for k in cands + [default] if k.describe() in point.timings),
-                   key=lambda k: point.timings[k.describe()])
-        return _result(point, best, default, point, None)
-    run_s = search.time(default, 1) if search is not point else \
-        point.timings[default.describe()]
-    rounds = max(1, math.ceil(math.log(max(len(cands), 2), 3)))
-    # runs of a full halving: per round about one untimed and one timed run a candidate of
-    # the first round's count, plus the first round's checks and warm-ups
-    if run_s is not None and len(cands) * (rounds + 2.5) * run_s <= budget_s:
-        pool = list(cands)               # successive halving over everything fits
-    else:
-        # one representative per (algorithm, variant): the first candidate of each
+def keep_calls(calls, t, k, n):
+    """Recorded calls a search keeps for a layer of ``k`` x ``n`` at ``t`` tokens: ``calls``
+    if their activations and outputs fit :data:`KEEP_CALLS_BYTES`, fewer otherwise."""
+    return int(min(calls, max(1, KEEP_CALLS_BYTES // (t * (k + 4 * n)))))
+
+
+def halving(search, cands, default, runs, visit_wall, deadline):
+    """Successive halving over ``cands`` on ``search`` (a :class:`Point`) until one is left
+    or ``deadline`` (``time.perf_counter()``) passes: each round visits the pool in
+    alternation (:func:`alternate`, ``runs`` timed runs a visit), as many visits a
+    candidate as the time left allows (``visit_wall`` seconds each; at most
+    :data:`FIRST_ROUND_VISITS` in the first round, three times more each round after), and
+    keeps the fastest third. Where a first round over every candidate would not fit, it
+    visits one representative of each (algorithm, variant) and keeps the configurations of
+    the :data:`KEEP_VARIANTS` best. Returns the leader, ``default`` if nothing was timed."""
+    def left():
+        return deadline - time.perf_counter()
+
+    def rounds_left(n):
+        return max(1, math.ceil(math.log(max(n, 2), 3)))
+
+    pool = list(cands)
+    # a first-round candidate costs a check besides its visit
+    if len(pool) * 1.5 * visit_wall * rounds_left(len(pool)) > left():
         reps = {}
         for k in cands:
             reps.setdefault((k.algorithm, k.variant), k)
         for k in reps.values():
-            if not over():
-                search.time(k, 1)
+            if left() > 0:
+                search.time(k, runs)
         timed = [av for av, k in reps.items() if k.describe() in search.timings]
         kept = sorted(timed, key=lambda av: search.timings[reps[av].describe()])
         pool = [k for k in cands if (k.algorithm, k.variant) in kept[:KEEP_VARIANTS]]
-    runs, ranked = 1, None
-    while len(pool) > 1 and not over():
-        pool = [k for k in pool if search.time(k, runs) is not None]
-        ranked = pool = sorted(pool, key=lambda k: search.timings[k.describe()])
-        pool = pool[:max(1, -(-len(pool) // 3))]
-        runs *= 3
-    if ranked:                           # the leader of the last round
-        best = ranked[0]
-    else:
-        best = min((k for k in cands + [default] if k.describe() in search.timings),
-                   key=lambda k: search.timings[k.describe()], default=default)
-    return _result(point, best, default, search, proxy_n)
+    cap, ranked = FIRST_ROUND_VISITS, []
+    while len(pool) > 1 and left() > 0:
+        new = sum(k.describe() not in search.samples for k in pool)
+        share = (left() / rounds_left(len(pool)) - new * visit_wall / 2) / len(pool)
+        alternate(search, pool, max(1, min(cap, int(share / visit_wall))), runs)
+        ranked = sorted((k for k in pool if k.describe() in search.timings),
+                        key=lambda k: search.timings[k.describe()])
+        pool = ranked[:max(1, -(-len(ranked) // 3))]
+        cap *= 3
+    if ranked:
+        return ranked[0]
+    return min((k for k in cands + [default] if k.describe() in search.timings),
+               key=lambda k: search.timings[k.describe()], default=default)
 
 
-def alternate(point, kernels, rounds=5):
-    """Time ``kernels`` in alternation, one run each a round (the order reversed every other
-    round), so that the host's drifts hit them alike; their medians are the point's
-    timings. Returns them, in the order given."""
-    runs = {k: [] for k in kernels}
+def alternate(point, kernels, rounds=5, runs=1):
+    """Time ``kernels`` in alternation, a visit of ``runs`` timed runs each a round (the
+    order reversed every other round), so that the host's drifts hit them alike. Returns
+    their timings (over all their runs on ``point`` so far), in the order given; ``None``
+    for a wrong one."""
     for i in range(rounds):
         for k in (kernels if i % 2 else kernels[::-1]):
-            runs[k].append(point.time(k, 1))
-    for k, v in runs.items():
-        point.timings[k.describe()] = float(np.median(v))
-    return [point.timings[k.describe()] for k in kernels]
+            point.time(k, runs)
+    return [point.timings.get(k.describe()) for k in kernels]
 
 
 # A tuned choice replaces the default only when it is this much faster in alternation:
@@ -240,10 +293,17 @@ MARGIN = 0.97
 
 
 def final_rounds(run_s):
-    """Rounds of the final comparison for kernels of about ``run_s`` seconds: at least 7,
-    more for short kernels (up to 41, about a quarter second of runs), whose timings the
-    host's bursts disturb the most."""
-    return int(min(41, max(7, 0.25 / max(run_s, 1e-9) / 2)))
+    """Rounds (visits) of the final comparison for kernels of about ``run_s`` seconds: at
+    least 3, more for short kernels (up to 15, about half a second of runs), whose timings
+    the host's bursts disturb the most."""
+    runs = 2 * (visit_runs(run_s) + VISIT_WARM)  # two kernels, a visit each a round
+    return int(min(15, max(3, 0.5 / max(run_s, 1e-9) / runs)))
+
+
+def visit_runs(run_s):
+    """Timed runs a visit for kernels of about ``run_s`` seconds: :data:`VISIT_RUNS`, one
+    where a run is long enough to average the host's noise itself."""
+    return VISIT_RUNS if run_s <= PROXY_RUN_S else 1
 
 
 def _result(point, best, default, search, proxy_n):
@@ -254,8 +314,9 @@ def _result(point, best, default, search, proxy_n):
         if point.time(best, 1) is None:  # right on the proxy, wrong here: a bug to report
             best = default
         elif default not in point.wrong:
-            t_best, t_default = alternate(point, [best, default],
-                                          final_rounds(point.timings[default.describe()]))
+            run_s = point.timings[default.describe()]
+            t_best, t_default = alternate(point, [best, default], final_rounds(run_s),
+                                          visit_runs(run_s))
             if t_best > MARGIN * t_default:
                 best = default
     excluded = dict(search.excluded, **point.excluded)
