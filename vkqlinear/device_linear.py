@@ -217,15 +217,16 @@ class DeviceLinear:
 
     @contextmanager
     def keeping_calls(self, n):
-        """Keep up to ``n`` recorded calls inside the block, :attr:`MAX_CALLS` again after.
+        """Keep up to ``n`` recorded calls inside the block, as many as before after it.
         For the tuner, which visits more kernels in turn than a layer keeps: a call made
-        anew runs its first runs slowly (fresh memory; about a millisecond more on
-        lavapipe), which would be timed as the kernel's."""
-        self.MAX_CALLS = max(n, type(self).MAX_CALLS)
+        anew is slow in its first run (about a millisecond more on lavapipe), which would
+        be timed as the kernel's."""
+        before = self.MAX_CALLS
+        self.MAX_CALLS = max(n, before)
         try:
             yield self
         finally:
-            del self.MAX_CALLS
+            self.MAX_CALLS = before
             with self.device.lock:
                 self._trim_calls()
 
