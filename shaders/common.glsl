@@ -53,6 +53,7 @@ layout(constant_id = 2) const uint GROUP_SIZE = 32;  // weight group size g (mul
 layout(constant_id = 3) const uint LANES = 8;        // weight layout interleave (see above)
 layout(constant_id = 4) const uint TM = 4;           // tokens per invocation
 layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
+layout(constant_id = 6) const uint CB = 1;           // channel blocks per invocation
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
 const uint CHUNK = (GROUP_SIZE % 16u == 0u) ? 16u : 8u;

@@ -1,23 +1,24 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 // TILED GEMM for linear_qta8a_qga4w (docs/spec.md): each invocation computes a tile of
-// TM tokens x 8 output channels over all of K.
-// Grid: x = channel blocks (NP / 8, LOCAL_X per workgroup), y = token tiles of TM
-// (LOCAL_Y per workgroup), starting at token p.token_base.
+// TM tokens x CB blocks of 8 output channels over all of K.
+// Grid: x = invocations along the channels (NP / 8 / CB rounded up, LOCAL_X per
+// workgroup), y = token tiles of TM (LOCAL_Y per workgroup), starting at token
+// p.token_base.
 #include "common.glsl"
 #include "tile.glsl"
 
 void main() {
-    uint b = gl_GlobalInvocationID.x;
+    uint v = gl_GlobalInvocationID.x;
     uint t0 = p.token_base + gl_GlobalInvocationID.y * TM;
-    if (b >= p.NP / 8u || t0 >= p.T) return;
+    if (tile_block_of(v, 0u) >= p.NP / 8u || t0 >= p.T) return;
     uint G = p.K / GROUP_SIZE;
 
-    tile_begin(t0);
+    tile_begin(v, t0);
     for (uint g = 0u; g < G; g++) {
-        tile_group(b, g, G);
+        tile_group(g, G);
         if (g % GROUP_BLOCK == GROUP_BLOCK - 1u) tile_flush();
     }
     tile_flush();
-    tile_store(b, t0);
+    tile_store(t0);
 }

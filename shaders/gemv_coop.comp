@@ -6,8 +6,9 @@
 // COOPERATIVE GEMV for linear_qta8a_qga4w (docs/spec.md): the workers of a workgroup split K
 // for the same output channels (worker w takes weight groups w, w + W, w + 2W, ...) and
 // their partial sums are reduced. The weights are read once per TM tokens, not once per
-// token. Grid: x = channel blocks / blocks per workgroup, y = token tiles of TM tokens
-// from p.token_base. Two code shapes (#define):
+// token. One block of 8 channels per invocation (the host keeps CB = 1). Grid: x = channel
+// blocks / blocks per workgroup, y = token tiles of TM tokens from p.token_base. Two code
+// shapes (#define):
 //
 //   default          workgroup LOCAL_X blocks x LOCAL_Y workers; the reduction goes through
 //                    shared memory (LOCAL_Y must be a power of two).
@@ -32,13 +33,13 @@ shared float row_sum[LOCAL_Y][LOCAL_X];
 void reduce_rows_shared(uint w, uint lb) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         [[unroll]] for (uint c = 0u; c < 8u; c++) {
-            row_sum[lb][w] = tile_total[i][c];
+            row_sum[lb][w] = tile_total[0][i][c];
             barrier();
             for (uint s = LOCAL_X / 2u; s > 0u; s >>= 1u) {
                 if (w < s) row_sum[lb][w] += row_sum[lb][w + s];
                 barrier();
             }
-            tile_total[i][c] = row_sum[lb][0];
+            tile_total[0][i][c] = row_sum[lb][0];
             barrier();
         }
     }
@@ -63,11 +64,11 @@ void main() {
     // Every invocation reaches the reduction below; only real blocks and tokens do work.
     bool live = b < p.NP / 8u && t0 < p.T;
 
-    tile_begin(min(t0, p.T - 1u));
+    tile_begin(b, min(t0, p.T - 1u));
     if (live) {
         uint n = 0u;
         for (uint g = w; g < G; g += WORKERS) {
-            tile_group(b, g, G);
+            tile_group(g, G);
             if (++n == GROUP_BLOCK) { tile_flush(); n = 0u; }
         }
     }
@@ -78,14 +79,14 @@ void main() {
     // size; gl_SubgroupSize and gl_NumSubgroups are uniform across the workgroup.
     if (gl_SubgroupSize == LOCAL_X && gl_NumSubgroups == LOCAL_Y) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = subgroupAdd(tile_total[i][c]);
+            [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[0][i][c] = subgroupAdd(tile_total[0][i][c]);
         }
     } else {
         reduce_rows_shared(w, lb);
     }
 #else
     [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) partial[w][(lb * TM + i) * 8u + c] = tile_total[i][c];
+        [[unroll]] for (uint c = 0u; c < 8u; c++) partial[w][(lb * TM + i) * 8u + c] = tile_total[0][i][c];
     }
     barrier();
     for (uint s = LOCAL_Y / 2u; s > 0u; s >>= 1u) {
@@ -95,8 +96,8 @@ void main() {
         barrier();
     }
     [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[i][c] = partial[0][(lb * TM + i) * 8u + c];
+        [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[0][i][c] = partial[0][(lb * TM + i) * 8u + c];
     }
 #endif
-    if (w == 0u && live) tile_store(b, t0);
+    if (w == 0u && live) tile_store(t0);
 }

@@ -1,77 +1,105 @@
-// tile.glsl: the work of one invocation, TM tokens x one block of 8 output channels.
+// tile.glsl: the work of one invocation, TM tokens x CB blocks of 8 output channels.
 //
-// Contract: include after common.glsl. Call tile_begin(t0) once, tile_group(b, g, G) for
-// each weight group the invocation owns (in any order), tile_flush() after every
-// GROUP_BLOCK groups and at the end; the sum is then in tile_total. tile_store(b, t0)
-// writes the finished outputs (float or int8) of tokens t0 .. t0 + TM - 1 that exist.
+// Contract: include after common.glsl. Call tile_begin(v, t0) once: v is the invocation's
+// index along the channels, its blocks are tile_b (tile_block_of); then tile_group(g, G)
+// for each weight group the invocation owns (in any order), tile_flush() after every
+// GROUP_BLOCK groups and at the end; the sums are then in tile_total. tile_store(t0)
+// writes the finished outputs (float or int8) of its blocks and of tokens t0 .. t0 + TM - 1
+// that exist. The activations of a group are read once for all CB blocks.
 
-float tile_total[TM][8];   // sum over finished blocks of groups
-float tile_block[TM][8];   // sum over the current block of groups
-uint tile_row[TM];         // activation row of each token (clamped to T - 1)
-int tile_zp[TM];           // its zero point
+float tile_total[CB][TM][8];   // sum over finished blocks of groups
+float tile_block[CB][TM][8];   // sum over the current block of groups
+uint tile_row[TM];             // activation row of each token (clamped to T - 1)
+int tile_zp[TM];               // its zero point
+uint tile_v;                   // the invocation's index along the channels
+uint tile_b[CB];               // its channel blocks, clamped to the last one (for loads)
 
-void tile_begin(uint t0) {
+// Block j of invocation v: at each j, LANES neighbouring invocations take LANES
+// neighbouring blocks, which the layout keeps side by side (CB = 1: block v).
+uint tile_block_of(uint v, uint j) {
+    return (v / LANES) * CB * LANES + j * LANES + v % LANES;
+}
+
+void tile_begin(uint v, uint t0) {
+    tile_v = v;
+    [[unroll]] for (uint j = 0u; j < CB; j++) tile_b[j] = min(tile_block_of(v, j), p.NP / 8u - 1u);
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         uint t = min(t0 + i, p.T - 1u);
         tile_row[i] = t * (p.K / 4u);
         tile_zp[i] = XZ[t];
-        [[unroll]] for (uint c = 0u; c < 8u; c++) {
-            tile_total[i][c] = 0.0;
-            tile_block[i][c] = 0.0;
+    }
+    [[unroll]] for (uint j = 0u; j < CB; j++) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                tile_total[j][i][c] = 0.0;
+                tile_block[j][i][c] = 0.0;
+            }
         }
     }
 }
 
 void tile_flush() {
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) {
-            tile_total[i][c] += tile_block[i][c];
-            tile_block[i][c] = 0.0;
+    [[unroll]] for (uint j = 0u; j < CB; j++) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                tile_total[j][i][c] += tile_block[j][i][c];
+                tile_block[j][i][c] = 0.0;
+            }
         }
     }
 }
 
 // Zeroes a group's integer sums (group_sums' outputs).
-void sums_zero(out int P[TM][8], out int sx[TM]) {
+void sums_zero(out int P[CB][TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
-        [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] = 0;
+        [[unroll]] for (uint j = 0u; j < CB; j++) {
+            [[unroll]] for (uint c = 0u; c < 8u; c++) P[j][i][c] = 0;
+        }
     }
 }
 
+// The first weight unit of group g of each of the invocation's blocks; `stride` as in
+// weight_unit.
+void tile_units(uint g, uint G, out uint wi[CB], out uint stride) {
+    [[unroll]] for (uint j = 0u; j < CB; j++) wi[j] = weight_unit(tile_b[j], g, G, stride);
+}
+
 #ifdef DOT_PRODUCT
-// P[i][c] = sum x * u and sx[i] = sum x over group g of block b, four products per OpSDot.
-// Weight word c of an octet holds channel c's nibbles u(8j + m) in the low and u(8j + 4 + m)
+// P[j][i][c] = sum x * u over group g of block j, sx[i] = sum x, four products per OpSDot.
+// Weight word c of an octet holds channel c's nibbles u(8o + m) in the low and u(8o + 4 + m)
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
-// the two activation words of the octet. u <= 15 is a non-negative int8: a signed dot.
-void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
+// the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot.
+void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
-    uint stride;
-    uint wi = 2u * weight_unit(b, g, G, stride);
+    uint stride, wi[CB];
+    tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
-    for (uint j = 0u; j < GROUP_SIZE / 8u; j++) {
-        uvec4 wv[2] = uvec4[2](W[wi + j * stride * 2u], W[wi + j * stride * 2u + 1u]);
-        uint lo[8], hi[8];
-        [[unroll]] for (uint c = 0u; c < 8u; c++) {
-            uint w = wv[c / 4u][c % 4u];
-            lo[c] = w & 0x0F0F0F0Fu;
-            hi[c] = (w >> 4u) & 0x0F0F0F0Fu;
-        }
+    for (uint o = 0u; o < GROUP_SIZE / 8u; o++) {
+        uint x0[TM], x1[TM];
         [[unroll]] for (uint i = 0u; i < TM; i++) {
-            uint x0 = X[tile_row[i] + xi + 2u * j], x1 = X[tile_row[i] + xi + 2u * j + 1u];
-            sx[i] += dot4(x0, 0x01010101u) + dot4(x1, 0x01010101u);
-            [[unroll]] for (uint c = 0u; c < 8u; c++) P[i][c] += dot4(lo[c], x0) + dot4(hi[c], x1);
+            x0[i] = X[tile_row[i] + xi + 2u * o];
+            x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
+            sx[i] += dot4(x0[i], 0x01010101u) + dot4(x1[i], 0x01010101u);
+        }
+        [[unroll]] for (uint j = 0u; j < CB; j++) {
+            uint at = 2u * (wi[j] + o * stride);
+            uvec4 wv[2] = uvec4[2](W[at], W[at + 1u]);
+            [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                uint w = wv[c / 4u][c % 4u];
+                uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
+                [[unroll]] for (uint i = 0u; i < TM; i++) P[j][i][c] += dot4(lo, x0[i]) + dot4(hi, x1[i]);
+            }
         }
     }
 }
 #else
-// The SWAR multiply-adds of one k: weight word w (the nibbles of the block's 8 channels)
+// The SWAR multiply-adds of one k: weight word w (the nibbles of a block's 8 channels)
 // times each token's activation xv[i], two channels per int32 product (see common.glsl).
-void swar_madd(uint w, int xv[TM], inout int acc[TM][4], inout int sx[TM]) {
+void swar_madd(uint w, int xv[TM], inout int acc[TM][4]) {
     int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
     int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
     [[unroll]] for (uint i = 0u; i < TM; i++) {
-        sx[i] += xv[i];
         acc[i][0] += xv[i] * w0;
         acc[i][1] += xv[i] * w1;
         acc[i][2] += xv[i] * w2;
@@ -79,13 +107,23 @@ void swar_madd(uint w, int xv[TM], inout int acc[TM][4], inout int sx[TM]) {
     }
 }
 
+void swar_zero(out int acc[CB][TM][4]) {
+    [[unroll]] for (uint j = 0u; j < CB; j++) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint h = 0u; h < 4u; h++) acc[j][i][h] = 0;
+        }
+    }
+}
+
 // Adds the two halves of each SWAR accumulator of a finished chunk into P.
-void swar_flush(int acc[TM][4], inout int P[TM][8]) {
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint j = 0u; j < 4u; j++) {
-            ivec2 h = swar_split(acc[i][j]);
-            P[i][j] += h.x;
-            P[i][j + 4u] += h.y;
+void swar_flush(int acc[CB][TM][4], inout int P[CB][TM][8]) {
+    [[unroll]] for (uint j = 0u; j < CB; j++) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint h = 0u; h < 4u; h++) {
+                ivec2 v = swar_split(acc[j][i][h]);
+                P[j][i][h] += v.x;
+                P[j][i][h + 4u] += v.y;
+            }
         }
     }
 }
@@ -100,53 +138,54 @@ u64vec2 x_chunk(uint word) {
 }
 
 // As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
-void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
+void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
-    uint stride;
-    uint wi = weight_unit(b, g, G, stride);
+    uint stride, wi[CB];
+    tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[TM][4];
+        int acc[CB][TM][4];
+        swar_zero(acc);
         u64vec2 xs[TM];
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
-            xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
-        }
+        [[unroll]] for (uint i = 0u; i < TM; i++) xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
         [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
-            u64vec4 wq = w_unit(wi + ((c0 + k8) / 8u) * stride);
+            u64vec4 wq[CB];
+            [[unroll]] for (uint j = 0u; j < CB; j++) wq[j] = w_unit(wi[j] + ((c0 + k8) / 8u) * stride);
             uvec2 xw[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(xs[i][k8 / 8u]);
             [[unroll]] for (uint kk = 0u; kk < 8u; kk++) {
                 int xv[TM];
                 [[unroll]] for (uint i = 0u; i < TM; i++) {
                     xv[i] = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
+                    sx[i] += xv[i];
                 }
-                swar_madd(unpack32(wq[kk / 2u])[kk % 2u], xv, acc, sx);
+                [[unroll]] for (uint j = 0u; j < CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j]);
             }
         }
         swar_flush(acc, P);
     }
 }
 #else
-// P[i][c] = sum x * u and sx[i] = sum x over group g of block b, two channels per int32
+// P[j][i][c] = sum x * u over group g of block j and sx[i] = sum x, two channels per int32
 // multiply (SWAR, see common.glsl).
-void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
+void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
-    uint stride;
-    uint wi = weight_unit(b, g, G, stride);
+    uint stride, wi[CB];
+    tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[TM][4];
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0;
-        }
+        int acc[CB][TM][4];
+        swar_zero(acc);
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
             [[unroll]] for (uint kk = 0u; kk < 4u; kk++) {
                 int xv[TM];
-                [[unroll]] for (uint i = 0u; i < TM; i++) xv[i] = xq[i][kk];
-                swar_madd(W[wi + (c0 + k4 + kk) * stride], xv, acc, sx);
+                [[unroll]] for (uint i = 0u; i < TM; i++) {
+                    xv[i] = xq[i][kk];
+                    sx[i] += xv[i];
+                }
+                [[unroll]] for (uint j = 0u; j < CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j]);
             }
         }
         swar_flush(acc, P);
@@ -155,31 +194,34 @@ void group_sums(uint b, uint g, uint G, out int P[TM][8], out int sx[TM]) {
 #endif  // INT64_LOADS
 #endif  // DOT_PRODUCT
 
-// Adds group g of channel block b: exact integer sums, then s * A + o * S.
-void tile_group(uint b, uint g, uint G) {
-    int P[TM][8];
+// Adds group g of the invocation's blocks: exact integer sums, then s * A + o * S.
+void tile_group(uint g, uint G) {
+    int P[CB][TM][8];
     int sx[TM];
-    group_sums(b, g, G, P, sx);
-    uint gb = group_base(b, g, G);
+    group_sums(g, G, P, sx);
+    int S[TM];
+    [[unroll]] for (uint i = 0u; i < TM; i++) S[i] = sx[i] - tile_zp[i] * int(GROUP_SIZE);
+    [[unroll]] for (uint j = 0u; j < CB; j++) {
+        uint gb = group_base(tile_b[j], g, G);
 #ifdef INT64_LOADS
-    u64vec4 ws = ws_vec(gb / 2u), wo = wo_vec(gb / 2u), wu = wsu_vec(gb / 2u);
-    vec4 s[2] = vec4[2](vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y))),
-                        vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w))));
-    vec4 o[2] = vec4[2](vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y))),
-                        vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w))));
-    ivec4 su[2] = ivec4[2](ivec4(unpack32(wu.x), unpack32(wu.y)),
-                           ivec4(unpack32(wu.z), unpack32(wu.w)));
+        u64vec4 ws = ws_vec(gb / 2u), wo = wo_vec(gb / 2u), wu = wsu_vec(gb / 2u);
+        vec4 s[2] = vec4[2](vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y))),
+                            vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w))));
+        vec4 o[2] = vec4[2](vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y))),
+                            vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w))));
+        ivec4 su[2] = ivec4[2](ivec4(unpack32(wu.x), unpack32(wu.y)),
+                               ivec4(unpack32(wu.z), unpack32(wu.w)));
 #else
-    vec4 s[2] = vec4[2](WS[gb], WS[gb + 1u]);
-    vec4 o[2] = vec4[2](WO[gb], WO[gb + 1u]);
-    ivec4 su[2] = ivec4[2](WSU[gb], WSU[gb + 1u]);
+        vec4 s[2] = vec4[2](WS[gb], WS[gb + 1u]);
+        vec4 o[2] = vec4[2](WO[gb], WO[gb + 1u]);
+        ivec4 su[2] = ivec4[2](WSU[gb], WSU[gb + 1u]);
 #endif
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        int S = sx[i] - tile_zp[i] * int(GROUP_SIZE);
-        float Sf = float(S);
-        [[unroll]] for (uint c = 0u; c < 8u; c++) {
-            int A = P[i][c] - tile_zp[i] * su[c / 4u][c % 4u] - 8 * S;
-            tile_block[i][c] += s[c / 4u][c % 4u] * float(A) + o[c / 4u][c % 4u] * Sf;
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            float Sf = float(S[i]);
+            [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                int A = P[j][i][c] - tile_zp[i] * su[c / 4u][c % 4u] - 8 * S[i];
+                tile_block[j][i][c] += s[c / 4u][c % 4u] * float(A) + o[c / 4u][c % 4u] * Sf;
+            }
         }
     }
 }
@@ -211,8 +253,11 @@ void tile_store_row(uint b, uint t, float sums[8]) {
     }
 }
 
-void tile_store(uint b, uint t0) {
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        if (t0 + i < p.T) tile_store_row(b, t0 + i, tile_total[i]);
+void tile_store(uint t0) {
+    [[unroll]] for (uint j = 0u; j < CB; j++) {
+        uint b = tile_block_of(tile_v, j);
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            if (b < p.NP / 8u && t0 + i < p.T) tile_store_row(b, t0 + i, tile_total[j][i]);
+        }
     }
 }

@@ -41,3 +41,28 @@ def test_every_variant_is_exercised_on_lavapipe(device):
 def test_conformance_cli_passes(device):
     from vkqlinear.__main__ import main
     assert main(["conformance", "--quick", "--device", str(device.index)]) == 0
+
+
+@pytest.mark.parametrize("out", ["float", "int8"])
+def test_tiled_kernels_with_more_channel_blocks_conform(out, device):
+    """The tuner's tiled candidates with 2 and 4 channel blocks per invocation, every
+    variant: channels that leave the last invocation's blocks part empty, N not a multiple
+    of 8, and a part-full token tile."""
+    import vkqlinear as vq
+    from vkqlinear.kernels import kernel_from_config, lanes_for
+    lanes = lanes_for(device.caps)
+    case = C.Case("cb", (3,), 128, 8 * lanes * 3 - 5, 32, out=out)
+    d = C.make_inputs(case)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    dl = vq.DeviceLinear.of(qw, device)
+    extra = (d["out_scale"], d["out_zero_point"]) if out == "int8" else ()
+    for variant in device.caps.variants("tiled"):
+        for tm in (1, 2):
+            for cb in (2, 4):
+                kernel = kernel_from_config({"algorithm": "tiled", "variant": variant.name,
+                                             "tm": tm, "local_size": [lanes, 2], "cb": cb},
+                                            case.t, 32, out == "int8", device.caps)
+                y, _ = dl.run(kernel, d["x_q"], d["x_scale"], d["x_zero_point"], d["bias"],
+                              *extra)
+                ok, msg = C.check(y, dict(d, w_offsets=None))
+                assert ok, f"{kernel.describe()}: {msg}"

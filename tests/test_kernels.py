@@ -39,7 +39,7 @@ def test_kernels_respect_device_limits(caps, t):
         x, y = k.local_size
         assert x * y <= caps.max_invocations
         assert k.tm in (1, 2, 4, 8) and k.tm <= max(t, 1)
-        assert k.spec_constants == (x, y, 32, k.lanes, k.tm, 0)
+        assert k.spec_constants == (x, y, 32, k.lanes, k.tm, 0, 1)
         if alg == "cooperative":
             assert y & (y - 1) == 0                        # workers: a power of two
             assert x * y * k.tm * 8 * 4 <= caps.max_shared_memory
@@ -179,3 +179,29 @@ def test_bad_variant_names_are_refused(bad, err):
 def test_kernel_summary_names_its_choice():
     k = K.choose_kernel("tiled", 8, 32, False, LAVAPIPE)
     assert k.describe() == f"tiled portable tm={k.tm} local={list(k.local_size)} g=32"
+
+
+def test_channel_blocks_per_invocation_are_searched_for_the_tiled_kernel_only():
+    for caps in (LAVAPIPE, GPU32, SMALL):
+        tiled = K.candidates("tiled", 512, 32, False, caps)
+        assert {k.cb for k in tiled} == set(K.TILED_CB)
+        assert all(k.tm * 8 * k.cb <= K.TILE_OUTPUTS for k in tiled)
+        assert {k.cb for k in K.candidates("cooperative", 512, 32, False, caps)} == {1}
+    k = K.kernel_from_config({"algorithm": "tiled", "variant": "portable", "tm": 2,
+                              "local_size": [8, 4], "cb": 4}, 8, 32, False, LAVAPIPE)
+    assert k.cb == 4 and k.spec_constants[6] == 4 and "cb=4" in k.describe()
+    assert K.kernel_config(k)["cb"] == 4
+    # entries written before the field existed mean one block
+    old = {"algorithm": "tiled", "variant": "portable", "tm": 2, "local_size": [8, 4]}
+    assert K.kernel_from_config(old, 8, 32, False, LAVAPIPE).cb == 1
+    for bad in ({**old, "cb": 3}, {**old, "cb": 8, "tm": 2},
+                {**old, "algorithm": "cooperative", "cb": 2, "local_size": [8, 1]}):
+        assert K.kernel_from_config(bad, 8, 32, False, LAVAPIPE) is None
+
+
+def test_channel_blocks_shrink_the_grid_rounding_up():
+    k = K.kernel_from_config({"algorithm": "tiled", "variant": "portable", "tm": 1,
+                              "local_size": [8, 1], "cb": 4}, 1, 32, False, LAVAPIPE)
+    # 24 blocks of 8 channels; 32 blocks a workgroup: one workgroup, partly idle
+    assert k.grid(1, 192) == (1, 1, 1)
+    assert k.grid(1, 512) == (2, 1, 1)

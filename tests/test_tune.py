@@ -89,6 +89,45 @@ def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
     assert p["config"]["tm"] and p["best"] not in p["excluded"]
 
 
+def test_a_wrong_default_is_excluded_and_the_search_goes_on(tfile, device, monkeypatch):
+    """The default kernel itself computing the wrong result (a bug) is excluded and
+    reported like any other; the search sizes its visits by a right one instead."""
+    real = kernels.choose_kernel
+
+    def wrong_default(algorithm, t, group_size, out_int8, caps, threshold=None):
+        return real(algorithm, t, group_size * 2, out_int8, caps, threshold)
+    monkeypatch.setattr(tuner, "choose_kernel", wrong_default)
+    report = tuner.tune([(256, 64)], [2], [32], budget_s=10, device=device, log=None)
+    (p,) = report["points"]
+    assert p["default"] in p["excluded"] and p["best"] not in p["excluded"]
+    assert p["default_s"] is None and p["kernel_s"] > 0
+
+
+def test_the_final_comparison_confirms_the_search_fastest_few():
+    """CPU only: the search's finalists are timed against the default on the layer; the
+    fastest of them wins only when clearly faster than the default."""
+    from types import SimpleNamespace
+
+    class K(str):
+        def describe(self):
+            return str(self)
+
+    def final(layer_times):
+        point = SimpleNamespace(wrong=set(), excluded={}, timings={},
+                                check=lambda k: True)
+
+        def visit(k, runs):
+            point.timings[k] = layer_times[k]
+            return layer_times[k]
+        point.time = visit
+        point.timings["default"] = layer_times["default"]
+        return tuner._result(point, [K("a"), K("b"), K("c")], K("default"), point, None,
+                             K("default"))["best"]
+    # the search ranked a first, but on the layer b is the fastest
+    assert final({"a": 0.99, "b": 0.5, "c": 0.9, "default": 1.0}) == "b"
+    assert final({"a": 1.0, "b": 0.98, "c": 1.2, "default": 1.0}) == "default"
+
+
 def test_a_long_point_is_searched_on_a_proxy_layer(tfile, device, monkeypatch):
     """Where a run of the layer is long, the search times a narrower layer of the same K
     and T; the winner and the default are then timed (and checked) on the layer itself."""
@@ -237,6 +276,7 @@ def test_short_kernels_get_more_final_rounds():
     assert rounds == sorted(rounds, reverse=True)
     assert rounds[0] == 15 and rounds[-1] == 3 and 3 < rounds[2] < 15
     assert tuner.visit_runs(1e-3) == tuner.VISIT_RUNS and tuner.visit_runs(1.0) == 1
+    assert tuner.visit_warm(1e-3) == tuner.VISIT_WARM >= 1 and tuner.visit_warm(1.0) == 0
 
 
 def test_a_visit_warms_the_timed_call_and_keeps_every_run(monkeypatch):
@@ -250,7 +290,7 @@ def test_a_visit_warms_the_timed_call_and_keeps_every_run(monkeypatch):
             calls.append(timed)
             return None, SimpleNamespace(kernel_ns=lambda period: next(times))
     p = tuner.Point.__new__(tuner.Point)
-    p.dl, p.x, p.period = FakeLinear(), (), 1.0
+    p.dl, p.x, p.period, p.warm = FakeLinear(), (), 1.0, tuner.visit_warm(1e-3)
     p.timings, p.samples, p.excluded = {}, {}, {}
     p.right, p.wrong = set(), set()
     class Kernel:

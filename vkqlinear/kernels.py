@@ -166,7 +166,7 @@ class Kernel:
     """One specialized kernel and how to dispatch it.
 
     ``spec_constants`` are, in ``constant_id`` order: LOCAL_X, LOCAL_Y, GROUP_SIZE,
-    LANES, TM, OUT_INT8 (see ``shaders/common.glsl``).
+    LANES, TM, OUT_INT8, CB (see ``shaders/common.glsl``).
     """
     algorithm: str          # "tiled" | "cooperative"
     shader: str             # file in shaders/
@@ -176,6 +176,7 @@ class Kernel:
     lanes: int              # weight layout interleave
     group_size: int
     out_int8: bool
+    cb: int = 1             # channel blocks (of 8) per invocation: TILED only
 
     def __post_init__(self):
         # Kernels key the recorded-call caches: hash the fields once, not on every lookup
@@ -211,7 +212,7 @@ class Kernel:
     @property
     def spec_constants(self):
         return (self.local_size[0], self.local_size[1], self.group_size, self.lanes,
-                self.tm, int(self.out_int8))
+                self.tm, int(self.out_int8), self.cb)
 
     @property
     def tokens_per_row(self):
@@ -222,7 +223,7 @@ class Kernel:
         """``(gx, gy, n_dispatches)``: one grid of ``gx x gy`` workgroups, dispatched
         ``n_dispatches`` times with ``token_base`` advancing by ``gy * tokens_per_row``
         when the token rows exceed the device's ``maxComputeWorkGroupCount[1]``."""
-        gx = (np_ // 8) // self.blocks_per_workgroup
+        gx = -(-(np_ // 8) // (self.blocks_per_workgroup * self.cb))
         if gx > max_count[0]:
             raise ValueError(f"w_packed: N={np_} output channels need {gx} workgroups, "
                              f"more than this device's limit of {max_count[0]}")
@@ -232,7 +233,8 @@ class Kernel:
 
     def describe(self):
         """A short human-readable summary (benchmark tables and JSON)."""
-        return (f"{self.algorithm} {self.variant.name} tm={self.tm} "
+        cb = f" cb={self.cb}" if self.cb > 1 else ""
+        return (f"{self.algorithm} {self.variant.name} tm={self.tm}{cb} "
                 f"local={list(self.local_size)} g={self.group_size}")
 
 
@@ -296,8 +298,12 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
 
 # Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
 # file's entries of another generation are ignored.
-KERNEL_GENERATION = 2
+KERNEL_GENERATION = 3
 TILED_TM = (1, 2, 4, 8)
+TILED_CB = (1, 2, 4)                 # channel blocks per invocation of the tiled kernel
+# At most this many outputs (TM x 8 CB) an invocation: each is three registers (two float
+# sums, one int), and a GPU spills past about 256.
+TILE_OUTPUTS = 64
 COOP_TM = (1, 2, 4)
 LOCAL_SIZES = (1, 2, 4, 8, 16)       # token tiles, workers or blocks per workgroup
 
@@ -305,7 +311,7 @@ LOCAL_SIZES = (1, 2, 4, 8, 16)       # token tiles, workers or blocks per workgr
 def kernel_config(kernel):
     """A :class:`Kernel`'s tunable choices as plain data (the tuning file's form)."""
     return {"algorithm": kernel.algorithm, "variant": kernel.variant.name, "tm": kernel.tm,
-            "local_size": list(kernel.local_size)}
+            "local_size": list(kernel.local_size), "cb": kernel.cb}
 
 
 def kernel_from_config(config, t, group_size, out_int8, caps):
@@ -318,6 +324,7 @@ def kernel_from_config(config, t, group_size, out_int8, caps):
         variant = Variant.parse(config["variant"])
         tm = token_tile(t, int(config["tm"]))
         x, y = (int(v) for v in config["local_size"])
+        cb = int(config.get("cb", 1))
     except (KeyError, TypeError, ValueError):
         return None
     if algorithm not in KERNEL_ALGORITHMS or variant not in caps.variants(algorithm):
@@ -325,16 +332,22 @@ def kernel_from_config(config, t, group_size, out_int8, caps):
     lanes = caps.subgroup_size if algorithm == "cooperative" and variant.subgroup \
         else lanes_for(caps)
     kernel = Kernel(algorithm, "gemm_tiled.comp" if algorithm == "tiled" else
-                    "gemv_coop.comp", variant, (x, y), tm, lanes, group_size, bool(out_int8))
+                    "gemv_coop.comp", variant, (x, y), tm, lanes, group_size, bool(out_int8),
+                    cb)
     return kernel if fits(kernel, caps) else None
 
 
 def fits(kernel, caps):
     """Whether ``caps``' device can run ``kernel``: its workgroup within the invocation
     limit, the shared-memory reduction within the shared memory, the subgroup kernel's
-    rows one subgroup wide, and the workgroup a whole number of layout lanes."""
+    rows one subgroup wide, the workgroup a whole number of layout lanes, and the tiled
+    kernel's channel blocks (the cooperative kernel has one) within :data:`TILE_OUTPUTS`."""
     x, y = kernel.local_size
     if x * y > caps.max_invocations or x < 1 or y < 1 or y & (y - 1) or x & (x - 1):
+        return False
+    cb = kernel.cb
+    if cb < 1 or cb & (cb - 1) or kernel.tm * 8 * cb > TILE_OUTPUTS or \
+            (cb > 1 and kernel.algorithm != "tiled"):
         return False
     if kernel.algorithm == "cooperative":
         if kernel.variant.subgroup:
@@ -346,20 +359,21 @@ def fits(kernel, caps):
 def candidates(algorithm, t, group_size, out_int8, caps):
     """Every :class:`Kernel` of ``algorithm`` the device can run at ``t`` tokens: its
     variants x tokens per invocation x the workgroup's other axis (token tiles for the
-    tiled kernel, workers or blocks for the cooperative one). The search space of
-    :mod:`vkqlinear.tuner`; the first is the default choice."""
+    tiled kernel, workers or blocks for the cooperative one) x channel blocks per
+    invocation (tiled). The search space of :mod:`vkqlinear.tuner`; the first is the
+    default choice."""
     default = choose_kernel(algorithm, t, group_size, out_int8, caps)
     out = [default]
     tms = TILED_TM if algorithm == "tiled" else COOP_TM
+    cbs = TILED_CB if algorithm == "tiled" else (1,)
     for variant in caps.variants(algorithm):
         for tm in sorted({token_tile(t, m) for m in tms}):
-            for other in LOCAL_SIZES:
-                config = {"algorithm": algorithm, "variant": variant.name, "tm": tm,
-                          "local_size": [caps.subgroup_size if variant.subgroup else
-                                         lanes_for(caps), other]}
-                if algorithm == "cooperative" and variant.subgroup:
-                    config["local_size"] = [caps.subgroup_size, other]
-                k = kernel_from_config(config, t, group_size, out_int8, caps)
-                if k is not None and k not in out:
-                    out.append(k)
+            for cb in cbs:
+                for other in LOCAL_SIZES:
+                    config = {"algorithm": algorithm, "variant": variant.name, "tm": tm,
+                              "local_size": [caps.subgroup_size if variant.subgroup else
+                                             lanes_for(caps), other], "cb": cb}
+                    k = kernel_from_config(config, t, group_size, out_int8, caps)
+                    if k is not None and k not in out:
+                        out.append(k)
     return out

@@ -16,8 +16,9 @@ would not fit the share, it first times one representative of each (algorithm, v
 and halves over the configurations of the best three only. A candidate's time is the
 median of its runs (:func:`statistic`). Where a run of the layer is long (large T), the
 search times a proxy layer with fewer output channels instead (:func:`proxy_channels`);
-either way the winner is then timed against the default on the layer itself, in
-alternation, and replaces it only when clearly faster.
+either way the search's fastest few (:data:`CONFIRM`) are then timed against the default
+on the layer itself, in alternation, and the fastest of them replaces the default only when
+clearly faster.
 ``exhaustive=True`` times every candidate on the layer instead, the yardstick of the
 search.
 
@@ -52,7 +53,8 @@ TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 OUTPUTS = ("float", "int8")   # output kinds a point is tuned for
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
 VISIT_RUNS = 3           # timed runs a visit to a candidate, after VISIT_WARM untimed
-VISIT_WARM = 1
+VISIT_WARM = 1           # (none where a run is long: one run is its own warm-up)
+CONFIRM = 3              # the search's fastest, timed again on the layer against the default
 KEEP_CALLS_BYTES = 512 << 20   # device memory the recorded calls of a search may hold
 FIRST_ROUND_VISITS = 2   # at most this many visits a candidate in halving's first round
 EXHAUSTIVE_ROUNDS = 5    # visits a candidate of the exhaustive search, in alternation
@@ -125,6 +127,7 @@ class Point:
         self.period = dl.device.info.limits["timestamp_period_ns"] * 1e-9
         self.timings, self.samples = {}, {}
         self.excluded, self.right, self.wrong = {}, set(), set()
+        self.warm = VISIT_WARM     # untimed runs a visit (:func:`visit_warm`)
 
     def check(self, kernel):
         """Run ``kernel`` once and check it against the contract (once per kernel): whether
@@ -146,7 +149,7 @@ class Point:
         return True
 
     def time(self, kernel, runs):
-        """A visit to ``kernel``: :data:`VISIT_WARM` untimed runs, then ``runs`` timed ones
+        """A visit to ``kernel``: :attr:`warm` untimed runs, then ``runs`` timed ones
         (checked first: ``None``, and excluded, if it is wrong); its timing is
         :func:`statistic` of all its timed runs so far. The untimed run warms the very
         call the timed ones use (the search keeps every candidate's call:
@@ -155,7 +158,7 @@ class Point:
             return None
         name = kernel.describe()
         samples = self.samples.setdefault(name, [])
-        for _ in range(VISIT_WARM):
+        for _ in range(self.warm):
             self.dl.run(kernel, *self.x, timed=True)
         for _ in range(runs):
             _, call = self.dl.run(kernel, *self.x, timed=True)
@@ -187,7 +190,7 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``. Every
     candidate is checked before it is timed. Where a run of the layer is long
     (:data:`PROXY_RUN_S`) the search times a proxy layer of ``proxy_n`` channels (its
-    timings are those), and only the winner and the default are timed on the layer.
+    timings are those), and only its finalists and the default are timed on the layer.
     ``exhaustive`` visits every candidate ``exhaustive_rounds`` times, in alternation."""
     rng = rng or np.random.default_rng(0)
     point = Point(dl, t, rng, out_int8)
@@ -203,12 +206,19 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     with ExitStack() as keep:
         keep.enter_context(dl.keeping_calls(keep_calls(calls, t, dl.weights.K, dl.weights.N)))
         start = time.perf_counter()
-        layer_s = point.time(default, 1)
+        # the default sizes the visits; a wrong default (a bug, reported) is replaced
+        ref = next((k for k in [default] + cands if point.check(k)), None)
+        if ref is None:
+            raise RuntimeError(f"no candidate kernel computes {dl.weights.K} x "
+                               f"{dl.weights.N} at T={t} right: "
+                               + "; ".join(f"{k}: {v}" for k, v in point.excluded.items()))
+        layer_s = point.time(ref, 1)
+        point.warm = visit_warm(layer_s)
         if exhaustive:
             alternate(point, cands, exhaustive_rounds, visit_runs(layer_s))
             best = min((k for k in cands + [default] if k.describe() in point.timings),
                        key=lambda k: point.timings[k.describe()])
-            return _result(point, best, default, point, None)
+            return _result(point, [best], default, point, None, ref)
         search, proxy_n = point, proxy_channels(dl.weights.N, layer_s)
         if proxy_n:
             w = dl.weights
@@ -216,16 +226,15 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
             search = Point(DeviceLinear.of(proxy, dl.device), t, rng, out_int8)
             search.weights = proxy                 # held: a DeviceLinear holds it weakly
             keep.enter_context(search.dl.keeping_calls(keep_calls(calls, t, w.K, proxy_n)))
-            search.time(default, 1)
-        runs = visit_runs(search.timings[default.describe()])
+            search.warm = visit_warm(search.time(ref, 1) or layer_s)
+        runs = visit_runs(search.timings.get(ref.describe(), layer_s))
         wall = time.perf_counter()
-        search.time(default, runs)
+        search.time(ref, runs)
         visit_wall = time.perf_counter() - wall       # with the submissions and waits
         # what the search may spend: the point's share less the final comparison on the layer
-        final = 2 * final_rounds(layer_s) * (visit_runs(layer_s) + VISIT_WARM) * layer_s
-        spend = budget_s - (time.perf_counter() - start) - final
-        best = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
-        return _result(point, best, default, search, proxy_n)
+        spend = budget_s - (time.perf_counter() - start) - final_cost(layer_s)
+        ranked = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
+        return _result(point, ranked[:CONFIRM], default, search, proxy_n, ref)
 
 
 def keep_calls(calls, t, k, n):
@@ -242,12 +251,17 @@ def halving(search, cands, default, runs, visit_wall, deadline):
     :data:`FIRST_ROUND_VISITS` in the first round, three times more each round after), and
     keeps the fastest third. Where a first round over every candidate would not fit, it
     visits one representative of each (algorithm, variant) and keeps the configurations of
-    the :data:`KEEP_VARIANTS` best. Returns the leader, ``default`` if nothing was timed."""
+    the :data:`KEEP_VARIANTS` best. Returns the last round's candidates, fastest first
+    (``[default]`` if nothing was timed)."""
     def left():
         return deadline - time.perf_counter()
 
     def rounds_left(n):
         return max(1, math.ceil(math.log(max(n, 2), 3)))
+
+    def fastest(kernels):
+        return sorted((k for k in kernels if k.describe() in search.timings),
+                      key=lambda k: search.timings[k.describe()])
 
     pool = list(cands)
     # a first-round candidate costs a check besides its visit
@@ -258,22 +272,17 @@ def halving(search, cands, default, runs, visit_wall, deadline):
         for k in reps.values():
             if left() > 0:
                 search.time(k, runs)
-        timed = [av for av, k in reps.items() if k.describe() in search.timings]
-        kept = sorted(timed, key=lambda av: search.timings[reps[av].describe()])
-        pool = [k for k in cands if (k.algorithm, k.variant) in kept[:KEEP_VARIANTS]]
+        kept = [(k.algorithm, k.variant) for k in fastest(reps.values())][:KEEP_VARIANTS]
+        pool = [k for k in cands if (k.algorithm, k.variant) in kept]
     cap, ranked = FIRST_ROUND_VISITS, []
     while len(pool) > 1 and left() > 0:
         new = sum(k.describe() not in search.samples for k in pool)
         share = (left() / rounds_left(len(pool)) - new * visit_wall / 2) / len(pool)
         alternate(search, pool, max(1, min(cap, int(share / visit_wall))), runs)
-        ranked = sorted((k for k in pool if k.describe() in search.timings),
-                        key=lambda k: search.timings[k.describe()])
+        ranked = fastest(pool)
         pool = ranked[:max(1, -(-len(ranked) // 3))]
         cap *= 3
-    if ranked:
-        return ranked[0]
-    return min((k for k in cands + [default] if k.describe() in search.timings),
-               key=lambda k: search.timings[k.describe()], default=default)
+    return ranked or fastest(cands + [default]) or [default]
 
 
 def alternate(point, kernels, rounds=5, runs=1):
@@ -294,10 +303,17 @@ MARGIN = 0.97
 
 def final_rounds(run_s):
     """Rounds (visits) of the final comparison for kernels of about ``run_s`` seconds: at
-    least 3, more for short kernels (up to 15, about half a second of runs), whose timings
-    the host's bursts disturb the most."""
-    runs = 2 * (visit_runs(run_s) + VISIT_WARM)  # two kernels, a visit each a round
+    least 3, more for short kernels (up to 15, about a quarter of a second of runs a
+    kernel), whose timings the host's bursts disturb the most."""
+    runs = 2 * (visit_runs(run_s) + visit_warm(run_s))
     return int(min(15, max(3, 0.5 / max(run_s, 1e-9) / runs)))
+
+
+def final_cost(run_s, kernels=CONFIRM + 1):
+    """Seconds the final comparison of ``kernels`` on a layer of ``run_s`` seconds a run
+    takes: the new ones' checks, then :func:`final_rounds` visits each."""
+    visit = visit_runs(run_s) + visit_warm(run_s)
+    return ((kernels - 1) + kernels * final_rounds(run_s) * visit) * run_s
 
 
 def visit_runs(run_s):
@@ -306,19 +322,33 @@ def visit_runs(run_s):
     return VISIT_RUNS if run_s <= PROXY_RUN_S else 1
 
 
-def _result(point, best, default, search, proxy_n):
-    """The winner against the default choice on the layer itself, in alternation; the
-    default stays unless the winner is clearly faster (:data:`MARGIN`) or is the only
-    one that is right."""
-    if best != default:
-        if point.time(best, 1) is None:  # right on the proxy, wrong here: a bug to report
-            best = default
-        elif default not in point.wrong:
+def visit_warm(run_s):
+    """Untimed runs a visit for kernels of about ``run_s`` seconds: :data:`VISIT_WARM`,
+    none where a run is long (:data:`PROXY_RUN_S`): a slow first run of a call costs about
+    a millisecond, and the check already ran it."""
+    return VISIT_WARM if run_s <= PROXY_RUN_S else 0
+
+
+def _result(point, finalists, default, search, proxy_n, ref):
+    """The search's ``finalists`` (fastest first) against the default choice on the layer
+    itself, in alternation; the fastest of them replaces the default only when clearly
+    faster (:data:`MARGIN`). A finalist right on the proxy and wrong on the layer is
+    excluded (a bug to report). A wrong default (a bug too) gives way to the first right
+    finalist, else to ``ref``, the right kernel the search was sized by."""
+    finalists = [k for k in finalists if k != default and point.check(k)]
+    if default in point.wrong:
+        best = (finalists + [ref])[0]
+        if best.describe() not in point.timings:
+            point.time(best, visit_runs(point.timings[ref.describe()]))
+    else:
+        best = default
+        if finalists:
             run_s = point.timings[default.describe()]
-            t_best, t_default = alternate(point, [best, default], final_rounds(run_s),
-                                          visit_runs(run_s))
-            if t_best > MARGIN * t_default:
-                best = default
+            times = alternate(point, finalists + [default], final_rounds(run_s),
+                              visit_runs(run_s))
+            i = int(np.argmin(times[:-1]))
+            if times[i] <= MARGIN * times[-1]:
+                best = finalists[i]
     excluded = dict(search.excluded, **point.excluded)
     return {"best": best, "kernel_s": point.timings[best.describe()],
             "default": default.describe(), "default_s": point.timings.get(default.describe()),
