@@ -317,3 +317,40 @@ def test_keeping_calls_holds_more_recorded_calls_for_a_block(device):
     assert len(dl.calls) == vq.DeviceLinear.MAX_CALLS
     assert dl.MAX_CALLS == vq.DeviceLinear.MAX_CALLS
     assert tuner.keep_calls(100, 512, 4096, 4096) < 100 <= tuner.keep_calls(100, 1, 4096, 4096)
+
+
+def test_halving_counts_the_cost_of_building_pipelines(monkeypatch):
+    """CPU only: where checking a candidate (its pipeline built) costs a hundred visits,
+    the search keeps to its deadline by checking fewer candidates, not all of them."""
+    from types import SimpleNamespace
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(tuner, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    class K(SimpleNamespace):
+        def describe(self):
+            return f"{self.variant} {self.config}"
+
+        def __hash__(self):
+            return hash(self.describe())
+
+    class Search:
+        def __init__(self):
+            self.timings, self.samples, self.check_walls = {}, {}, []
+
+        def check_wall(self, otherwise):
+            return float(np.mean(self.check_walls)) if self.check_walls else otherwise
+
+        def time(self, k, runs):
+            if k.describe() not in self.samples:
+                clock.now += 1.0
+                self.check_walls.append(1.0)
+            clock.now += 0.01 * runs
+            self.samples.setdefault(k.describe(), []).append(1 + k.variant + 0.01 * k.config)
+            self.timings[k.describe()] = float(np.median(self.samples[k.describe()]))
+            return self.timings[k.describe()]
+    cands = [K(algorithm="tiled", variant=v, config=c) for v in range(5) for c in range(60)]
+    search = Search()
+    search.time(cands[0], 1)              # as search_point does: the default first
+    ranked = tuner.halving(search, cands, cands[0], 1, 0.01, 31.0)
+    assert 10 < len(search.samples) < 40 and clock.now < 34.0
+    assert ranked and ranked[0].variant == 0

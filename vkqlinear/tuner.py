@@ -128,6 +128,7 @@ class Point:
         self.timings, self.samples = {}, {}
         self.excluded, self.right, self.wrong = {}, set(), set()
         self.warm = VISIT_WARM     # untimed runs a visit (:func:`visit_warm`)
+        self.check_walls = []      # wall seconds of each check: a pipeline built, one run
 
     def check(self, kernel):
         """Run ``kernel`` once and check it against the contract (once per kernel): whether
@@ -136,17 +137,24 @@ class Point:
             return True
         if kernel in self.wrong:
             return False
+        wall = time.perf_counter()
         try:
             out, _ = self.dl.run(kernel, *self.x, timed=True)   # the call visits time
             ok, msg = conformance.check(out, self.spec, self.expect)
         except (ValueError, RuntimeError) as e:
             ok, msg = False, f"{type(e).__name__}: {e}"
+        self.check_walls.append(time.perf_counter() - wall)
         if not ok:
             self.excluded[kernel.describe()] = msg
             self.wrong.add(kernel)
             return False
         self.right.add(kernel)
         return True
+
+    def check_wall(self, otherwise):
+        """Wall seconds a check has taken on average (``otherwise`` before the first):
+        building a kernel's pipeline can cost more than many runs of it."""
+        return float(np.mean(self.check_walls)) if self.check_walls else otherwise
 
     def time(self, kernel, runs):
         """A visit to ``kernel``: :attr:`warm` untimed runs, then ``runs`` timed ones
@@ -231,10 +239,14 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
         wall = time.perf_counter()
         search.time(ref, runs)
         visit_wall = time.perf_counter() - wall       # with the submissions and waits
-        # what the search may spend: the point's share less the final comparison on the layer
-        spend = budget_s - (time.perf_counter() - start) - final_cost(layer_s)
+        # the final comparison on the layer, with as many finalists as half the share allows
+        build_s = max(0.0, point.check_wall(layer_s) - layer_s)
+        confirm = next((n for n in range(CONFIRM, 1, -1)
+                        if final_cost(layer_s, n + 1, build_s) <= budget_s / 2), 1)
+        spend = budget_s - (time.perf_counter() - start) - final_cost(layer_s, confirm + 1,
+                                                                      build_s)
         ranked = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
-        return _result(point, ranked[:CONFIRM], default, search, proxy_n, ref)
+        return _result(point, ranked[:confirm], default, search, proxy_n, ref)
 
 
 def keep_calls(calls, t, k, n):
@@ -249,23 +261,27 @@ def halving(search, cands, default, runs, visit_wall, deadline):
     alternation (:func:`alternate`, ``runs`` timed runs a visit), as many visits a
     candidate as the time left allows (``visit_wall`` seconds each; at most
     :data:`FIRST_ROUND_VISITS` in the first round, three times more each round after), and
-    keeps the fastest third. Where a first round over every candidate would not fit, it
-    visits one representative of each (algorithm, variant) and keeps the configurations of
-    the :data:`KEEP_VARIANTS` best. Returns the last round's candidates, fastest first
-    (``[default]`` if nothing was timed)."""
+    keeps the fastest third. A new candidate costs a check besides its visits (its
+    pipeline built: :meth:`Point.check_wall`). Where a first round over every candidate
+    would not fit, it visits one representative of each (algorithm, variant) and keeps the
+    configurations of the :data:`KEEP_VARIANTS` best, an even sample of them if those do
+    not fit either. Returns the last round's candidates, fastest first (``[default]`` if
+    nothing was timed)."""
     def left():
         return deadline - time.perf_counter()
 
     def rounds_left(n):
         return max(1, math.ceil(math.log(max(n, 2), 3)))
 
+    def cost(n):        # n new candidates: checked, then a visit a round at least
+        return n * (search.check_wall(visit_wall) + visit_wall * rounds_left(n))
+
     def fastest(kernels):
         return sorted((k for k in kernels if k.describe() in search.timings),
                       key=lambda k: search.timings[k.describe()])
 
     pool = list(cands)
-    # a first-round candidate costs a check besides its visit
-    if len(pool) * 1.5 * visit_wall * rounds_left(len(pool)) > left():
+    if cost(len(pool)) > left():
         reps = {}
         for k in cands:
             reps.setdefault((k.algorithm, k.variant), k)
@@ -274,10 +290,17 @@ def halving(search, cands, default, runs, visit_wall, deadline):
                 search.time(k, runs)
         kept = [(k.algorithm, k.variant) for k in fastest(reps.values())][:KEEP_VARIANTS]
         pool = [k for k in cands if (k.algorithm, k.variant) in kept]
+        # still too many to check: an even sample of their configurations, the timed kept
+        fit = max(len(kept), int(left() / max(cost(1), 1e-9)))
+        if len(pool) > fit:
+            step = len(pool) / fit
+            sample = {pool[int(i * step)] for i in range(fit)}
+            pool = [k for k in pool if k in sample or k.describe() in search.timings]
     cap, ranked = FIRST_ROUND_VISITS, []
     while len(pool) > 1 and left() > 0:
         new = sum(k.describe() not in search.samples for k in pool)
-        share = (left() / rounds_left(len(pool)) - new * visit_wall / 2) / len(pool)
+        share = (left() / rounds_left(len(pool))
+                 - new * search.check_wall(visit_wall)) / len(pool)
         alternate(search, pool, max(1, min(cap, int(share / visit_wall))), runs)
         ranked = fastest(pool)
         pool = ranked[:max(1, -(-len(ranked) // 3))]
@@ -309,11 +332,12 @@ def final_rounds(run_s):
     return int(min(15, max(3, 0.5 / max(run_s, 1e-9) / runs)))
 
 
-def final_cost(run_s, kernels=CONFIRM + 1):
-    """Seconds the final comparison of ``kernels`` on a layer of ``run_s`` seconds a run
-    takes: the new ones' checks, then :func:`final_rounds` visits each."""
+def final_cost(run_s, kernels=CONFIRM + 1, build_s=0.0):
+    """Seconds the final comparison of ``kernels`` (the default and finalists) on a layer
+    of ``run_s`` seconds a run takes: the finalists' checks (a pipeline built in
+    ``build_s``, one run), then :func:`final_rounds` visits each."""
     visit = visit_runs(run_s) + visit_warm(run_s)
-    return ((kernels - 1) + kernels * final_rounds(run_s) * visit) * run_s
+    return (kernels - 1) * (build_s + run_s) + kernels * final_rounds(run_s) * visit * run_s
 
 
 def visit_runs(run_s):
