@@ -319,9 +319,11 @@ def test_keeping_calls_holds_more_recorded_calls_for_a_block(device):
     assert tuner.keep_calls(100, 512, 4096, 4096) < 100 <= tuner.keep_calls(100, 1, 4096, 4096)
 
 
-def test_halving_counts_the_cost_of_building_pipelines(monkeypatch):
+@pytest.mark.parametrize("first_check", [1.0, 0.01])
+def test_halving_counts_the_cost_of_building_pipelines(monkeypatch, first_check):
     """CPU only: where checking a candidate (its pipeline built) costs a hundred visits,
-    the search keeps to its deadline by checking fewer candidates, not all of them."""
+    the search keeps to its deadline by checking fewer candidates, not all of them, also
+    when the first check (the default's) was cheap and misled its estimate."""
     from types import SimpleNamespace
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(tuner, "time", SimpleNamespace(perf_counter=lambda: clock.now))
@@ -342,8 +344,9 @@ def test_halving_counts_the_cost_of_building_pipelines(monkeypatch):
 
         def time(self, k, runs):
             if k.describe() not in self.samples:
-                clock.now += 1.0
-                self.check_walls.append(1.0)
+                build = first_check if not self.samples else 1.0
+                clock.now += build
+                self.check_walls.append(build)
             clock.now += 0.01 * runs
             self.samples.setdefault(k.describe(), []).append(1 + k.variant + 0.01 * k.config)
             self.timings[k.describe()] = float(np.median(self.samples[k.describe()]))

@@ -301,20 +301,23 @@ def halving(search, cands, default, runs, visit_wall, deadline):
         new = sum(k.describe() not in search.samples for k in pool)
         share = (left() / rounds_left(len(pool))
                  - new * search.check_wall(visit_wall)) / len(pool)
-        alternate(search, pool, max(1, min(cap, int(share / visit_wall))), runs)
+        alternate(search, pool, max(1, min(cap, int(share / visit_wall))), runs, deadline)
         ranked = fastest(pool)
         pool = ranked[:max(1, -(-len(ranked) // 3))]
         cap *= 3
     return ranked or fastest(cands + [default]) or [default]
 
 
-def alternate(point, kernels, rounds=5, runs=1):
+def alternate(point, kernels, rounds=5, runs=1, deadline=None):
     """Time ``kernels`` in alternation, a visit of ``runs`` timed runs each a round (the
-    order reversed every other round), so that the host's drifts hit them alike. Returns
-    their timings (over all their runs on ``point`` so far), in the order given; ``None``
-    for a wrong one."""
+    order reversed every other round), so that the host's drifts hit them alike; no visit
+    starts after ``deadline`` (``time.perf_counter()``), if given. Returns their timings
+    (over all their runs on ``point`` so far), in the order given; ``None`` for a wrong
+    or unvisited one."""
     for i in range(rounds):
         for k in (kernels if i % 2 else kernels[::-1]):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             point.time(k, runs)
     return [point.timings.get(k.describe()) for k in kernels]
 
