@@ -331,7 +331,7 @@ def final_rounds(run_s):
     """Rounds (visits) of the final comparison for kernels of about ``run_s`` seconds: at
     least 3, more for short kernels (up to 15, about a quarter of a second of runs a
     kernel), whose timings the host's bursts disturb the most."""
-    runs = 2 * (visit_runs(run_s) + visit_warm(run_s))
+    runs = 2 * visit_length(run_s)
     return int(min(15, max(3, 0.5 / max(run_s, 1e-9) / runs)))
 
 
@@ -339,8 +339,13 @@ def final_cost(run_s, kernels=CONFIRM + 1, build_s=0.0):
     """Seconds the final comparison of ``kernels`` (the default and finalists) on a layer
     of ``run_s`` seconds a run takes: the finalists' checks (a pipeline built in
     ``build_s``, one run), then :func:`final_rounds` visits each."""
-    visit = visit_runs(run_s) + visit_warm(run_s)
-    return (kernels - 1) * (build_s + run_s) + kernels * final_rounds(run_s) * visit * run_s
+    visits = kernels * final_rounds(run_s) * visit_length(run_s)
+    return (kernels - 1) * (build_s + run_s) + visits * run_s
+
+
+def visit_length(run_s):
+    """Runs, timed and untimed, of a visit to a kernel of about ``run_s`` seconds."""
+    return visit_runs(run_s) + visit_warm(run_s)
 
 
 def visit_runs(run_s):
