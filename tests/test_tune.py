@@ -2,6 +2,8 @@
 excluded and reported; an interrupted run resumes; the command line works."""
 
 import json
+import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -156,23 +158,34 @@ def test_a_long_point_is_searched_on_a_proxy_layer(tfile, device, monkeypatch):
 
 
 def test_an_interrupted_tune_resumes(tfile, device, monkeypatch):
-    calls = []
+    calls, interrupted = [], []
     real = tuner.search_point
 
     def flaky(dl, t, *a, **k):
         calls.append(t)
-        if len(calls) == 2:
+        if len(calls) == 2 and not interrupted:
+            interrupted.append(t)
             raise KeyboardInterrupt
         return real(dl, t, *a, **k)
     monkeypatch.setattr(tuner, "search_point", flaky)
     with pytest.raises(KeyboardInterrupt):
         tuner.tune([(128, 64)], [1, 2], [32], budget_s=10, device=device, log=None)
-    assert tfile.with_name("tuning.json.progress").is_file()
+    progress = tfile.with_name("tuning.json.progress")
+    assert progress.is_file()
+    first = json.loads(progress.read_text())["seconds"]
+    saved = progress.read_text()
     calls.clear()
     report = tuner.tune([(128, 64)], [1, 2], [32], budget_s=10, device=device, log=None)
     assert calls == [2]                       # T = 1 was done: not searched again
-    assert len(report["points"]) == 2
-    assert not tfile.with_name("tuning.json.progress").exists()
+    assert len(report["points"]) == 2 and report["resumed"] == 1
+    assert report["seconds"] > first > 0      # the interrupted run's seconds count
+    assert not progress.exists()
+    # another plan (here another kernel generation) does not resume: its results differ
+    progress.write_text(saved)
+    monkeypatch.setattr(tuner, "KERNEL_GENERATION", tuner.KERNEL_GENERATION + 1)
+    calls.clear()
+    report = tuner.tune([(128, 64)], [1, 2], [32], budget_s=10, device=device, log=None)
+    assert calls == [1, 2] and report["resumed"] == 0
 
 
 def test_exhaustive_times_every_right_candidate(tfile, device):
@@ -319,21 +332,26 @@ def test_keeping_calls_holds_more_recorded_calls_for_a_block(device):
     assert tuner.keep_calls(100, 512, 4096, 4096) < 100 <= tuner.keep_calls(100, 1, 4096, 4096)
 
 
-@pytest.mark.parametrize("first_check", [1.0, 0.01])
-def test_halving_counts_the_cost_of_building_pipelines(monkeypatch, first_check):
-    """CPU only: where checking a candidate (its pipeline built) costs a hundred visits,
-    the search keeps to its deadline by checking fewer candidates, not all of them, also
-    when the first check (the default's) was cheap and misled its estimate."""
-    from types import SimpleNamespace
+class FakeKernel(SimpleNamespace):
+    def describe(self):
+        return f"{self.variant} {self.config}"
+
+    def __hash__(self):
+        return hash(self.describe())
+
+
+def fake_space(variants=5):
+    """Candidates of 5 variants x 60 configurations (tm, cb, workgroup axis)."""
+    return [FakeKernel(algorithm="tiled", variant=v, config=c, tm=1 << c % 4,
+                       cb=1 << c // 4 % 3, local_size=(8, 1 << c // 12))
+            for v in range(variants) for c in range(60)]
+
+
+def fake_search(monkeypatch, seconds, build=lambda first: 1.0):
+    """A search point on a fake clock: a kernel's time is ``seconds(kernel)``, a check
+    costs ``build(first check?)`` seconds, a timed run 0.01 s."""
     clock = SimpleNamespace(now=0.0)
     monkeypatch.setattr(tuner, "time", SimpleNamespace(perf_counter=lambda: clock.now))
-
-    class K(SimpleNamespace):
-        def describe(self):
-            return f"{self.variant} {self.config}"
-
-        def __hash__(self):
-            return hash(self.describe())
 
     class Search:
         def __init__(self):
@@ -344,16 +362,43 @@ def test_halving_counts_the_cost_of_building_pipelines(monkeypatch, first_check)
 
         def time(self, k, runs):
             if k.describe() not in self.samples:
-                build = first_check if not self.samples else 1.0
-                clock.now += build
-                self.check_walls.append(build)
+                wall = build(not self.samples)
+                clock.now += wall
+                self.check_walls.append(wall)
             clock.now += 0.01 * runs
-            self.samples.setdefault(k.describe(), []).append(1 + k.variant + 0.01 * k.config)
+            self.samples.setdefault(k.describe(), []).append(seconds(k))
             self.timings[k.describe()] = float(np.median(self.samples[k.describe()]))
             return self.timings[k.describe()]
-    cands = [K(algorithm="tiled", variant=v, config=c) for v in range(5) for c in range(60)]
-    search = Search()
+    return Search(), clock
+
+
+@pytest.mark.parametrize("first_check", [1.0, 0.01])
+def test_halving_counts_the_cost_of_building_pipelines(monkeypatch, first_check):
+    """CPU only: where checking a candidate (its pipeline built) costs a hundred visits,
+    the search keeps to its deadline by checking fewer candidates, not all of them, also
+    when the first check (the default's) was cheap and misled its estimate."""
+    cands = fake_space()
+    search, clock = fake_search(monkeypatch, lambda k: 1 + k.variant + 0.01 * k.config,
+                                lambda first: first_check if first else 1.0)
     search.time(cands[0], 1)              # as search_point does: the default first
     ranked = tuner.halving(search, cands, cands[0], 1, 0.01, 31.0)
     assert 10 < len(search.samples) < 40 and clock.now < 34.0
     assert ranked and ranked[0].variant == 0
+
+
+def test_halving_narrows_one_axis_at_a_time(monkeypatch):
+    """CPU only: with time to check a fifth of the space, the search finds the one fastest
+    configuration, a tile and workgroup shape that is not the default's, by narrowing
+    variant, then tile, then workgroup shape (an even sample of the space misses it)."""
+    cands = fake_space()
+    best = (1, 4, 2, 8)                      # variant, tm, cb, workgroup axis
+
+    def seconds(k):
+        tile = abs(math.log2(k.tm / best[1])) + abs(math.log2(k.cb / best[2]))
+        return (1 + 0.5 * abs(k.variant - best[0]) + 0.2 * tile
+                + 0.05 * abs(math.log2(k.local_size[1] / best[3])))
+    search, clock = fake_search(monkeypatch, seconds)
+    search.time(cands[0], 1)
+    ranked = tuner.halving(search, cands, cands[0], 1, 0.01, 70.0)
+    assert (ranked[0].variant, ranked[0].tm, ranked[0].cb, ranked[0].local_size[1]) == best
+    assert len(search.samples) < len(cands) / 4 and clock.now < 72.0

@@ -361,15 +361,19 @@ def candidates(algorithm, t, group_size, out_int8, caps):
     variants x tokens per invocation x the workgroup's other axis (token tiles for the
     tiled kernel, workers or blocks for the cooperative one) x channel blocks per
     invocation (tiled). The search space of :mod:`vkqlinear.tuner`; the first is the
-    default choice."""
+    default choice. Tiled workgroups with more token tiles than ``t`` tokens fill are left
+    out: their extra invocations idle, the work is that of the smaller workgroup."""
     default = choose_kernel(algorithm, t, group_size, out_int8, caps)
     out = [default]
     tms = TILED_TM if algorithm == "tiled" else COOP_TM
     cbs = TILED_CB if algorithm == "tiled" else (1,)
     for variant in caps.variants(algorithm):
         for tm in sorted({token_tile(t, m) for m in tms}):
+            tiles = 1 << (-(-t // tm) - 1).bit_length()     # token tiles t needs, pow 2
             for cb in cbs:
                 for other in LOCAL_SIZES:
+                    if algorithm == "tiled" and other > tiles:
+                        continue
                     config = {"algorithm": algorithm, "variant": variant.name, "tm": tm,
                               "local_size": [caps.subgroup_size if variant.subgroup else
                                              lanes_for(caps), other], "cb": cb}

@@ -12,8 +12,9 @@ contract's tolerance on the point's inputs; a wrong one is excluded and reported
 fix). The search runs successive halving (:func:`halving`: every candidate a few runs, in
 alternation, then the fastest third with three times the runs, and so on) until one is left
 or the point's share of the time budget is spent; where a first round over every candidate
-would not fit the share, it first times one representative of each (algorithm, variant)
-and halves over the configurations of the best three only. A candidate's time is the
+would not fit the share, it narrows the pool first, one axis at a time, timing one
+representative of each variant, then of each tile of the best three variants, and halves
+over the workgroup shapes of the best three tiles only. A candidate's time is the
 median of its runs (:func:`statistic`). Where a run of the layer is long (large T), the
 search times a proxy layer with fewer output channels instead (:func:`proxy_channels`);
 either way the search's fastest few (:data:`CONFIRM`) are then timed against the default
@@ -41,7 +42,7 @@ import numpy as np
 from . import conformance, tuning
 from .device import Device
 from .device_linear import DeviceLinear
-from .kernels import candidates, choose_kernel, kernel_config
+from .kernels import KERNEL_GENERATION, candidates, choose_kernel, kernel_config
 from .model_bench import random_weights
 from .quant import quantize_per_token
 
@@ -52,6 +53,7 @@ QUICK_SHAPES = [(4096, 4096), (1536, 384)]
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 OUTPUTS = ("float", "int8")   # output kinds a point is tuned for
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
+KEEP_TILES = 3           # of their (tokens, channel blocks) per invocation, where too many
 VISIT_RUNS = 3           # timed runs a visit to a candidate, after VISIT_WARM untimed
 VISIT_WARM = 1           # (none where a run is long: one run is its own warm-up)
 CONFIRM = 3              # the search's fastest, timed again on the layer against the default
@@ -263,10 +265,12 @@ def halving(search, cands, default, runs, visit_wall, deadline):
     :data:`FIRST_ROUND_VISITS` in the first round, three times more each round after), and
     keeps the fastest third. A new candidate costs a check besides its visits (its
     pipeline built: :meth:`Point.check_wall`). Where a first round over every candidate
-    would not fit, it visits one representative of each (algorithm, variant) and keeps the
-    configurations of the :data:`KEEP_VARIANTS` best, an even sample of them if those do
-    not fit either. Returns the last round's candidates, fastest first (``[default]`` if
-    nothing was timed)."""
+    would not fit, it narrows the pool one axis at a time (:data:`LEVELS`): one
+    representative of each (algorithm, variant) visited, the configurations of the
+    :data:`KEEP_VARIANTS` best kept; then, if those do not fit either, one of each tile
+    (tokens x channel blocks per invocation) of those, the :data:`KEEP_TILES` best kept; an
+    even sample of what is left if that still does not fit. Returns the last round's
+    candidates, fastest first (``[default]`` if nothing was timed)."""
     def left():
         return deadline - time.perf_counter()
 
@@ -281,21 +285,26 @@ def halving(search, cands, default, runs, visit_wall, deadline):
                       key=lambda k: search.timings[k.describe()])
 
     pool = list(cands)
-    if cost(len(pool)) > left():
-        reps = {}
-        for k in cands:
-            reps.setdefault((k.algorithm, k.variant), k)
-        for k in reps.values():
-            if left() > 0:
-                search.time(k, runs)
-        kept = [(k.algorithm, k.variant) for k in fastest(reps.values())][:KEEP_VARIANTS]
-        pool = [k for k in cands if (k.algorithm, k.variant) in kept]
-        # still too many to check: an even sample of their configurations, the timed kept
-        fit = max(len(kept), int(left() / max(cost(1), 1e-9)))
-        if len(pool) > fit:
-            step = len(pool) / fit
-            sample = {pool[int(i * step)] for i in range(fit)}
-            pool = [k for k in pool if k in sample or k.describe() in search.timings]
+    anchors = {}                      # each algorithm's default: its first candidate
+    for k in cands:
+        anchors.setdefault(k.algorithm, k)
+    for level, keep in LEVELS:
+        if cost(len(pool)) <= left():
+            break
+        groups = {}
+        for k in pool:
+            groups.setdefault(level(k), []).append(k)
+        reps = [min(g, key=lambda k: likeness(k, anchors[k.algorithm]))
+                for g in groups.values()]
+        alternate(search, reps, 1, runs, deadline)
+        kept = {level(k) for k in fastest(reps)[:keep]}
+        pool = [k for k in pool if level(k) in kept]
+    # still too many to check: an even sample of the configurations, the timed kept
+    fit = max(1, int(left() / max(cost(1), 1e-9)))
+    if len(pool) > fit:
+        step = len(pool) / fit
+        sample = {pool[int(i * step)] for i in range(fit)}
+        pool = [k for k in pool if k in sample or k.describe() in search.timings]
     cap, ranked = FIRST_ROUND_VISITS, []
     while len(pool) > 1 and left() > 0:
         new = sum(k.describe() not in search.samples for k in pool)
@@ -306,6 +315,23 @@ def halving(search, cands, default, runs, visit_wall, deadline):
         pool = ranked[:max(1, -(-len(ranked) // 3))]
         cap *= 3
     return ranked or fastest(cands + [default]) or [default]
+
+
+# Where a first round over every candidate would not fit, halving narrows the pool one
+# axis at a time: (key of a group of candidates, groups kept), each group timed through one
+# representative (:func:`likeness`). The variant (code shape) matters most, then the tile
+# an invocation computes (tokens x channel blocks), then the workgroup's other axis.
+LEVELS = ((lambda k: (k.algorithm, k.variant), KEEP_VARIANTS),
+          (lambda k: (k.algorithm, k.variant, k.tm, k.cb), KEEP_TILES))
+
+
+def likeness(kernel, anchor):
+    """How far ``kernel``'s configuration is from ``anchor``'s (its algorithm's default),
+    tokens per invocation first, then channel blocks, then the workgroup's other axis: the
+    representative of a group is its member nearest the default."""
+    return tuple(abs(math.log2(a / b)) for a, b in
+                 ((kernel.tm, anchor.tm), (kernel.cb, anchor.cb),
+                  (kernel.local_size[1], anchor.local_size[1])))
 
 
 def alternate(point, kernels, rounds=5, runs=1, deadline=None):
@@ -423,13 +449,19 @@ def _state_path():
 
 
 def _load_state(path, plan):
+    """The points an interrupted run of the same ``plan`` finished, and the seconds it
+    spent; nothing from another plan (other points, budget, device or kernel generation:
+    its results would not be this run's)."""
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {}, 0.0
     if not isinstance(state, dict) or state.get("plan") != plan:
-        return {}
-    return state.get("done", {})
+        return {}, 0.0
+    done, spent = state.get("done"), state.get("seconds")
+    if not isinstance(done, dict) or not isinstance(spent, (int, float)):
+        return {}, 0.0
+    return done, float(spent)
 
 
 def check_points(shapes, group_sizes):
@@ -461,12 +493,14 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
     points = [(k, n, g, out == "int8", t) for k, n in shapes for g in group_sizes
               if k % g == 0 for out in outputs for t in tokens]
     plan = {"device": tuning.device_key(dev.info), "points": [list(p) for p in points],
-            "exhaustive": exhaustive}
+            "exhaustive": exhaustive, "budget_s": budget_s,
+            "generation": KERNEL_GENERATION}
     state_path = _state_path()
-    done = _load_state(state_path, plan)
+    done, spent = _load_state(state_path, plan)
     rng = np.random.default_rng(0)
-    report = {"device": dev.name, "exhaustive": exhaustive, "points": []}
-    t0 = time.perf_counter()
+    report = {"device": dev.name, "exhaustive": exhaustive, "points": [],
+              "resumed": len(done)}
+    t0 = time.perf_counter() - spent          # a resumed run's clock goes on
     weights = {}
     for i, (k, n, g, out_int8, t) in enumerate(points):
         key = tuning.point_key(k, n, g, out_int8, t)
@@ -491,7 +525,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                                               "kernel_s": entry["kernel_s"],
                                               "measured": time.strftime("%Y-%m-%d")}})
         done[key] = entry
-        state_path.write_text(json.dumps({"plan": plan, "done": done}))
+        state_path.write_text(json.dumps({"plan": plan, "done": done,
+                                          "seconds": time.perf_counter() - t0}))
         report["points"].append(entry)
         if log:
             gain = (entry["default_s"] or entry["kernel_s"]) / entry["kernel_s"]
