@@ -21,7 +21,8 @@ either way the search's fastest few (:data:`CONFIRM`) are then timed against the
 on the layer itself, in alternation, and the fastest of them replaces the default only when
 clearly faster.
 ``exhaustive=True`` times every candidate on the layer instead, the yardstick of the
-search.
+search. After the last point, every tuned choice is timed against its default once more
+(:func:`recheck`) and kept only if still clearly faster.
 
 Progress is written to a state file beside the tuning file after every point, so an
 interrupted run resumes where it stopped.
@@ -42,7 +43,7 @@ import numpy as np
 from . import conformance, tuning
 from .device import Device
 from .device_linear import DeviceLinear
-from .kernels import KERNEL_GENERATION, candidates, choose_kernel, kernel_config
+from .kernels import KERNEL_GENERATION, candidates, choose_kernel, kernel_config, kernel_from_config
 from .model_bench import random_weights
 from .quant import quantize_per_token
 
@@ -208,8 +209,7 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     cands = []
     for alg in ("tiled", "cooperative"):
         cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
-    default = choose_kernel("auto", t, dl.kernel_group_size, out_int8, caps,
-                            tuning.auto_threshold(dl.device.info))
+    default = default_kernel(dl, t, out_int8)
     # every candidate's recorded call kept, memory allowing: one made anew is slow in its
     # first runs
     calls = len(cands) + 2
@@ -249,6 +249,12 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
                                                                       build_s)
         ranked = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
         return _result(point, ranked[:confirm], default, search, proxy_n, ref)
+
+
+def default_kernel(dl, t, out_int8=False):
+    """The kernel ``dl``'s layer runs at ``t`` tokens untuned: the tuner's yardstick."""
+    return choose_kernel("auto", t, dl.kernel_group_size, out_int8, dl.device.caps,
+                         tuning.auto_threshold(dl.device.info))
 
 
 def keep_calls(calls, t, k, n):
@@ -351,6 +357,7 @@ def alternate(point, kernels, rounds=5, runs=1, deadline=None):
 # A tuned choice replaces the default only when it is this much faster in alternation:
 # on a noisy host a smaller lead is as likely a slow spell of the default as a gain.
 MARGIN = 0.97
+RECHECK_SHARE = 0.05     # of the budget, kept for timing the tuned choices again (recheck)
 
 
 def final_rounds(run_s):
@@ -411,6 +418,46 @@ def _result(point, finalists, default, search, proxy_n, ref):
     return {"best": best, "kernel_s": point.timings[best.describe()],
             "default": default.describe(), "default_s": point.timings.get(default.describe()),
             "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
+
+
+def recheck(dev, entries, rng, log=None):
+    """Time each point's tuned kernel against its default once more, in alternation, now
+    that the other points' searches have run: the host's slow spells last seconds and can
+    slow one workgroup shape more than another, so a lead measured in one spell may be
+    that spell's. A tuned choice stays only where its gains in both comparisons, together
+    (their geometric mean), are clearly ones (:data:`MARGIN`); else the point gets its
+    default back. Updates ``entries`` (the tuner's report entries: ``"recheck"``, the new
+    tuned / default ratio) and the tuning file."""
+    weights = {}
+    for e in entries:
+        if e["best"] == e["default"] or "recheck" in e or e["default_s"] is None:
+            continue                    # untuned, rechecked, or the default is wrong
+        k, n, g, t, out_int8 = e["K"], e["N"], e["group_size"], e["T"], e["output"] == "int8"
+        qw = weights.get((k, n, g))
+        if qw is None:
+            weights.clear()
+            qw = weights[(k, n, g)] = random_weights(rng, k, n, g)
+        dl = DeviceLinear.of(qw, dev)
+        default = default_kernel(dl, t, out_int8)
+        tuned = kernel_from_config(e["config"], t, dl.kernel_group_size, out_int8, dev.caps)
+        if tuned is None or default.describe() != e["default"]:
+            continue                    # another device's or generation's entry
+        point = Point(dl, t, rng, out_int8)
+        run_s = e["default_s"]
+        with dl.keeping_calls(2):
+            times = alternate(point, [tuned, default], final_rounds(run_s), visit_runs(run_s))
+        if None in times:
+            continue
+        e["recheck"] = times[0] / times[1]
+        if math.sqrt(e["recheck"] * e["kernel_s"] / e["default_s"]) > MARGIN:
+            e.update(config=kernel_config(default), best=default.describe(),
+                     kernel_s=e["default_s"])
+            tuning.store_configs(dev.info, {e["key"]: {"config": e["config"],
+                                                       "kernel_s": e["kernel_s"],
+                                                       "measured": time.strftime("%Y-%m-%d")}})
+            if log:
+                log(f"{e['key']}: the default again (tuned / default {e['recheck']:.2f} "
+                    f"when timed again)")
 
 
 def tune_wait(dl, t=1, rounds=40):
@@ -507,7 +554,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
         if key in done:
             report["points"].append(done[key])
             continue
-        left = max(1.0, budget_s - (time.perf_counter() - t0)) / (len(points) - i)
+        left = max(1.0, budget_s * (1 - RECHECK_SHARE) - (time.perf_counter() - t0)) / (
+            len(points) - i)
         qw = weights.get((k, n, g))
         if qw is None:
             weights.clear()
@@ -534,6 +582,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
                 f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded)")
+    recheck(dev, report["points"], rng, log)
     state_path.unlink(missing_ok=True)
     if points:                    # how calls wait, at the first shape's T = 1
         k, n, g, _, _ = points[0]
