@@ -22,10 +22,16 @@ def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
     rng = np.random.default_rng(1)
     qw = random_weights(rng, 256, 128)
     dl = vq.DeviceLinear.of(qw, device)
+    units = tuner.parallel_units(device.info)
     for p in report["points"]:
         assert p["candidates"] > 10 and not p["excluded"]
         assert p["kernel_s"] <= p["default_s"]          # measured in alternation
         t = p["T"]
+        if units and units > 1:           # no grid that leaves a CPU's cores unevenly busy
+            uneven = {k.describe() for alg in ("tiled", "cooperative")
+                      for k in kernels.candidates(alg, t, 32, False, device.caps)
+                      if not tuner.balanced(k, t, 128, units)} - {p["default"]}
+            assert uneven and not uneven & set(p["timings"])
         want = kernels.kernel_from_config(entries[p["key"]]["config"], t, 32, False,
                                           device.caps)
         assert dl.kernel("auto", t) == want
@@ -161,6 +167,24 @@ def test_a_tuned_choice_stays_only_if_still_faster_when_timed_again(tfile, devic
     assert vq.DeviceLinear.of(qw, device).kernel("auto", 2) == want
     tuner.recheck(device, [entry], rng)       # once only
     assert len(timed) == 1
+
+
+def test_grids_that_leave_cores_idle_are_not_candidates_on_a_cpu(monkeypatch):
+    """CPU only: on a CPU device of 2 cores a grid of 3, 5 or 1 workgroups leaves a core
+    idle in its last round; 6, 7 (at most one core in eight idle) or many do not; a GPU's
+    units are unknown, so nothing is left out there."""
+    from types import SimpleNamespace
+
+    def grid_of(w):
+        return SimpleNamespace(lanes=8, grid=lambda t, np_: (w, 1, 1))
+    assert [tuner.balanced(grid_of(w), 1, 64, 2) for w in (1, 3, 5, 6, 7, 64)] == \
+        [False, False, False, True, True, True]
+    assert tuner.balanced(grid_of(3), 1, 64, None) and tuner.balanced(grid_of(3), 1, 64, 1)
+    assert tuner.parallel_units(SimpleNamespace(type="discrete-gpu")) is None
+    monkeypatch.setenv("LP_NUM_THREADS", "3")
+    assert tuner.parallel_units(SimpleNamespace(type="cpu")) == 3
+    monkeypatch.delenv("LP_NUM_THREADS")
+    assert tuner.parallel_units(SimpleNamespace(type="cpu")) >= 1
 
 
 def test_a_long_point_is_searched_on_a_proxy_layer(tfile, device, monkeypatch):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -210,6 +211,8 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     for alg in ("tiled", "cooperative"):
         cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
     default = default_kernel(dl, t, out_int8)
+    units = parallel_units(dl.device.info)
+    cands = [k for k in cands if k == default or balanced(k, t, dl.weights.N, units)]
     # every candidate's recorded call kept, memory allowing: one made anew is slow in its
     # first runs
     calls = len(cands) + 2
@@ -249,6 +252,36 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
                                                                       build_s)
         ranked = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
         return _result(point, ranked[:confirm], default, search, proxy_n, ref)
+
+
+def parallel_units(info):
+    """Workgroups a device runs at once, where that is known: on a CPU device, one a host
+    core this process may use (lavapipe's ``LP_NUM_THREADS`` where set); ``None`` on a GPU,
+    whose compute units Vulkan does not count."""
+    if info.type != "cpu":
+        return None
+    try:
+        return max(1, int(os.environ["LP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:               # not on Linux
+        return os.cpu_count() or 1
+
+
+def balanced(kernel, t, n, units):
+    """Whether ``kernel``'s grid at ``t`` tokens and ``n`` channels keeps ``units``
+    parallel units evenly busy: in its last round of workgroups at most one unit in eight
+    idle (:data:`BALANCE`; always true where ``units`` is unknown). On a 2-core host an
+    uneven grid (three workgroups, say) wins only while a core is taken by something else,
+    and loses by up to a third when both are free."""
+    if not units or units < 2:
+        return True
+    blk = 8 * kernel.lanes
+    gx, gy, _ = kernel.grid(t, -(-n // blk) * blk)
+    w = gx * gy
+    return w / (-(-w // units) * units) >= BALANCE
 
 
 def default_kernel(dl, t, out_int8=False):
@@ -357,6 +390,7 @@ def alternate(point, kernels, rounds=5, runs=1, deadline=None):
 # A tuned choice replaces the default only when it is this much faster in alternation:
 # on a noisy host a smaller lead is as likely a slow spell of the default as a gain.
 MARGIN = 0.97
+BALANCE = 0.875          # of a CPU device's cores a grid's last round keeps busy, at least
 RECHECK_SHARE = 0.05     # of the budget, kept for timing the tuned choices again (recheck)
 
 
