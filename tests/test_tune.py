@@ -89,7 +89,8 @@ def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
         bad = kernels.choose_kernel(algorithm, t, group_size * 2, out_int8, caps)
         return [bad] + out if algorithm == "tiled" else out
     monkeypatch.setattr(tuner, "candidates", with_a_wrong_one)
-    report = tuner.tune([(256, 64)], [2], [32], budget_s=20, device=device, log=None)
+    # N wide enough that the wrong one's grid keeps a CPU device's cores evenly busy
+    report = tuner.tune([(256, 1024)], [2], [32], budget_s=20, device=device, log=None)
     (p,) = report["points"]
     assert len(p["excluded"]) == 1
     (why,) = p["excluded"].values()
