@@ -115,7 +115,6 @@ def test_a_wrong_default_is_excluded_and_the_search_goes_on(tfile, device, monke
 def test_the_final_comparison_confirms_the_search_fastest_few():
     """CPU only: the search's finalists are timed against the default on the layer; the
     fastest of them wins only when clearly faster than the default."""
-    from types import SimpleNamespace
 
     class K(str):
         def describe(self):
@@ -174,7 +173,6 @@ def test_grids_that_leave_cores_idle_are_not_candidates_on_a_cpu(monkeypatch):
     """CPU only: on a CPU device of 2 cores a grid of 3, 5 or 1 workgroups leaves a core
     idle in its last round; 6, 7 (at most one core in eight idle) or many do not; a GPU's
     units are unknown, so nothing is left out there."""
-    from types import SimpleNamespace
 
     def grid_of(w):
         return SimpleNamespace(lanes=8, grid=lambda t, np_: (w, 1, 1))
@@ -322,7 +320,6 @@ def test_tune_refuses_bad_group_sizes_before_opening_a_device():
 def test_the_wait_mode_changes_only_when_clearly_faster(monkeypatch, costs, chosen):
     """CPU only, on a fake clock: the built-in mode stays unless the other is 3% faster;
     the device's setting is restored."""
-    from types import SimpleNamespace
     clock = SimpleNamespace(now=0.0)
 
     class FakeDevice:
@@ -353,7 +350,6 @@ def test_short_kernels_get_more_final_rounds():
 def test_a_visit_warms_the_timed_call_and_keeps_every_run(monkeypatch):
     """CPU only: each visit runs the timed call untimed first, and a kernel's timing
     is the median of all its timed runs so far."""
-    from types import SimpleNamespace
     calls, times = [], iter([5.0, 1.0, 3.0, 9.0])
 
     class FakeLinear:

@@ -37,7 +37,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["device_layout", "padded_group_size", "pad_groups", "split_channels"]
+__all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
+           "split_channels"]
+
+
+def padded_channels(n, lanes):
+    """``NP``: ``n`` output channels padded to a whole number of ``8 * lanes`` blocks."""
+    blk = 8 * lanes
+    return -(-n // blk) * blk
 
 
 def padded_group_size(group_size):
@@ -70,8 +77,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     n, k2 = w_packed.shape
     k = 2 * k2
     g = k // group_size
-    blk = 8 * lanes
-    np_ = -(-n // blk) * blk
+    np_ = padded_channels(n, lanes)
     nb = np_ // 8
     u = np.zeros((np_, k), dtype=np.uint8)          # raw nibbles; padding channels are 0
     u[:n, 0::2] = w_packed >> 4

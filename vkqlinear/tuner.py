@@ -45,6 +45,7 @@ from . import conformance, tuning
 from .device import Device
 from .device_linear import DeviceLinear
 from .kernels import KERNEL_GENERATION, candidates, choose_kernel, kernel_config, kernel_from_config
+from .layout import padded_channels
 from .model_bench import random_weights
 from .quant import quantize_per_token
 
@@ -278,8 +279,7 @@ def balanced(kernel, t, n, units):
     and loses by up to a third when both are free."""
     if not units or units < 2:
         return True
-    blk = 8 * kernel.lanes
-    gx, gy, _ = kernel.grid(t, -(-n // blk) * blk)
+    gx, gy, _ = kernel.grid(t, padded_channels(n, kernel.lanes))
     w = gx * gy
     return w / (-(-w // units) * units) >= BALANCE
 
@@ -454,6 +454,23 @@ def _result(point, finalists, default, search, proxy_n, ref):
             "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
 
 
+def _store(dev, entry):
+    """A point's tuned configuration (a tuner report entry) into the tuning file."""
+    tuning.store_configs(dev.info, {entry["key"]: {"config": entry["config"],
+                                                   "kernel_s": entry["kernel_s"],
+                                                   "measured": time.strftime("%Y-%m-%d")}})
+
+
+def _layer_weights(cache, rng, k, n, g):
+    """Random weights of a ``k`` x ``n`` layer, group size ``g``, made once while the
+    points of that layer follow each other (``cache`` holds the last layer's only)."""
+    qw = cache.get((k, n, g))
+    if qw is None:
+        cache.clear()
+        qw = cache[(k, n, g)] = random_weights(rng, k, n, g)
+    return qw
+
+
 def recheck(dev, entries, rng, log=None):
     """Time each point's tuned kernel against its default once more, in alternation, now
     that the other points' searches have run: the host's slow spells last seconds and can
@@ -467,11 +484,7 @@ def recheck(dev, entries, rng, log=None):
         if e["best"] == e["default"] or "recheck" in e or e["default_s"] is None:
             continue                    # untuned, rechecked, or the default is wrong
         k, n, g, t, out_int8 = e["K"], e["N"], e["group_size"], e["T"], e["output"] == "int8"
-        qw = weights.get((k, n, g))
-        if qw is None:
-            weights.clear()
-            qw = weights[(k, n, g)] = random_weights(rng, k, n, g)
-        dl = DeviceLinear.of(qw, dev)
+        dl = DeviceLinear.of(_layer_weights(weights, rng, k, n, g), dev)
         default = default_kernel(dl, t, out_int8)
         tuned = kernel_from_config(e["config"], t, dl.kernel_group_size, out_int8, dev.caps)
         if tuned is None or default.describe() != e["default"]:
@@ -486,9 +499,7 @@ def recheck(dev, entries, rng, log=None):
         if math.sqrt(e["recheck"] * e["kernel_s"] / e["default_s"]) > MARGIN:
             e.update(config=kernel_config(default), best=default.describe(),
                      kernel_s=e["default_s"])
-            tuning.store_configs(dev.info, {e["key"]: {"config": e["config"],
-                                                       "kernel_s": e["kernel_s"],
-                                                       "measured": time.strftime("%Y-%m-%d")}})
+            _store(dev, e)
             if log:
                 log(f"{e['key']}: the default again (tuned / default {e['recheck']:.2f} "
                     f"when timed again)")
@@ -590,10 +601,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
             continue
         left = max(1.0, budget_s * (1 - RECHECK_SHARE) - (time.perf_counter() - t0)) / (
             len(points) - i)
-        qw = weights.get((k, n, g))
-        if qw is None:
-            weights.clear()
-            qw = weights[(k, n, g)] = random_weights(rng, k, n, g)
+        qw = _layer_weights(weights, rng, k, n, g)
         res = search_point(DeviceLinear.of(qw, dev), t, left, exhaustive, rng, out_int8)
         best = res["best"]
         entry = {"key": key, "K": k, "N": n, "group_size": g, "T": t,
@@ -603,9 +611,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                  "default_s": res["default_s"], "proxy_N": res["proxy_n"],
                  "timings": res["timings"], "excluded": res["excluded"],
                  "candidates": len(res["timings"]) + len(res["excluded"])}
-        tuning.store_configs(dev.info, {key: {"config": entry["config"],
-                                              "kernel_s": entry["kernel_s"],
-                                              "measured": time.strftime("%Y-%m-%d")}})
+        _store(dev, entry)
         done[key] = entry
         state_path.write_text(json.dumps({"plan": plan, "done": done,
                                           "seconds": time.perf_counter() - t0}))
