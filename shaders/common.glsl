@@ -11,8 +11,11 @@
 //   2 XZ     int  [T]          per-token activation zero point
 //   3 W      uint              weights, "block-of-8-channels" layout (below)
 //   4 WS     vec4              per-group weight scale s, same order as WSU
-//   5 WO     vec4              per-group weight offset o (w = s * q + o)
-//   6 WSU    ivec4             per-group sum of raw nibbles u over the group
+//   5 WO     vec4              per-group weight offset o (w = s * q + o); not read when
+//                              HAS_OFFSET is 0 (every o is 0: symmetric weights)
+//   6 WSU    ivec4             per-group sum of raw nibbles u over the group; uint16 (two
+//                              per word, the lower channel in the low half) while
+//                              15 * GROUP_SIZE fits 16 bits (SUMS16)
 //   7 BIAS   vec4 [NP/4]       bias (zeros when the op has none)
 //   8 OS     float[T]          output scale      (int8 output only; else a dummy)
 //   9 OZ     int  [T]          output zero point (int8 output only; else a dummy)
@@ -54,12 +57,16 @@ layout(constant_id = 3) const uint LANES = 8;        // weight layout interleave
 layout(constant_id = 4) const uint TM = 4;           // tokens per invocation
 layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
 layout(constant_id = 6) const uint CB = 1;           // channel blocks per invocation
+layout(constant_id = 7) const uint HAS_OFFSET = 1;   // 0: every o is 0 (WO not read)
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
 const uint CHUNK = (GROUP_SIZE % 16u == 0u) ? 16u : 8u;
 // Float partial sums are added into the total every GROUP_BLOCK groups, so that the float
 // accumulation error grows with G / GROUP_BLOCK + GROUP_BLOCK, not with G.
 const uint GROUP_BLOCK = 32u;
+// The nibble sums take half the bytes while they fit 16 bits (the host's
+// layout.sums16 is the same rule): less group data to read a call.
+const bool SUMS16 = GROUP_SIZE * 15u <= 65535u;
 
 layout(push_constant) uniform Params {
     uint T;           // tokens
@@ -112,6 +119,10 @@ layout(std430, binding = 6) readonly buffer WSUBuf { u64vec4 WSU[]; };
 layout(std430, binding = 4) readonly buffer WSBuf { vec4 WS[]; };
 layout(std430, binding = 5) readonly buffer WOBuf { vec4 WO[]; };
 layout(std430, binding = 6) readonly buffer WSUBuf { ivec4 WSU[]; };
+#endif
+#ifndef TEXEL_LOADS
+// The same nibble sums as uint16, 8 per uvec4 (SUMS16; descriptor aliasing).
+layout(std430, binding = 6) readonly buffer WSU16Buf { uvec4 WSU16[]; };
 #endif
 layout(std430, binding = 7) readonly buffer BiasBuf { vec4 BIAS[]; };
 layout(std430, binding = 8) readonly buffer OSBuf { float OS[]; };
@@ -224,6 +235,49 @@ uint group_base(uint b, uint g, uint G) {
 #else
     return (((b / LANES) * G + g) * LANES + (b % LANES)) * 2u;
 #endif
+}
+
+// The group data of a block and group, 8 channels as two vec4; gb from group_base.
+void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
+#ifdef INT64_LOADS
+    u64vec4 ws = ws_vec(gb / 2u);
+    s[0] = vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y)));
+    s[1] = vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w)));
+    if (HAS_OFFSET != 0u) {
+        u64vec4 wo = wo_vec(gb / 2u);
+        o[0] = vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y)));
+        o[1] = vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w)));
+    }
+    if (!SUMS16) {
+        u64vec4 wu = wsu_vec(gb / 2u);
+        su[0] = ivec4(unpack32(wu.x), unpack32(wu.y));
+        su[1] = ivec4(unpack32(wu.z), unpack32(wu.w));
+    }
+#else
+    s[0] = WS[gb];
+    s[1] = WS[gb + 1u];
+    if (HAS_OFFSET != 0u) {
+        o[0] = WO[gb];
+        o[1] = WO[gb + 1u];
+    }
+    if (!SUMS16) {
+        su[0] = WSU[gb];
+        su[1] = WSU[gb + 1u];
+    }
+#endif
+    if (HAS_OFFSET == 0u) {
+        o[0] = vec4(0.0);
+        o[1] = vec4(0.0);
+    }
+    if (SUMS16) {
+#ifdef TEXEL_LOADS
+        uvec4 v = texelFetch(WSUT, int(gb / 2u));
+#else
+        uvec4 v = WSU16[gb / 2u];
+#endif
+        su[0] = ivec4(uvec4(v.x, v.x >> 16, v.y, v.y >> 16) & 0xFFFFu);
+        su[1] = ivec4(uvec4(v.z, v.z >> 16, v.w, v.w >> 16) & 0xFFFFu);
+    }
 }
 
 // docs/spec.md's per-token int8 requantization: clamp(roundEven(y / scale) + zp, -128, 127).

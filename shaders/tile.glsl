@@ -202,25 +202,15 @@ void tile_group(uint g, uint G) {
     int S[TM];
     [[unroll]] for (uint i = 0u; i < TM; i++) S[i] = sx[i] - tile_zp[i] * int(GROUP_SIZE);
     [[unroll]] for (uint j = 0u; j < CB; j++) {
-        uint gb = group_base(tile_b[j], g, G);
-#ifdef INT64_LOADS
-        u64vec4 ws = ws_vec(gb / 2u), wo = wo_vec(gb / 2u), wu = wsu_vec(gb / 2u);
-        vec4 s[2] = vec4[2](vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y))),
-                            vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w))));
-        vec4 o[2] = vec4[2](vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y))),
-                            vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w))));
-        ivec4 su[2] = ivec4[2](ivec4(unpack32(wu.x), unpack32(wu.y)),
-                               ivec4(unpack32(wu.z), unpack32(wu.w)));
-#else
-        vec4 s[2] = vec4[2](WS[gb], WS[gb + 1u]);
-        vec4 o[2] = vec4[2](WO[gb], WO[gb + 1u]);
-        ivec4 su[2] = ivec4[2](WSU[gb], WSU[gb + 1u]);
-#endif
+        vec4 s[2], o[2];
+        ivec4 su[2];
+        group_data(group_base(tile_b[j], g, G), s, o, su);
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             float Sf = float(S[i]);
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
                 int A = P[j][i][c] - tile_zp[i] * su[c / 4u][c % 4u] - 8 * S[i];
-                tile_block[j][i][c] += s[c / 4u][c % 4u] * float(A) + o[c / 4u][c % 4u] * Sf;
+                float v = s[c / 4u][c % 4u] * float(A);
+                tile_block[j][i][c] += (HAS_OFFSET != 0u) ? v + o[c / 4u][c % 4u] * Sf : v;
             }
         }
     }

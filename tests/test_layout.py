@@ -4,8 +4,13 @@ vkqlinear/weights.py and shaders/common.glsl (no GPU needed)."""
 import numpy as np
 import pytest
 
-from vkqlinear.layout import device_layout
+from vkqlinear.layout import device_layout, sums16
 from vkqlinear.quant import pack_int4
+
+
+def _sums(wsu, g):
+    """The nibble sums of a layout, one value per channel and group."""
+    return wsu.view(np.uint16) if sums16(g) else wsu
 
 
 def _weights(n, k, g, seed=0):
@@ -49,6 +54,7 @@ def test_dot_layout(lanes, n):
     k, g = 64, 32
     q, packed, s, o = _weights(n, k, g, seed=1)
     words, ws, wo, wsu, np_ = device_layout(packed, g, s, o, lanes, "dot")
+    wsu = _sums(wsu, g)
     assert words.size == np_ * k // 8
     for ch in range(n):
         b, c = divmod(ch, 8)
@@ -60,14 +66,14 @@ def test_dot_layout(lanes, n):
                 assert byte >> 4 == q[ch, 8 * j + 4 + m] + 8
     # group data is the same in both layouts
     same = device_layout(packed, g, s, o, lanes, "swar")
-    for a, b_ in zip((ws, wo, wsu), same[1:4]):
+    for a, b_ in zip((ws, wo, wsu), same[1:3] + (_sums(same[3], g),)):
         np.testing.assert_array_equal(a, b_)
     for ch in range(n):
         b, c = divmod(ch, 8)
         for gi in range(k // g):
             idx = (((b // lanes) * (k // g) + gi) * lanes + b % lanes) * 8 + c
             assert ws[idx] == s[ch, gi] and wo[idx] == o[ch, gi]
-            assert wsu[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
+            assert _sums(wsu, g)[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
 
 
 def _unit_of(layout, b, kk, k, g, lanes, order):
@@ -114,7 +120,7 @@ def test_every_layout_and_order(layout, order, k, g, lanes):
             else:
                 idx = (b * (k // g) + gi) * 8 + i
             assert ws[idx] == s[ch, gi] and wo[idx] == o[ch, gi]
-            assert wsu[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
+            assert _sums(wsu, g)[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
     assert len(seen) == -(-n // 8) * (k // {"swar": 1, "swar64": 8, "dot": 8}[layout])
 
 
@@ -124,3 +130,17 @@ def test_unknown_layout_is_refused():
         device_layout(packed, 32, s, o, 8, "nibbles")
     with pytest.raises(ValueError, match="order"):
         device_layout(packed, 32, s, o, 8, "swar", "rows")
+
+
+@pytest.mark.parametrize("g", [8, 4368, 4376])
+def test_nibble_sums_are_16_bit_while_they_fit(g):
+    """All nibbles 15: the largest sums; uint16 up to g = 4369, int32 past it."""
+    n, k = 8, g * 2
+    packed = np.full((n, k // 2), 0xFF, np.uint8)
+    s = np.ones((n, 2), np.float32)
+    *_, wsu, np_ = device_layout(packed, g, s, np.zeros_like(s), 8)
+    assert sums16(g) == (g <= 4369)
+    assert wsu.dtype == (np.uint32 if sums16(g) else np.int32)
+    assert wsu.nbytes == np_ * 2 * (2 if sums16(g) else 4)
+    v = _sums(wsu, g)                     # padding channels sum to 0
+    assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()

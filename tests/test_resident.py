@@ -119,6 +119,38 @@ def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
     assert dev.memory_used() == 0
 
 
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
+    """Where every offset is 0 the offsets are not uploaded (nor read): the layer holds
+    N x G x 4 bytes less (less a 16-byte placeholder), and its results are the
+    reference's within the contract; with one offset not 0 they are uploaded again.
+    (N: the channels padded to the layout's interleave.)"""
+    from vkqlinear import conformance as C
+    n, k, g = 64, 256, 32
+    d = make_layer(rng, 3, k, n, g, symmetric=True)
+    assert not d["w_zeros"].any()
+    with vq.Device() as dev:
+        held = {}
+        for name, zeros in (("symmetric", d["w_zeros"]), ("one zero point", d["w_zeros"].copy())):
+            if name == "one zero point":
+                zeros[5, 3] = 1
+            qw = vq.prepack(d["w_packed"], g, d["w_scales"], zeros)
+            before = dev.memory_used()
+            dl = vq.DeviceLinear.of(qw, dev)
+            dl.buffers(dl.kernel(algorithm, 3))
+            held[name] = dev.memory_used() - before
+            buf = dl.buffers(dl.kernel(algorithm, 3))
+            np_ = buf.pieces[0][2]                  # channels padded to the layout's lanes
+            assert buf.offsets == (name != "symmetric")
+            out = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
+                                        algorithm=algorithm, device=dev)
+            ok, msg = C.check(out, dict(d, w_zeros=zeros, w_offsets=None))
+            assert ok, f"{name}: {msg}"
+            del dl, qw
+            gc.collect()
+        assert held["one zero point"] - held["symmetric"] == np_ * (k // g) * 4 - 16
+
+
 @pytest.mark.usefixtures("device")
 def test_out_of_memory_is_a_clear_error_and_resident_layers_keep_working(rng, monkeypatch):
     """Upload layers (and call each once) until the budget is exhausted (here a 1 MiB

@@ -44,7 +44,7 @@ class Case:
     k: int
     n: int
     group_size: int
-    zeros: str = "int"     # "int" (w = s (q - z)) or "float" (w = s q + zf)
+    zeros: str = "int"     # "int" (w = s (q - z)), "sym" (z = 0) or "float" (w = s q + zf)
     out: str = "float"     # "float" or "int8"
     bias: bool = True
     regime: str = "normal"  # see make_inputs
@@ -74,13 +74,17 @@ def cases(quick=False):
         # groups not a multiple of the cooperative workers (subgroup size 8, 16, 32 or 64):
         # the last round of the "groups" weight order is partial
         ("G=12", (3,), 96, 16, 8), ("G=40", (2,), 1280, 24, 32),
+        # nibble sums past 16 bits (15 * g > 65535): the kernels' 32-bit sums
+        ("g=4376", (2,), 4376, 16, 4376),
     ]
     for j, (name, lead, k, n, g) in enumerate(edge):
         for zeros, outk, bias in (("int", "float", True), ("float", "int8", False),
-                                  ("float", "float", False), ("int", "int8", True)):
+                                  ("float", "float", False), ("int", "int8", True),
+                                  ("sym", "float", True)):
             out.append(Case(f"{name} {zeros}-zeros {outk}{' bias' if bias else ''}", lead, k,
                             n, g, zeros, outk, bias, seed=100 + j,
-                            quick=(zeros, outk) in (("int", "float"), ("float", "int8"))))
+                            quick=(zeros, outk) in (("int", "float"), ("float", "int8"),
+                                                    ("sym", "float"))))
     for j, regime in enumerate(("x=-128", "x=127", "zp=-128", "zp=127", "tiny scales",
                                 "huge scales", "x=zp", "q=0")):
         for outk in ("float", "int8"):
@@ -98,7 +102,7 @@ def make_inputs(case):
     w = rng.standard_normal((n, k)).astype(np.float32) * 0.2
     x_q, x_scale, x_zp = quantize_per_token(x) if t else (
         np.zeros((0, k), np.int8), np.zeros(0, np.float32), np.zeros(0, np.int32))
-    w_packed, w_scales, w_zeros = quantize_weights(w, g)
+    w_packed, w_scales, w_zeros = quantize_weights(w, g, symmetric=case.zeros == "sym")
     r = case.regime
     if r == "x=-128":
         x_q[:] = -128
@@ -121,7 +125,7 @@ def make_inputs(case):
         w_scales[:] = np.float32(1e6)
     if r.startswith("zp"):
         w_zeros[:] = -8 if r == "zp=-128" else 7
-    if case.zeros == "int":
+    if case.zeros in ("int", "sym"):
         w_offsets = -w_scales * w_zeros.astype(np.float32)
     else:  # float zeros: an arbitrary offset, not tied to an integer zero point
         w_offsets = (rng.standard_normal(w_scales.shape).astype(np.float32)
@@ -214,7 +218,7 @@ def run_case(case, algorithm, device=None, variant=None):
     given); returns ``(ok, message)``."""
     d = make_inputs(case)
     common = dict(algorithm=algorithm, device=device, variant=variant)
-    if case.zeros == "int":
+    if case.zeros in ("int", "sym"):
         d_check = dict(d, w_offsets=None)
         if case.out == "float":
             out = linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], d["w_packed"],

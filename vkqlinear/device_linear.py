@@ -47,13 +47,16 @@ class WeightBuffers:
     """A layer's weights uploaded to a device in one layout, split along N into pieces that
     each fit one binding (``pieces``: ``[(n0, n1, NP, tensors)]``, the four tensors the
     shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums, and
-    the piece's padded channel count ``NP``)."""
+    the piece's padded channel count ``NP``). ``offsets``: whether any offset is not 0;
+    where none is (symmetric weights), a 16-byte placeholder stands for the offsets, which
+    the kernels then do not read (their HAS_OFFSET specialization constant)."""
 
     def __init__(self, device, weights, lanes, layout, order, split):
         g = weights.group_size
         packed = weights.w_packed
         if padded_group_size(g) != g:   # groups padded with q = 0 (nibble 8)
             packed = pack_int4(pad_groups(unpack_int4(packed), g, 0))
+        self.offsets = bool(np.any(weights.w_offsets))
         self.pieces = []
         for n0, n1 in split:
             words, ws, wo, wsu, np_ = device_layout(
@@ -61,6 +64,8 @@ class WeightBuffers:
                 weights.w_offsets[n0:n1], lanes, layout, order)
             for name, a in (("w_packed (prepacked)", words), ("w_scales", ws)):
                 device.check_binding(a.nbytes, name)
+            if not self.offsets:
+                wo = np.zeros(4, np.float32)
             tensors = device.upload([words, ws, wo, wsu], f"the weights of an {weights.N} x "
                                     f"{weights.K} layer (channels {n0} to {n1 - 1})")
             self.pieces.append((n0, n1, np_, tensors))

@@ -108,7 +108,7 @@ class RecordedCall:
         self.x, self.xs, self.xz, self.os, self.oz = device.io_tensors(
             [np.zeros(x_words, np.uint32), np.zeros(t, np.float32), np.zeros(t, np.int32),
              np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
-        spec = np.array(kernel.spec_constants, dtype=np.uint32)
+        spec = np.array(kernel.spec_constants + (int(weight_buffers.offsets),), np.uint32)
         self._pieces = []          # (n0, n1, NP, bias tensor, output tensor, algorithm, grid)
         for n0, n1, np_, wt in pieces:
             out_words = t * np_ // 4 if kernel.out_int8 else t * np_

@@ -166,7 +166,8 @@ class Kernel:
     """One specialized kernel and how to dispatch it.
 
     ``spec_constants`` are, in ``constant_id`` order: LOCAL_X, LOCAL_Y, GROUP_SIZE,
-    LANES, TM, OUT_INT8, CB (see ``shaders/common.glsl``).
+    LANES, TM, OUT_INT8, CB (see ``shaders/common.glsl``); the weights add HAS_OFFSET
+    (:class:`~vkqlinear.device_linear.WeightBuffers`).
     """
     algorithm: str          # "tiled" | "cooperative"
     shader: str             # file in shaders/
@@ -298,7 +299,7 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
 
 # Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
 # file's entries of another generation are ignored.
-KERNEL_GENERATION = 3
+KERNEL_GENERATION = 4
 TILED_TM = (1, 2, 4, 8)
 TILED_CB = (1, 2, 4)                 # channel blocks per invocation of the tiled kernel
 # At most this many outputs (TM x 8 CB) an invocation: each is three registers (two float

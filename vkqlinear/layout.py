@@ -19,8 +19,12 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
   of one block): ``[b][g // lanes][k unit within the group][g % lanes]``, the last round
   holding only the ``G % lanes`` groups left. Either way neighbouring invocations read
   neighbouring memory at each step;
-* per group: ``s``, ``o`` (float32) and ``sum u`` (int32), ordered
+* per group: ``s``, ``o`` (float32) and ``sum u``, ordered
   ``[b // lanes][g][b % lanes][8]`` (``"blocks"``) or ``[b][g][8]`` (``"groups"``).
+  ``sum u`` is uint16 while ``15 * group_size`` fits 16 bits (:func:`sums16`; two per
+  uint32 word, the lower channel in the low half), else int32. Where every ``o`` is 0
+  (symmetric weights) the shaders do not read the offsets
+  (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none).
 
 Groups whose size is not a multiple of 8 (ExecuTorch allows multiples of 4) are padded to
 the next multiple of 8 with ``q = 0`` (:func:`padded_group_size`, :func:`pad_groups`); the
@@ -38,7 +42,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
-           "split_channels"]
+           "split_channels", "sums16"]
+
+
+def sums16(group_size):
+    """Whether the nibble sums of groups of ``group_size`` (the shaders' size) are stored
+    as uint16: ``sum u <= 15 * group_size`` fits. ``shaders/common.glsl``'s SUMS16."""
+    return 15 * group_size <= 0xFFFF
 
 
 def padded_channels(n, lanes):
@@ -72,7 +82,8 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     """The shaders' weight layout: ``layout`` ``"swar"``, ``"swar64"`` or ``"dot"`` in
     ``order`` ``"blocks"`` or ``"groups"`` (see the module doc).
 
-    Returns ``(words uint32, s float32, o float32, sum_u int32, NP)``, each flat.
+    Returns ``(words uint32, s float32, o float32, sum_u, NP)``, each flat; ``sum_u`` is
+    int32, or uint16 pairs in uint32 words where :func:`sums16`.
     """
     n, k2 = w_packed.shape
     k = 2 * k2
@@ -116,8 +127,10 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
 
     sum_u = u.reshape(np_, g, group_size).sum(axis=2, dtype=np.int32)
+    sums = groups(sum_u[:n], np.int32) if not sums16(group_size) else \
+        np.ascontiguousarray(groups(sum_u[:n], np.uint16)).view(np.uint32)
     return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
-            groups(w_offsets, np.float32), groups(sum_u[:n], np.int32), np_)
+            groups(w_offsets, np.float32), sums, np_)
 
 
 def split_channels(n, k, group_size, lanes, t, out_bytes, limit):
