@@ -4,7 +4,7 @@ vkqlinear/weights.py and shaders/common.glsl (no GPU needed)."""
 import numpy as np
 import pytest
 
-from vkqlinear.layout import device_layout, sums16
+from vkqlinear.layout import call_bytes, device_layout, group_data_bytes, sums16
 from vkqlinear.quant import pack_int4
 
 
@@ -144,3 +144,21 @@ def test_nibble_sums_are_16_bit_while_they_fit(g):
     assert wsu.nbytes == np_ * 2 * (2 if sums16(g) else 4)
     v = _sums(wsu, g)                     # padding channels sum to 0
     assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()
+
+
+@pytest.mark.parametrize("g,k,per_group", [(32, 64, 10), (20, 40, 10), (4376, 4376, 12)])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_call_bytes_counts_what_the_kernels_read(g, k, per_group, symmetric):
+    """Nibbles of groups padded to 8, scale + offset (none for symmetric weights) +
+    nibble sum (16-bit while it fits) per channel and group, activations, output."""
+    import vkqlinear as vq
+    n, t = 16, 3
+    zeros = np.zeros((n, k // g), np.int32)
+    if not symmetric:
+        zeros[0, 0] = 1
+    s = np.ones((n, k // g), np.float32)      # (groups of 20: as from_executorch makes)
+    qw = vq.QuantizedWeights(np.zeros((n, k // 2), np.uint8), g, s, -s * zeros, zeros)
+    per = per_group - 4 * symmetric
+    assert group_data_bytes(g, not symmetric) == per
+    g8 = -(-g // 8) * 8
+    assert call_bytes(qw, t) == n * (k // g) * (g8 // 2 + per) + t * (k + 8) + t * n * 4

@@ -50,6 +50,7 @@ from .calibrate import (
 from .device import WAITS, Device
 from .device_linear import DeviceLinear
 from .kernels import kernel_config
+from .layout import call_bytes
 from .model_bench import MODELS, run_model
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
 from .tuner import check_points, int_list, shape_list, tune
@@ -103,12 +104,6 @@ def _time_host(fn, runs):
     return _stats(ts)
 
 
-def call_bytes(qw, t):
-    """Bytes one call at ``t`` tokens moves: the packed weights, the group data (scale,
-    offset and nibble sum per group), the activations with their qparams, the output."""
-    return qw.w_packed.nbytes + 3 * qw.N * qw.G * 4 + t * qw.K + t * 8 + t * qw.N * 4
-
-
 def runs_for(rep_s, runs, budget_s):
     """Timed runs at a point whose one round (every kernel, timed and end to end) takes
     ``rep_s``: at least ``runs``, more while they fit in ``budget_s`` (at most 8x). lavapipe
@@ -131,12 +126,21 @@ def _inputs(qw, t, rng):
     return quantize_per_token(x)
 
 
-def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
+def symmetric_twin(qw):
+    """``qw``'s nibbles and scales with every offset 0 (symmetric weights: the kernels
+    read no offsets)."""
+    return QuantizedWeights(qw.w_packed, qw.group_size, qw.w_scales,
+                            np.zeros_like(qw.w_offsets64), np.zeros((qw.N, qw.G), np.int32))
+
+
+def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmetric=None):
     """Kernel and end-to-end times of every kernel at one point, checked first.
 
     ``calibrations`` (``{name: Calibration}``) are timed in every round too (the median of
     3 warm dispatches each), so that the headline ratios can be taken round by round: this
-    host has slow spells lasting seconds that a calibration taken once would not share."""
+    host has slow spells lasting seconds that a calibration taken once would not share.
+    ``symmetric`` (:func:`symmetric_twin` of ``qw``): its auto kernel is checked and timed
+    in every round too (``point["symmetric"]``)."""
     calibrations = calibrations or {}
     k, n, g = qw.K, qw.N, qw.group_size
     x_q, x_scale, x_zp = _inputs(qw, t, rng)
@@ -157,6 +161,16 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
         if not ok:
             raise AssertionError(f"{alg} at T={t} K={k} N={n} g={g} is wrong: {msg}")
         point["kernels"][alg] = {"check": msg, "runs_kernel": [], "runs_e2e": []}
+    if symmetric is not None:
+        sym = DeviceLinear.of(symmetric, dev)
+        out, sym_call = sym.run("auto", x2d, xs, xz, timed=True)
+        ok, msg = conformance.check(out, dict(d, w_scales=symmetric.w_scales,
+                                              w_zeros=symmetric.w_zeros))
+        if not ok:
+            raise AssertionError(f"auto on symmetric weights at T={t} K={k} N={n} g={g} is "
+                                 f"wrong: {msg}")
+        point["symmetric"] = {"check": msg, "runs_kernel": [],
+                              "bytes": call_bytes(symmetric, t)}
     for alg in KERNELS:   # the plain calls' first run records their sequences: not timed
         ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
     t0 = time.perf_counter()
@@ -179,6 +193,10 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
             t0 = time.perf_counter()
             ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
             point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
+        if symmetric is not None:
+            sym.run("auto", x2d, xs, xz, timed=True)
+            sym.run("auto", x2d, xs, xz, timed=True)
+            point["symmetric"]["runs_kernel"].append(sym_call.kernel_ns(1.0) * period)
         for c, cal in calibrations.items():
             point["calibration_runs"][c].append(cal.time(3).median)
     for alg in KERNELS:
@@ -188,6 +206,8 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None):
         v["bytes_per_s"] = nbytes / v["kernel_s"]["median"]
         chosen = dl.kernel(alg, t)
         v["chose"], v["config"] = chosen.describe(), kernel_config(chosen)
+    if symmetric is not None:
+        point["symmetric"]["kernel_s"] = _stats(point["symmetric"]["runs_kernel"])
     return point
 
 
@@ -274,6 +294,9 @@ def derive(points, calib):
         p["auto_regret"] = round_ratio(ks["auto"]["runs_kernel"], rk)
         p["coop_over_best"] = round_ratio(ks["cooperative"]["runs_kernel"], rk)
         p["e2e_over_kernel"] = round_ratio(ks[best]["runs_e2e"], rk)
+        if "symmetric" in p:     # the same kernel on the same nibbles, no offsets to read
+            p["symmetric_over_auto"] = round_ratio(p["symmetric"]["runs_kernel"],
+                                                   ks["auto"]["runs_kernel"])
         cr = p.get("calibration_runs", {})
         if cr.get("read"):
             # the best kernel over the fastest read of the bytes it moves, per round
@@ -319,6 +342,8 @@ def headline(points, calib):
             p1["kernels"][p1["best"]]["read_plus_alu_fraction"]
         out["coop_T1_over_best"] = p1["coop_over_best"]
         out["e2e_T1_over_kernel"] = p1["e2e_over_kernel"]
+        if "symmetric_over_auto" in p1:
+            out["symmetric_T1_over_asymmetric"] = p1["symmetric_over_auto"]
     p512 = find(512, 4096, 4096, 32)
     if p512:
         best = p512["kernels"][p512["best"]]["kernel_s"]["median"]
@@ -365,6 +390,11 @@ def print_table(points, crossovers, calib, figures):
     print("\ncrossover T (tiled overtakes cooperative): " +
           ", ".join(f"{k}: {v}" for k, v in crossovers.items()))
     print("x np32 / x ref / x torch: baseline end-to-end time / best kernel end-to-end time")
+    sym = [p for p in points if "symmetric_over_auto" in p]
+    if sym:
+        print("symmetric weights (no offsets to read), auto's time over the asymmetric "
+              "layer's: " + ", ".join(f"{p['K']}x{p['N']} g{p['group_size']} T{p['T']} "
+                                      f"{p['symmetric_over_auto']:.3f}" for p in sym))
     for k, v in figures.items():
         print(f"{k}: {v:.3f}")
 
@@ -467,7 +497,7 @@ def main(argv=None):
     g0 = 32 if k0 % 32 == 0 else gsizes[0]
     read_bytes = call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
                                              np.zeros((n0, k0 // g0), np.float32),
-                                             np.zeros((n0, k0 // g0))), 1)
+                                             np.ones((n0, k0 // g0))), 1)
     if a.tune:                       # first: the calibration belongs with the sweep
         tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
         print(f"tuned {len(tuned['points'])} points in {tuned['seconds']:.0f} s")
@@ -495,7 +525,8 @@ def main(argv=None):
             # the headline calibrations, timed again in each round of their points
             cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
                 {"alu": alu} if t == 512 else {}
-            points.append(measure_point(dev, qw, t, runs, rng, budget, cals))
+            points.append(measure_point(dev, qw, t, runs, rng, budget, cals,
+                                        symmetric_twin(qw) if t == 1 else None))
     # The limits are the fastest the device (and the host) was seen to go: calibrated again
     # after the sweep, and the headline points' in-round calibrations count too (a
     # calibration of a fraction of a second can fall in one of the host's slow spells)

@@ -42,13 +42,29 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
-           "split_channels", "sums16"]
+           "split_channels", "sums16", "group_data_bytes", "call_bytes"]
 
 
 def sums16(group_size):
     """Whether the nibble sums of groups of ``group_size`` (the shaders' size) are stored
     as uint16: ``sum u <= 15 * group_size`` fits. ``shaders/common.glsl``'s SUMS16."""
     return 15 * group_size <= 0xFFFF
+
+
+def group_data_bytes(group_size, offsets=True):
+    """Bytes of group data the kernels read per channel and group: the scale, the offset
+    (only where some offset is not 0) and the nibble sum (16-bit where :func:`sums16`)."""
+    return 4 + 4 * bool(offsets) + (2 if sums16(padded_group_size(group_size)) else 4)
+
+
+def call_bytes(weights, t):
+    """Bytes one call at ``t`` tokens moves (channels unpadded): the nibbles as the kernels
+    read them (groups padded to a multiple of 8), the group data, the activations with
+    their scale and zero point, and the float output."""
+    w = weights
+    nibbles = w.N * w.G * padded_group_size(w.group_size) // 2
+    group = w.N * w.G * group_data_bytes(w.group_size, np.any(w.w_offsets))
+    return nibbles + group + t * (w.K + 8) + t * w.N * 4
 
 
 def padded_channels(n, lanes):

@@ -31,6 +31,7 @@ import numpy as np
 
 from .calibrate import fastest_read
 from .device_linear import DeviceLinear
+from .layout import call_bytes, group_data_bytes
 from .qlinear import QLinear
 from .weights import QuantizedWeights
 
@@ -85,13 +86,6 @@ def random_weights(rng, k, n, group_size=GROUP_SIZE):
     zeros = rng.integers(-2, 3, (n, g)).astype(np.int32)
     return QuantizedWeights(packed, group_size, scales, -scales.astype(np.float64) * zeros,
                             zeros)
-
-
-def _read_bytes(weights, t):
-    """Bytes a kernel reads at ``t`` tokens: packed weights, group data, activations, and
-    the bytes it writes (the output)."""
-    return weights.w_packed.nbytes + 3 * weights.w_scales.nbytes + t * (weights.K + 8) \
-        + t * weights.N * 4
 
 
 def _time_pass(layers, inputs, t):
@@ -162,7 +156,8 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
                   "float16": 2 * params, "int8_per_channel": params + 4 * sum(
                       n for _, _, n in shapes),
                   "int4_g32_packed": params // 2,
-                  "int4_g32_with_group_data": params // 2 + params // GROUP_SIZE * 12}}
+                  "int4_g32_with_group_data": params // 2 + params // GROUP_SIZE
+                  * group_data_bytes(GROUP_SIZE)}}
     log(f"{name}: {len(shapes)} Linear layers, {params / 1e9:.3f} B parameters, random 4-bit "
         f"weights at g={GROUP_SIZE} (the shapes are real, the weights are not); on "
         f"{device.name}")
@@ -190,7 +185,7 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
             walls.append(w)
             kernels.append(kern)
         wall, kern = float(np.median(walls)), float(np.median(kernels))
-        nbytes = sum(_read_bytes(layer.weights, t) for layer in layers)
+        nbytes = sum(call_bytes(layer.weights, t) for layer in layers)
         res = {"T": t, "steps": steps, "wall_s": wall, "kernel_s": kern,
                "tokens_per_s": t / wall, "tokens_per_s_kernels": t / kern,
                "host_share": wall / kern, "bytes_read": nbytes,
