@@ -40,7 +40,7 @@ DEVICES = {
                                   max_shared_memory=16384),
 }
 TOKENS = (1, 2, 3, 4, 8, 512)
-GROUP_SIZES = (8, 32, 128)
+GROUP_SIZES = (8, 32, 128, 4376)      # 4376: nibble sums past 16 bits (32-bit sums)
 
 
 def variants():
@@ -53,8 +53,9 @@ def variants():
                     for g in GROUP_SIZES:
                         for int8 in (False, True):
                             k = choose_kernel(alg, t, g, int8, caps, variant=variant)
-                            out.setdefault((k.shader, k.defines), set()).add(
-                                k.spec_constants)
+                            # HAS_OFFSET, which the weights add: with offsets and without
+                            out.setdefault((k.shader, k.defines), set()).update(
+                                k.spec_constants + (offsets,) for offsets in (1, 0))
     # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
     out[("quantize_tokens.comp", ())] = {tuple(int(c) for c in quantizer_constants(name))
                                          for name in CONVENTIONS}

@@ -182,9 +182,16 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmet
     r = point["runs"] = runs_for(rep_s, runs, budget_s)
     # Kernels and end-to-end calls interleaved, so that drifts of the (shared) host hit
     # all of them alike, and in an order rotated each round, so that a slow spell that
-    # starts mid-round does not always fall on the same kernel.
+    # starts mid-round does not always fall on the same kernel. The symmetric twin takes
+    # its turn in the rotation too (it times no end-to-end call).
+    turns = KERNELS + (("symmetric",) if symmetric is not None else ())
     for i in range(r):
-        for alg in KERNELS[i % len(KERNELS):] + KERNELS[:i % len(KERNELS)]:
+        for alg in turns[i % len(turns):] + turns[:i % len(turns)]:
+            if alg == "symmetric":
+                sym.run("auto", x2d, xs, xz, timed=True)
+                sym.run("auto", x2d, xs, xz, timed=True)
+                point["symmetric"]["runs_kernel"].append(sym_call.kernel_ns(1.0) * period)
+                continue
             # once untimed first: the kernels read different weight layouts, and one that
             # followed another would find its weights out of the host's caches
             dl.run(alg, x2d, xs, xz, timed=True)
@@ -193,10 +200,6 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmet
             t0 = time.perf_counter()
             ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
             point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
-        if symmetric is not None:
-            sym.run("auto", x2d, xs, xz, timed=True)
-            sym.run("auto", x2d, xs, xz, timed=True)
-            point["symmetric"]["runs_kernel"].append(sym_call.kernel_ns(1.0) * period)
         for c, cal in calibrations.items():
             point["calibration_runs"][c].append(cal.time(3).median)
     for alg in KERNELS:
