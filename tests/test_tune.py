@@ -244,6 +244,35 @@ def test_an_interrupted_tune_resumes(tfile, device, monkeypatch):
     assert calls == [1, 2] and report["resumed"] == 0
 
 
+def test_an_interrupted_recheck_resumes_where_it_was(tfile, device, monkeypatch):
+    """Interrupted in the recheck's second point: the resumed run searches nothing and
+    times again only the points not yet rechecked."""
+    def tuned_everywhere(dl, t, *a, **k):     # a tuned choice (not the default) each
+        default = tuner.default_kernel(dl, t)
+        other = next(c for c in kernels.candidates("tiled", t, dl.kernel_group_size, False,
+                                                   device.caps) if c != default)
+        return {"best": other, "kernel_s": 0.5e-3, "default": default.describe(),
+                "default_s": 1e-3, "proxy_n": None, "timings": {}, "excluded": {}}
+    rechecked, interrupted = [], []
+
+    def alternate(point, ks, *a, **k):
+        rechecked.append([c.describe() for c in ks])
+        if len(rechecked) == 2 and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return [0.5e-3, 1e-3]
+    monkeypatch.setattr(tuner, "search_point", tuned_everywhere)
+    monkeypatch.setattr(tuner, "alternate", alternate)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune([(128, 64)], [1, 2, 3], [32], budget_s=10, device=device, log=None)
+    progress = json.loads(tfile.with_name("tuning.json.progress").read_text())
+    assert ["recheck" in e for e in progress["done"].values()] == [True, False, False]
+    rechecked.clear()
+    report = tuner.tune([(128, 64)], [1, 2, 3], [32], budget_s=10, device=device, log=None)
+    assert report["resumed"] == 3 and len(rechecked) == 2     # T = 2 and 3 only
+    assert all(p["recheck"] == pytest.approx(0.5) for p in report["points"])
+
+
 def test_exhaustive_times_every_right_candidate(tfile, device):
     report = tuner.tune([(128, 64)], [1], [32], budget_s=60, exhaustive=True, device=device,
                        log=None)

@@ -471,14 +471,15 @@ def _layer_weights(cache, rng, k, n, g):
     return qw
 
 
-def recheck(dev, entries, rng, log=None):
+def recheck(dev, entries, rng, log=None, saved=None):
     """Time each point's tuned kernel against its default once more, in alternation, now
     that the other points' searches have run: the host's slow spells last seconds and can
     slow one workgroup shape more than another, so a lead measured in one spell may be
     that spell's. A tuned choice stays only where its gains in both comparisons, together
     (their geometric mean), are clearly ones (:data:`MARGIN`); else the point gets its
     default back. Updates ``entries`` (the tuner's report entries: ``"recheck"``, the new
-    tuned / default ratio) and the tuning file."""
+    tuned / default ratio) and the tuning file; calls ``saved()`` after each entry it
+    timed (the tuner saves its progress: an interrupted recheck resumes where it was)."""
     weights = {}
     for e in entries:
         if e["best"] == e["default"] or "recheck" in e or e["default_s"] is None:
@@ -503,6 +504,8 @@ def recheck(dev, entries, rng, log=None):
             if log:
                 log(f"{e['key']}: the default again (tuned / default {e['recheck']:.2f} "
                     f"when timed again)")
+        if saved:
+            saved()
 
 
 def tune_wait(dl, t=1, rounds=40):
@@ -594,6 +597,10 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
               "resumed": len(done)}
     t0 = time.perf_counter() - spent          # a resumed run's clock goes on
     weights = {}
+
+    def save():                 # the report's entries are done's: rechecks are saved too
+        state_path.write_text(json.dumps({"plan": plan, "done": done,
+                                          "seconds": time.perf_counter() - t0}))
     for i, (k, n, g, out_int8, t) in enumerate(points):
         key = tuning.point_key(k, n, g, out_int8, t)
         if key in done:
@@ -613,8 +620,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                  "candidates": len(res["timings"]) + len(res["excluded"])}
         _store(dev, entry)
         done[key] = entry
-        state_path.write_text(json.dumps({"plan": plan, "done": done,
-                                          "seconds": time.perf_counter() - t0}))
+        save()
         report["points"].append(entry)
         if log:
             gain = (entry["default_s"] or entry["kernel_s"]) / entry["kernel_s"]
@@ -622,7 +628,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
                 f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded)")
-    recheck(dev, report["points"], rng, log)
+    recheck(dev, report["points"], rng, log, save)
     state_path.unlink(missing_ok=True)
     if points:                    # how calls wait, at the first shape's T = 1
         k, n, g, _, _ = points[0]
