@@ -121,21 +121,25 @@ def host_read_bandwidth(nbytes, threads=None, runs=5):
     return data.nbytes / float(np.median(times[1:]))
 
 
+ALU_UNROLL = 4    # steps of all chains a loop iteration of the ALU calibration
+
+
 def alu_kernel(device, iters=None, chains=32):
-    """The int32 multiply-add kernel: ``chains`` independent chains of ``iters`` steps
-    (default: 64k multiply-adds an invocation) in each of 64 x 64 invocations. Its ``work``
+    """The int32 multiply-add kernel: ``chains`` independent chains of ``iters`` iterations
+    of :data:`ALU_UNROLL` steps (default: 64k multiply-adds an invocation) in each of 64 x 64
+    invocations. Its ``work``
     is int32 multiply-adds; the SWAR kernels form two of the operator's multiply-adds (4-bit
     weight x 8-bit activation) with each, so their arithmetic limit is twice this rate
     (:data:`SWAR_MACS_PER_MADD`)."""
     local, wgs = 64, 64
-    iters = iters or (1 << 16) // chains
+    iters = iters or (1 << 16) // (chains * ALU_UNROLL)
     with device.lock:
         mgr = device.manager
         (dst,) = device.tensors([np.zeros(wgs * local, np.int32)], "an ALU calibration")
         push = np.array([iters, 1664525, 1013904223 & 0x7FFFFFFF], np.uint32)
         algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
-                             np.array([local, chains], np.uint32), push)
-    return Calibration(device, algo, push, wgs * local * iters * chains, (dst,))
+                             np.array([local, chains, ALU_UNROLL], np.uint32), push)
+    return Calibration(device, algo, push, wgs * local * iters * chains * ALU_UNROLL, (dst,))
 
 
 def fastest_alu(device, runs=5, chains=(8, 16, 32)):
