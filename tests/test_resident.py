@@ -119,6 +119,7 @@ def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
     assert dev.memory_used() == 0
 
 
+@pytest.mark.usefixtures("device")
 @pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
 def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
     """Where every offset is 0 the offsets are not uploaded (nor read): the layer holds
