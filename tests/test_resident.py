@@ -138,16 +138,15 @@ def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
             qw = vq.prepack(d["w_packed"], g, d["w_scales"], zeros)
             before = dev.memory_used()
             dl = vq.DeviceLinear.of(qw, dev)
-            dl.buffers(dl.kernel(algorithm, 3))
-            held[name] = dev.memory_used() - before
             buf = dl.buffers(dl.kernel(algorithm, 3))
+            held[name] = dev.memory_used() - before
             np_ = buf.pieces[0][2]                  # channels padded to the layout's lanes
             assert buf.offsets == (name != "symmetric")
             out = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
                                         algorithm=algorithm, device=dev)
             ok, msg = C.check(out, dict(d, w_zeros=zeros, w_offsets=None))
             assert ok, f"{name}: {msg}"
-            del dl, qw
+            del dl, qw, buf
             gc.collect()
         assert held["one zero point"] - held["symmetric"] == np_ * (k // g) * 4 - 16
 

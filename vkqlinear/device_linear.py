@@ -56,7 +56,7 @@ class WeightBuffers:
         packed = weights.w_packed
         if padded_group_size(g) != g:   # groups padded with q = 0 (nibble 8)
             packed = pack_int4(pad_groups(unpack_int4(packed), g, 0))
-        self.offsets = bool(np.any(weights.w_offsets))
+        self.offsets = weights.has_offsets
         self.pieces = []
         for n0, n1 in split:
             words, ws, wo, wsu, np_ = device_layout(

@@ -63,7 +63,7 @@ def call_bytes(weights, t):
     their scale and zero point, and the float output."""
     w = weights
     nibbles = w.N * w.G * padded_group_size(w.group_size) // 2
-    group = w.N * w.G * group_data_bytes(w.group_size, np.any(w.w_offsets))
+    group = w.N * w.G * group_data_bytes(w.group_size, w.has_offsets)
     return nibbles + group + t * (w.K + 8) + t * w.N * 4
 
 

@@ -200,7 +200,7 @@ def linear_dq8ca_q4gsw(input, input_scales, input_zp, weights, weight_sums, weig
         if qw.K != k or qw.group_size != group_size:
             raise ValueError(f"weights: these QuantizedWeights have K={qw.K}, group size "
                              f"{qw.group_size}; the call has K={k}, group_size={group_size}")
-        if np.any(qw.w_offsets64):
+        if qw.has_offsets:
             raise ValueError("weights: linear_dq8ca_q4gsw takes symmetric weights (zero "
                              "points 0); these have offsets: use linear_qta8a_qga4w")
         q = unpack_int4(qw.w_packed)

@@ -25,8 +25,8 @@ class QuantizedWeights:
     Prefer :func:`prepack` to make one. Attributes: ``w_packed`` uint8 ``[N, K/2]``,
     ``group_size``, ``w_scales`` float32 ``[N, G]``, ``w_offsets`` float32 ``[N, G]``,
     ``w_offsets64`` (the exact offsets, float64, used by the reference), ``N``, ``K``,
-    ``G``, and ``w_zeros`` (int32 ``[N, G]`` when made from integer zero points, else
-    ``None``).
+    ``G``, ``w_zeros`` (int32 ``[N, G]`` when made from integer zero points, else
+    ``None``) and ``has_offsets`` (whether any offset is not 0; not for symmetric weights).
     """
 
     def __init__(self, w_packed, group_size, w_scales, w_offsets64, w_zeros=None):
@@ -35,6 +35,8 @@ class QuantizedWeights:
         self.w_scales = w_scales
         self.w_offsets64 = w_offsets64
         self.w_offsets = w_offsets64.astype(np.float32)
+        # False for symmetric weights: the kernels then neither hold nor read offsets
+        self.has_offsets = bool(np.any(self.w_offsets))
         self.w_zeros = w_zeros
         self.N, k2 = w_packed.shape
         self.K = 2 * k2
