@@ -19,7 +19,7 @@ import numpy as np
 import vkqlinear as vq
 from vkqlinear.kernels import candidates, kernel_config, kernel_from_config
 from vkqlinear.model_bench import random_weights
-from vkqlinear.tuner import VISIT_RUNS, Point, alternate, int_list, search_point, shape_list
+from vkqlinear.tuner import VISIT_RUNS, Point, compare, int_list, search_point, shape_list
 
 
 def search(a):
@@ -47,7 +47,8 @@ def search(a):
 
 
 def retime(points, rounds):
-    """Chosen / best per point, the kernels timed in alternation (this process is fresh)."""
+    """Chosen / best per point: each kernel over the chosen one, visit by visit in
+    alternation (:func:`vkqlinear.tuner.compare`; this process is fresh)."""
     dev = vq.Device()
     rng = np.random.default_rng(1)
     ratios = []
@@ -56,9 +57,9 @@ def retime(points, rounds):
         dl = vq.DeviceLinear.of(qw, dev)
         kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
                    for c in p["configs"]]
-        times = alternate(Point(dl, p["T"], rng), kernels, rounds, VISIT_RUNS)
-        best = kernels[int(np.argmin(times))]
-        ratios.append(times[0] / min(times))
+        rel = compare(Point(dl, p["T"], rng), kernels[1:] + kernels[:1], rounds, VISIT_RUNS)
+        best = (kernels[1:] + kernels[:1])[int(np.argmin(rel))]
+        ratios.append(1 / min(rel))
         print(f"{p['K']}x{p['N']} T={p['T']}: search chose {kernels[0].describe()}; best of "
               f"the exhaustive search's {p['timed']} after re-timing {best.describe()}: "
               f"chosen / best {ratios[-1]:.3f}", flush=True)

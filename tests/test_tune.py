@@ -127,7 +127,7 @@ def test_the_final_comparison_confirms_the_search_fastest_few():
         def visit(k, runs):
             point.timings[k] = layer_times[k]
             return layer_times[k]
-        point.time = visit
+        point.time = point.visit = visit
         point.timings["default"] = layer_times["default"]
         return tuner._result(point, [K("a"), K("b"), K("c")], K("default"), point, None,
                              K("default"))["best"]
@@ -136,12 +136,37 @@ def test_the_final_comparison_confirms_the_search_fastest_few():
     assert final({"a": 1.0, "b": 0.98, "c": 1.2, "default": 1.0}) == "default"
 
 
-@pytest.mark.parametrize("again,kept", [(0.5, True), (1.1, False)])
+def test_the_final_comparison_pairs_visits_of_one_round():
+    """CPU only: the host's slow spells (2x here, several rounds long) hit whichever
+    kernels are visited in them. The search timed the default only in one (its pooled
+    median 2.0) and the finalist outside (1.0); in the final comparison the finalist is
+    5% slower than the default in every round: the default stays."""
+    class K(str):
+        def describe(self):
+            return str(self)
+    slow = iter([2.0] * 4 + [1.0] * 4 + [2.0] * 4 + [1.0] * 100)   # a factor a visit
+    samples = {"a": [1.0] * 40, "default": [2.0] * 10}
+    point = SimpleNamespace(wrong=set(), excluded={}, check=lambda k: True,
+                            timings={k: float(np.median(v)) for k, v in samples.items()})
+
+    def visit(k, runs):
+        v = {"a": 1.05, "default": 1.0}[k] * next(slow)
+        samples[k].append(v)
+        point.timings[k] = float(np.median(samples[k]))
+        return v
+    point.visit = visit
+    res = tuner._result(point, [K("a")], K("default"), point, None, K("default"))
+    assert res["best"] == "default" and res["ratio"] == 1.0
+    assert point.timings["a"] < point.timings["default"]     # what pooling would have chosen
+    assert tuner.compare(point, [K("a"), K("default")], 3) == [pytest.approx(1.05), 1.0]
+
+
+@pytest.mark.parametrize("again,kept", [(0.5, True), (1.1, False), (1.02, False)])
 def test_a_tuned_choice_stays_only_if_still_faster_when_timed_again(tfile, device,
                                                                    monkeypatch, again, kept):
-    """The recheck after all searches: a tuned choice 1.1x faster in its search and 1.1x
-    slower when timed again gives way to the default, in the report and the tuning file;
-    one still faster stays."""
+    """The recheck after all searches: a tuned choice 1.25x faster in its search and
+    slower when timed again (even by 2%: together still 11% faster) gives way to the
+    default, in the report and the tuning file; one still faster stays."""
     rng = np.random.default_rng(6)
     dl = vq.DeviceLinear.of(random_weights(rng, 128, 64), device)
     default = tuner.default_kernel(dl, 2)
@@ -150,14 +175,15 @@ def test_a_tuned_choice_stays_only_if_still_faster_when_timed_again(tfile, devic
     key = tuning.point_key(128, 64, 32, False, 2)
     entry = {"key": key, "K": 128, "N": 64, "group_size": 32, "T": 2, "output": "float",
              "config": kernels.kernel_config(other), "best": other.describe(),
-             "kernel_s": 0.9e-3, "default": default.describe(), "default_s": 1e-3}
+             "kernel_s": 0.9e-3, "default": default.describe(), "default_s": 1e-3,
+             "ratio": 0.8}
     tuning.store_configs(device.info, {key: {"config": entry["config"], "kernel_s": 0.9e-3}})
     timed = []
 
-    def alternate(point, ks, *a, **k):
+    def compare(point, ks, *a, **k):
         timed.append([x.describe() for x in ks])
-        return [again * 1e-3, 1e-3]
-    monkeypatch.setattr(tuner, "alternate", alternate)
+        return [again, 1.0]
+    monkeypatch.setattr(tuner, "compare", compare)
     tuner.recheck(device, [entry], rng)
     assert timed == [[other.describe(), default.describe()]]
     assert entry["recheck"] == pytest.approx(again)
@@ -252,17 +278,18 @@ def test_an_interrupted_recheck_resumes_where_it_was(tfile, device, monkeypatch)
         other = next(c for c in kernels.candidates("tiled", t, dl.kernel_group_size, False,
                                                    device.caps) if c != default)
         return {"best": other, "kernel_s": 0.5e-3, "default": default.describe(),
-                "default_s": 1e-3, "proxy_n": None, "timings": {}, "excluded": {}}
+                "default_s": 1e-3, "ratio": 0.5, "proxy_n": None, "timings": {},
+                "excluded": {}}
     rechecked, interrupted = [], []
 
-    def alternate(point, ks, *a, **k):
+    def compare(point, ks, *a, **k):
         rechecked.append([c.describe() for c in ks])
         if len(rechecked) == 2 and not interrupted:
             interrupted.append(True)
             raise KeyboardInterrupt
-        return [0.5e-3, 1e-3]
+        return [0.5, 1.0]
     monkeypatch.setattr(tuner, "search_point", tuned_everywhere)
-    monkeypatch.setattr(tuner, "alternate", alternate)
+    monkeypatch.setattr(tuner, "compare", compare)
     with pytest.raises(KeyboardInterrupt):
         tuner.tune([(128, 64)], [1, 2, 3], [32], budget_s=10, device=device, log=None)
     progress = json.loads(tfile.with_name("tuning.json.progress").read_text())

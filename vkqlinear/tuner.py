@@ -49,7 +49,7 @@ from .layout import padded_channels
 from .model_bench import random_weights
 from .quant import quantize_per_token
 
-__all__ = ["tune", "search_point", "alternate", "Point", "QUICK_SHAPES", "TOKENS",
+__all__ = ["tune", "search_point", "alternate", "compare", "Point", "QUICK_SHAPES", "TOKENS",
            "int_list", "shape_list", "check_points"]
 
 QUICK_SHAPES = [(4096, 4096), (1536, 384)]
@@ -162,10 +162,17 @@ class Point:
         return float(np.mean(self.check_walls)) if self.check_walls else otherwise
 
     def time(self, kernel, runs):
-        """A visit to ``kernel``: :attr:`warm` untimed runs, then ``runs`` timed ones
-        (checked first: ``None``, and excluded, if it is wrong); its timing is
-        :func:`statistic` of all its timed runs so far. The untimed run warms the very
-        call the timed ones use (the search keeps every candidate's call:
+        """A visit to ``kernel`` (:meth:`visit`); returns its timing: :func:`statistic` of
+        all its timed runs so far (``None`` if it is wrong)."""
+        if self.visit(kernel, runs) is None:
+            return None
+        return self.timings[kernel.describe()]
+
+    def visit(self, kernel, runs):
+        """:attr:`warm` untimed runs of ``kernel``, then ``runs`` timed ones (checked
+        first: ``None``, and excluded, if it is wrong); updates its timing and returns
+        this visit's own :func:`statistic`. The untimed run warms the very call the timed
+        ones use (the search keeps every candidate's call:
         :meth:`~vkqlinear.DeviceLinear.keeping_calls`)."""
         if not self.check(kernel):
             return None
@@ -177,7 +184,7 @@ class Point:
             _, call = self.dl.run(kernel, *self.x, timed=True)
             samples.append(call.kernel_ns(1.0) * self.period)
         self.timings[name] = statistic(samples)
-        return self.timings[name]
+        return statistic(samples[-runs:])
 
 
 def statistic(samples):
@@ -200,7 +207,8 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
                  exhaustive_rounds=EXHAUSTIVE_ROUNDS):
     """Search the kernels for ``dl``'s layer at ``t`` tokens, float or int8 output (see
     the module doc): ``{"best": Kernel, "kernel_s", "default": describe, "default_s",
-    "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``. Every
+    "ratio", "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``
+    (``ratio``: best / default in the final comparison, :func:`compare`). Every
     candidate is checked before it is timed. Where a run of the layer is long
     (:data:`PROXY_RUN_S`) the search times a proxy layer of ``proxy_n`` channels (its
     timings are those), and only its finalists and the default are timed on the layer.
@@ -387,6 +395,24 @@ def alternate(point, kernels, rounds=5, runs=1, deadline=None):
     return [point.timings.get(k.describe()) for k in kernels]
 
 
+def compare(point, kernels, rounds=5, runs=1):
+    """Each of ``kernels`` against the last, in alternation as :func:`alternate` visits
+    them: the median over rounds of a kernel's visit time over the last one's in the same
+    round (``None`` for a wrong one; 1 for the last). The host's slow spells last seconds,
+    longer than a round: a ratio within a round cancels them, where timings pooled over a
+    search would carry whichever spells each kernel happened to be visited in."""
+    seen = [[] for _ in kernels]
+    for i in range(rounds):
+        order = range(len(kernels)) if i % 2 else range(len(kernels) - 1, -1, -1)
+        visit = {j: point.visit(kernels[j], runs) for j in order}
+        if visit[len(kernels) - 1] is None:
+            return [None] * len(kernels)        # the reference is wrong
+        for j, v in visit.items():
+            if v is not None:
+                seen[j].append(v / visit[len(kernels) - 1])
+    return [float(np.median(r)) if r else None for r in seen]
+
+
 # A tuned choice replaces the default only when it is this much faster in alternation:
 # on a noisy host a smaller lead is as likely a slow spell of the default as a gain.
 MARGIN = 0.97
@@ -436,21 +462,24 @@ def _result(point, finalists, default, search, proxy_n, ref):
     finalist, else to ``ref``, the right kernel the search was sized by."""
     finalists = [k for k in finalists if k != default and point.check(k)]
     if default in point.wrong:
-        best = (finalists + [ref])[0]
+        best, ratio = (finalists + [ref])[0], None
         if best.describe() not in point.timings:
             point.time(best, visit_runs(point.timings[ref.describe()]))
     else:
-        best = default
+        best, ratio = default, 1.0
         if finalists:
             run_s = point.timings[default.describe()]
-            times = alternate(point, finalists + [default], final_rounds(run_s),
-                              visit_runs(run_s))
-            i = int(np.argmin(times[:-1]))
-            if times[i] <= MARGIN * times[-1]:
-                best = finalists[i]
+            ratios = compare(point, finalists + [default], final_rounds(run_s),
+                             visit_runs(run_s))[:-1]
+            i = min((j for j, r in enumerate(ratios) if r is not None),
+                    key=ratios.__getitem__, default=None)
+            if i is not None and ratios[i] <= MARGIN:
+                best, ratio = finalists[i], ratios[i]
     excluded = dict(search.excluded, **point.excluded)
+    default_s = point.timings.get(default.describe())
     return {"best": best, "kernel_s": point.timings[best.describe()],
-            "default": default.describe(), "default_s": point.timings.get(default.describe()),
+            "ratio": ratio,
+            "default": default.describe(), "default_s": default_s,
             "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
 
 
@@ -475,9 +504,9 @@ def recheck(dev, entries, rng, log=None, saved=None):
     """Time each point's tuned kernel against its default once more, in alternation, now
     that the other points' searches have run: the host's slow spells last seconds and can
     slow one workgroup shape more than another, so a lead measured in one spell may be
-    that spell's. A tuned choice stays only where its gains in both comparisons, together
-    (their geometric mean), are clearly ones (:data:`MARGIN`); else the point gets its
-    default back. Updates ``entries`` (the tuner's report entries: ``"recheck"``, the new
+    that spell's. A tuned choice stays only where it was faster in both comparisons and,
+    together (their geometric mean), clearly faster (:data:`MARGIN`); else the point gets
+    its default back. Updates ``entries`` (the tuner's report entries: ``"recheck"``, the new
     tuned / default ratio) and the tuning file; calls ``saved()`` after each entry it
     timed (the tuner saves its progress: an interrupted recheck resumes where it was)."""
     weights = {}
@@ -493,11 +522,12 @@ def recheck(dev, entries, rng, log=None, saved=None):
         point = Point(dl, t, rng, out_int8)
         run_s = e["default_s"]
         with dl.keeping_calls(2):
-            times = alternate(point, [tuned, default], final_rounds(run_s), visit_runs(run_s))
-        if None in times:
+            again = compare(point, [tuned, default], final_rounds(run_s), visit_runs(run_s))[0]
+        if again is None:
             continue
-        e["recheck"] = times[0] / times[1]
-        if math.sqrt(e["recheck"] * e["kernel_s"] / e["default_s"]) > MARGIN:
+        e["recheck"] = again
+        first = e.get("ratio") or e["kernel_s"] / e["default_s"]
+        if max(first, again) > 1 or math.sqrt(first * again) > MARGIN:
             e.update(config=kernel_config(default), best=default.describe(),
                      kernel_s=e["default_s"])
             _store(dev, e)
@@ -615,7 +645,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                  "output": "int8" if out_int8 else "float",
                  "config": kernel_config(best), "best": best.describe(),
                  "kernel_s": res["kernel_s"], "default": res["default"],
-                 "default_s": res["default_s"], "proxy_N": res["proxy_n"],
+                 "default_s": res["default_s"], "ratio": res["ratio"],
+                 "proxy_N": res["proxy_n"],
                  "timings": res["timings"], "excluded": res["excluded"],
                  "candidates": len(res["timings"]) + len(res["excluded"])}
         _store(dev, entry)
@@ -623,7 +654,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
         save()
         report["points"].append(entry)
         if log:
-            gain = (entry["default_s"] or entry["kernel_s"]) / entry["kernel_s"]
+            gain = 1 / (entry["ratio"] or 1.0)
             proxy = f" at N={res['proxy_n']}" if res["proxy_n"] else ""
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
