@@ -147,8 +147,14 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     if device.info.type == "cpu":          # the host's bandwidth beside the device's
         assert doc["calibration"]["host_read_bytes_per_s"] > 0
     for p in doc["points"]:
-        assert all(v["roofline_bound"] in ("read", "arithmetic")
-                   for v in p["kernels"].values())
+        ks = p["kernels"]
+        assert all(v["roofline_bound"] in ("read", "arithmetic") for v in ks.values())
+        # auto running a forced algorithm's very kernel is that kernel, timed once
+        same = [a for a in ("tiled", "cooperative") if ks[a]["chose"] == ks["auto"]["chose"]]
+        assert ks["auto"].get("same_as") == (same[0] if same else None)
+        if same:
+            assert ks["auto"]["runs_kernel"] == ks[same[0]]["runs_kernel"]
+            assert p["auto_regret"] == 1.0 or p["best"] != same[0]
     assert doc["headline"] == {"auto_regret_max": pytest.approx(
         max(p["auto_regret"] for p in doc["points"]))}
     stored = json.loads(tfile.read_text())["devices"]

@@ -14,7 +14,9 @@ COOPERATIVE kernels forced, and ``auto``:
   device reads faster; on a CPU device the host's memory bandwidth is reported beside it)
   or the calibrated multiply-add rate (two of the kernels' multiply-adds per int32 one),
   both measured in the same run (:mod:`vkqlinear.calibrate`);
-* the crossover T where TILED overtakes COOPERATIVE, and ``auto``'s regret (auto / best);
+* the crossover T where TILED overtakes COOPERATIVE, and ``auto``'s regret (auto / best;
+  where ``auto`` runs the very kernel of a forced algorithm, that kernel is timed once
+  and ``same_as`` names it);
 * baselines on the same shapes: numpy float32 matmul against the dequantized weights, the
   CPU int8 reference path, and PyTorch's dynamic int8 ``Linear`` when torch is installed.
 
@@ -184,7 +186,12 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmet
     # all of them alike, and in an order rotated each round, so that a slow spell that
     # starts mid-round does not always fall on the same kernel. The symmetric twin takes
     # its turn in the rotation too (it times no end-to-end call).
-    turns = KERNELS + (("symmetric",) if symmetric is not None else ())
+    # auto running the very kernel of a forced algorithm is that kernel: timed once, its
+    # runs are auto's too (timing it twice would report the host's noise as regret)
+    same = next((a for a in ("tiled", "cooperative")
+                 if dl.kernel("auto", t) == dl.kernel(a, t)), None)
+    turns = tuple(a for a in KERNELS if a != "auto" or same is None)
+    turns += ("symmetric",) if symmetric is not None else ()
     for i in range(r):
         for alg in turns[i % len(turns):] + turns[:i % len(turns)]:
             if alg == "symmetric":
@@ -202,6 +209,9 @@ def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmet
             point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
         for c, cal in calibrations.items():
             point["calibration_runs"][c].append(cal.time(3).median)
+    if same is not None:
+        point["kernels"]["auto"].update(same_as=same, **{
+            r: point["kernels"][same][r] for r in ("runs_kernel", "runs_e2e")})
     for alg in KERNELS:
         v = point["kernels"][alg]
         v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
