@@ -57,8 +57,9 @@ def retime(points, rounds):
         dl = vq.DeviceLinear.of(qw, dev)
         kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
                    for c in p["configs"]]
-        rel = compare(Point(dl, p["T"], rng), kernels[1:] + kernels[:1], rounds, VISIT_RUNS)
-        best = (kernels[1:] + kernels[:1])[int(np.argmin(rel))]
+        others_then_chosen = kernels[1:] + kernels[:1]
+        rel = compare(Point(dl, p["T"], rng), others_then_chosen, rounds, VISIT_RUNS)
+        best = others_then_chosen[int(np.argmin(rel))]
         ratios.append(1 / min(rel))
         print(f"{p['K']}x{p['N']} T={p['T']}: search chose {kernels[0].describe()}; best of "
               f"the exhaustive search's {p['timed']} after re-timing {best.describe()}: "

@@ -188,7 +188,7 @@ def test_a_tuned_choice_stays_only_if_still_faster_when_timed_again(tfile, devic
     assert timed == [[other.describe(), default.describe()]]
     assert entry["recheck"] == pytest.approx(again)
     want = other if kept else default
-    assert entry["best"] == want.describe()
+    assert entry["best"] == want.describe() and entry["ratio"] == (0.8 if kept else 1.0)
     qw = random_weights(np.random.default_rng(4), 128, 64)
     assert vq.DeviceLinear.of(qw, device).kernel("auto", 2) == want
     tuner.recheck(device, [entry], rng)       # once only

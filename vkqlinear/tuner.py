@@ -477,8 +477,7 @@ def _result(point, finalists, default, search, proxy_n, ref):
                 best, ratio = finalists[i], ratios[i]
     excluded = dict(search.excluded, **point.excluded)
     default_s = point.timings.get(default.describe())
-    return {"best": best, "kernel_s": point.timings[best.describe()],
-            "ratio": ratio,
+    return {"best": best, "kernel_s": point.timings[best.describe()], "ratio": ratio,
             "default": default.describe(), "default_s": default_s,
             "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
 
@@ -529,7 +528,7 @@ def recheck(dev, entries, rng, log=None, saved=None):
         first = e.get("ratio") or e["kernel_s"] / e["default_s"]
         if max(first, again) > 1 or math.sqrt(first * again) > MARGIN:
             e.update(config=kernel_config(default), best=default.describe(),
-                     kernel_s=e["default_s"])
+                     kernel_s=e["default_s"], ratio=1.0)
             _store(dev, e)
             if log:
                 log(f"{e['key']}: the default again (tuned / default {e['recheck']:.2f} "
