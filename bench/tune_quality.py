@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -32,6 +33,7 @@ def search(a):
         qw = random_weights(rng, k, n)         # held: a DeviceLinear holds it weakly
         dl = vq.DeviceLinear.of(qw, dev)
         for t in a.tokens:
+            start = time.perf_counter()
             chosen = search_point(dl, t, a.budget, rng=rng)["best"]
             full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng,
                                 exhaustive_rounds=a.exhaustive_rounds)
@@ -43,6 +45,9 @@ def search(a):
             kernels = [chosen] + [c for c in finalists if c != chosen]
             out.append({"K": k, "N": n, "T": t, "timed": len(full["timings"]),
                         "configs": [kernel_config(c) for c in kernels]})
+            # the exhaustive search of a long point (4096 x 4096, T = 512) takes many minutes
+            print(f"searched {k}x{n} T={t}: chose {chosen.describe()}; exhaustive timed "
+                  f"{len(full['timings'])} ({time.perf_counter() - start:.0f} s)", flush=True)
     return out
 
 
