@@ -381,6 +381,11 @@ def likeness(kernel, anchor):
                   (kernel.local_size[1], anchor.local_size[1])))
 
 
+def round_order(items, i):
+    """The order of round ``i`` of an alternation: as given, reversed every other round."""
+    return items if i % 2 else items[::-1]
+
+
 def alternate(point, kernels, rounds=5, runs=1, deadline=None):
     """Time ``kernels`` in alternation, a visit of ``runs`` timed runs each a round (the
     order reversed every other round), so that the host's drifts hit them alike; no visit
@@ -388,7 +393,7 @@ def alternate(point, kernels, rounds=5, runs=1, deadline=None):
     (over all their runs on ``point`` so far), in the order given; ``None`` for a wrong
     or unvisited one."""
     for i in range(rounds):
-        for k in (kernels if i % 2 else kernels[::-1]):
+        for k in round_order(kernels, i):
             if deadline is not None and time.perf_counter() > deadline:
                 break
             point.time(k, runs)
@@ -403,8 +408,8 @@ def compare(point, kernels, rounds=5, runs=1):
     search would carry whichever spells each kernel happened to be visited in."""
     seen = [[] for _ in kernels]
     for i in range(rounds):
-        order = range(len(kernels)) if i % 2 else range(len(kernels) - 1, -1, -1)
-        visit = {j: point.visit(kernels[j], runs) for j in order}
+        visit = {j: point.visit(kernels[j], runs)
+                 for j in round_order(range(len(kernels)), i)}
         if visit[len(kernels) - 1] is None:
             return [None] * len(kernels)        # the reference is wrong
         for j, v in visit.items():
