@@ -25,7 +25,8 @@ def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
     units = tuner.parallel_units(device.info)
     for p in report["points"]:
         assert p["candidates"] > 10 and not p["excluded"]
-        assert p["kernel_s"] <= p["default_s"]          # measured in alternation
+        # decided by the paired comparison: tuned only where clearly faster in it
+        assert p["ratio"] == 1.0 if p["best"] == p["default"] else p["ratio"] <= tuner.MARGIN
         t = p["T"]
         if units and units > 1:           # no grid that leaves a CPU's cores unevenly busy
             uneven = {k.describe() for alg in ("tiled", "cooperative")

@@ -208,7 +208,9 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     """Search the kernels for ``dl``'s layer at ``t`` tokens, float or int8 output (see
     the module doc): ``{"best": Kernel, "kernel_s", "default": describe, "default_s",
     "ratio", "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``
-    (``ratio``: best / default in the final comparison, :func:`compare`). Every
+    (``ratio``: best / default in the final comparison, :func:`compare`, which decides;
+    ``kernel_s`` and ``default_s`` are medians over all of a kernel's runs in the search,
+    visited in different host states, so they can disagree with ``ratio``). Every
     candidate is checked before it is timed. Where a run of the layer is long
     (:data:`PROXY_RUN_S`) the search times a proxy layer of ``proxy_n`` channels (its
     timings are those), and only its finalists and the default are timed on the layer.
