@@ -1,40 +1,74 @@
 #!/usr/bin/env python3
-"""How good is the tuner's search? For each point: the search's choice
-(vkqlinear.tuner.search_point, with the tuner's share of budget a point) and every
-candidate timed (exhaustive), in one process; then, in a fresh process, the choice and the
-exhaustive search's fastest few timed again in alternation (a single exhaustive timing is
-as noisy as the search's, and a process that has built hundreds of pipelines times
-differently). Prints the chosen / best kernel time per point.
+"""How good is the tuner's search? The points tuned as `python -m vkqlinear tune` tunes
+them (vkqlinear.tuner.tune: each point's search with the tuner's share of budget, then
+the recheck of the tuned choices; into a temporary tuning file), then every candidate
+of each point timed (exhaustive), in one process; then, in a fresh process, the tuned
+choice and the exhaustive search's fastest few timed again in alternation (a single
+exhaustive timing is as noisy as the search's, and a process that has built hundreds of
+pipelines times differently). Prints the chosen / best kernel time per point; the
+searched points can be saved (--save) and timed again later (--load).
 
     python bench/tune_quality.py [--shapes 4096x4096,1536x384] [--tokens 1,8,512]
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 import vkqlinear as vq
 from vkqlinear.kernels import candidates, kernel_config, kernel_from_config
 from vkqlinear.model_bench import random_weights
-from vkqlinear.tuner import VISIT_RUNS, Point, compare, int_list, search_point, shape_list
+from vkqlinear.tuner import (
+    RECHECK_SHARE,
+    VISIT_RUNS,
+    Point,
+    compare,
+    int_list,
+    search_point,
+    shape_list,
+    tune,
+)
+
+GROUP_SIZE = 32
 
 
 def search(a):
-    """The points' choices and finalists, as configs."""
+    """The points' tuned choices and exhaustive finalists, as configs."""
     dev = vq.Device()
-    rng = np.random.default_rng(0)
     print(dev.name, flush=True)
+    # the tuner's own run, its entries in a file of their own (not the user's)
+    before = os.environ.get("VKQLINEAR_TUNING_FILE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["VKQLINEAR_TUNING_FILE"] = str(Path(tmp) / "tuning.json")
+        n = len(a.shapes) * len(a.tokens)
+        start = time.perf_counter()
+        try:
+            report = tune(a.shapes, a.tokens, [GROUP_SIZE],
+                          a.budget * n / (1 - RECHECK_SHARE), device=dev, log=None)
+        finally:
+            if before is None:
+                del os.environ["VKQLINEAR_TUNING_FILE"]
+            else:
+                os.environ["VKQLINEAR_TUNING_FILE"] = before
+    tuned = {(p["K"], p["N"], p["T"]): p for p in report["points"]}
+    print(f"tuned {n} points in {time.perf_counter() - start:.0f} s", flush=True)
+    rng = np.random.default_rng(0)
     out = []
     for k, n in a.shapes:
-        qw = random_weights(rng, k, n)         # held: a DeviceLinear holds it weakly
+        qw = random_weights(rng, k, n, GROUP_SIZE)     # held: a DeviceLinear holds it weakly
         dl = vq.DeviceLinear.of(qw, dev)
         for t in a.tokens:
             start = time.perf_counter()
-            chosen = search_point(dl, t, a.budget, rng=rng)["best"]
+            entry = tuned[(k, n, t)]
+            chosen = kernel_from_config(entry["config"], t, dl.kernel_group_size, False,
+                                        dev.caps)
             full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng,
                                 exhaustive_rounds=a.exhaustive_rounds)
             pool = {c.describe(): c for alg in ("tiled", "cooperative")
@@ -45,9 +79,18 @@ def search(a):
             kernels = [chosen] + [c for c in finalists if c != chosen]
             out.append({"K": k, "N": n, "T": t, "timed": len(full["timings"]),
                         "configs": [kernel_config(c) for c in kernels]})
+            again = entry.get("recheck")
+            if entry["best"] != entry["default"]:
+                how = f"tuned / default {entry['ratio']:.2f}" + (
+                    "" if again is None else f", {again:.2f} when rechecked")
+            elif again is None:
+                how = "the default"
+            else:
+                how = f"the default again: tuned / default {again:.2f} when rechecked"
             # the exhaustive search of a long point (4096 x 4096, T = 512) takes many minutes
-            print(f"searched {k}x{n} T={t}: chose {chosen.describe()}; exhaustive timed "
-                  f"{len(full['timings'])} ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(f"searched {k}x{n} T={t}: chose {chosen.describe()} ({how}); exhaustive "
+                  f"timed {len(full['timings'])} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
     return out
 
 
@@ -58,7 +101,7 @@ def retime(points, rounds):
     rng = np.random.default_rng(1)
     ratios = []
     for p in points:
-        qw = random_weights(rng, p["K"], p["N"])
+        qw = random_weights(rng, p["K"], p["N"], GROUP_SIZE)
         dl = vq.DeviceLinear.of(qw, dev)
         kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
                    for c in p["configs"]]
@@ -86,15 +129,20 @@ def main(argv=None):
                          "T = 512 on 4096 x 4096 affordable: it only picks the finalists)")
     ap.add_argument("--finalists", type=int, default=4,
                     help="the exhaustive search's fastest, timed again with the choice")
-    ap.add_argument("--retime", help=argparse.SUPPRESS)    # the fresh process's input
+    ap.add_argument("--save", type=Path, help="write the searched points (JSON) here")
+    ap.add_argument("--load", type=Path,
+                    help="re-time the points a run saved (--save) instead of searching")
     a = ap.parse_args(argv)
-    if a.retime:
-        retime(json.loads(a.retime), a.rounds)
+    if a.load:
+        retime(json.loads(a.load.read_text()), a.rounds)
         return 0
     points = search(a)
-    sys.stdout.flush()
-    return subprocess.run([sys.executable, __file__, "--rounds", str(a.rounds),
-                           "--retime", json.dumps(points)]).returncode
+    with tempfile.TemporaryDirectory() as tmp:
+        path = a.save or Path(tmp) / "points.json"
+        path.write_text(json.dumps(points))
+        sys.stdout.flush()
+        return subprocess.run([sys.executable, __file__, "--rounds", str(a.rounds),
+                               "--load", str(path)]).returncode
 
 
 if __name__ == "__main__":

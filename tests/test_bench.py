@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -165,17 +166,29 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     assert tuning.auto_threshold(device.info) == entry["auto_threshold"]    # auto reads it
 
 
-def test_tune_quality_script(capfd, device):
-    """bench/tune_quality.py (the search against exhaustive timing) runs and reports a
+def test_tune_quality_script(capfd, tmp_path, monkeypatch, device):
+    """bench/tune_quality.py (the tuner against exhaustive timing) runs and reports a
     chosen / best ratio per point, the choice among the kernels timed again in a fresh
-    process."""
+    process; the tuner's entries do not reach the user's tuning file; saved points can be
+    timed again."""
     mod = _script("tune_quality")
+    mine = tmp_path / "mine.json"
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(mine))
+    saved = tmp_path / "points.json"
     assert mod.main(["--shapes", "64x48", "--tokens", "1,3", "--budget", "1",
-                     "--rounds", "1", "--finalists", "2"]) == 0
-    lines = [v for v in capfd.readouterr().out.splitlines() if v.startswith("64x48 T=")]
+                     "--rounds", "1", "--finalists", "2", "--save", str(saved)]) == 0
+    assert not mine.exists() and os.environ["VKQLINEAR_TUNING_FILE"] == str(mine)
+    out = capfd.readouterr().out
+    assert "tuned 2 points" in out
+    lines = [v for v in out.splitlines() if v.startswith("64x48 T=")]
     assert len(lines) == 2
     for line in lines:
         assert float(line.rsplit("chosen / best ", 1)[1]) >= 1.0
+    points = json.loads(saved.read_text())
+    assert [(p["K"], p["N"], p["T"]) for p in points] == [(64, 48, 1), (64, 48, 3)]
+    assert mod.main(["--load", str(saved), "--rounds", "1"]) == 0
+    assert len([v for v in capfd.readouterr().out.splitlines()
+                if v.startswith("64x48 T=")]) == 2
 
 
 def test_wait_ab_script(capsys, device):
