@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -44,19 +45,12 @@ def search(a):
     dev = vq.Device()
     print(dev.name, flush=True)
     # the tuner's own run, its entries in a file of their own (not the user's)
-    before = os.environ.get("VKQLINEAR_TUNING_FILE")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["VKQLINEAR_TUNING_FILE"] = str(Path(tmp) / "tuning.json")
-        n = len(a.shapes) * len(a.tokens)
-        start = time.perf_counter()
-        try:
-            report = tune(a.shapes, a.tokens, [GROUP_SIZE],
-                          a.budget * n / (1 - RECHECK_SHARE), device=dev, log=None)
-        finally:
-            if before is None:
-                del os.environ["VKQLINEAR_TUNING_FILE"]
-            else:
-                os.environ["VKQLINEAR_TUNING_FILE"] = before
+    n = len(a.shapes) * len(a.tokens)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(
+            os.environ, {"VKQLINEAR_TUNING_FILE": str(Path(tmp) / "tuning.json")}):
+        report = tune(a.shapes, a.tokens, [GROUP_SIZE], a.budget * n / (1 - RECHECK_SHARE),
+                      device=dev, log=None)
     tuned = {(p["K"], p["N"], p["T"]): p for p in report["points"]}
     print(f"tuned {n} points in {time.perf_counter() - start:.0f} s", flush=True)
     rng = np.random.default_rng(0)
