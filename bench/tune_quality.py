@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
@@ -30,8 +31,8 @@ from vkqlinear.tuner import (
     RECHECK_SHARE,
     VISIT_RUNS,
     Point,
-    compare,
     int_list,
+    paired_visits,
     search_point,
     shape_list,
     tune,
@@ -90,21 +91,36 @@ def search(a):
 
 def retime(points, rounds):
     """Chosen / best per point: each kernel over the chosen one, visit by visit in
-    alternation (:func:`vkqlinear.tuner.compare`; this process is fresh)."""
+    alternation (:func:`vkqlinear.tuner.paired_visits`; this process is fresh), the points
+    taking turns a round at a time: the host's states last seconds and can rank the
+    kernels differently, so each point's rounds are spread over the whole re-timing."""
     dev = vq.Device()
     rng = np.random.default_rng(1)
-    ratios = []
+    layers, jobs = {}, []
     for p in points:
-        qw = random_weights(rng, p["K"], p["N"], GROUP_SIZE)
-        dl = vq.DeviceLinear.of(qw, dev)
+        if (p["K"], p["N"]) not in layers:    # held: a DeviceLinear holds them weakly
+            layers[(p["K"], p["N"])] = random_weights(rng, p["K"], p["N"], GROUP_SIZE)
+        dl = vq.DeviceLinear.of(layers[(p["K"], p["N"])], dev)
         kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
                    for c in p["configs"]]
         others_then_chosen = kernels[1:] + kernels[:1]
-        rel = compare(Point(dl, p["T"], rng), others_then_chosen, rounds, VISIT_RUNS)
-        best = others_then_chosen[int(np.argmin(rel))]
+        jobs.append((p, Point(dl, p["T"], rng), others_then_chosen,
+                     [[] for _ in kernels]))
+    with ExitStack() as keep:
+        for dl in {id(j[1].dl): j[1].dl for j in jobs}.values():
+            keep.enter_context(dl.keeping_calls(
+                sum(len(ks) for _, pt, ks, _ in jobs if pt.dl is dl)))
+        for i in range(rounds):
+            for _, point, kernels, seen in jobs:
+                for j, r in enumerate(paired_visits(point, kernels, 1, VISIT_RUNS, first=i)):
+                    seen[j] += r
+    ratios = []
+    for p, _, kernels, seen in jobs:
+        rel = [float(np.median(r)) for r in seen]
+        best = kernels[int(np.argmin(rel))]
         ratios.append(1 / min(rel))
-        print(f"{p['K']}x{p['N']} T={p['T']}: search chose {kernels[0].describe()}; best of "
-              f"the exhaustive search's {p['timed']} after re-timing {best.describe()}: "
+        print(f"{p['K']}x{p['N']} T={p['T']}: search chose {kernels[-1].describe()}; best "
+              f"of the exhaustive search's {p['timed']} after re-timing {best.describe()}: "
               f"chosen / best {ratios[-1]:.3f}", flush=True)
     print(f"worst chosen / best: {max(ratios):.3f}")
 
@@ -117,7 +133,8 @@ def main(argv=None):
                     help="the search's seconds a point (default 15: the tuner's 600 s over "
                          "the quick benchmark's 40 points)")
     ap.add_argument("--rounds", type=int, default=15,
-                    help="visits a kernel when re-timing the finalists (default 15)")
+                    help="visits a kernel when re-timing the finalists, the points in "
+                         "turn (default 15)")
     ap.add_argument("--exhaustive-rounds", type=int, default=5,
                     help="visits a candidate of the exhaustive search (default 5; 1 makes "
                          "T = 512 on 4096 x 4096 affordable: it only picks the finalists)")

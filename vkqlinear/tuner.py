@@ -117,7 +117,7 @@ class Point:
     """One point's inputs, its expected result, and what the search learnt so far."""
 
     def __init__(self, dl, t, rng, out_int8=False):
-        self.dl = dl
+        self.dl, self.t = dl, t
         w = dl.weights
         x = quantize_per_token(rng.standard_normal((t, w.K)).astype(np.float32))
         self.spec = dict(x_q=x[0], x_scale=x[1], x_zero_point=x[2],
@@ -402,21 +402,32 @@ def alternate(point, kernels, rounds=5, runs=1, deadline=None):
     return [point.timings.get(k.describe()) for k in kernels]
 
 
-def compare(point, kernels, rounds=5, runs=1):
-    """Each of ``kernels`` against the last, in alternation as :func:`alternate` visits
-    them: the median over rounds of a kernel's visit time over the last one's in the same
-    round (``None`` for a wrong one; 1 for the last). The host's slow spells last seconds,
-    longer than a round: a ratio within a round cancels them, where timings pooled over a
-    search would carry whichever spells each kernel happened to be visited in."""
+def paired_visits(point, kernels, rounds=5, runs=1, first=0):
+    """Visit ``kernels`` in alternation as :func:`alternate` does (rounds numbered from
+    ``first``, whose parity orders a round); returns, per kernel, its visit time over the
+    last kernel's in the same round, a list over the rounds (empty for a wrong one), or
+    ``None`` if the last kernel is wrong."""
     seen = [[] for _ in kernels]
-    for i in range(rounds):
+    for i in range(first, first + rounds):
         visit = {j: point.visit(kernels[j], runs)
                  for j in round_order(range(len(kernels)), i)}
         if visit[len(kernels) - 1] is None:
-            return [None] * len(kernels)        # the reference is wrong
+            return None
         for j, v in visit.items():
             if v is not None:
                 seen[j].append(v / visit[len(kernels) - 1])
+    return seen
+
+
+def compare(point, kernels, rounds=5, runs=1):
+    """Each of ``kernels`` against the last, in alternation (:func:`paired_visits`): the
+    median over rounds of a kernel's visit time over the last one's in the same round
+    (``None`` for a wrong one; 1 for the last). The host's slow spells last seconds,
+    longer than a round: a ratio within a round cancels them, where timings pooled over a
+    search would carry whichever spells each kernel happened to be visited in."""
+    seen = paired_visits(point, kernels, rounds, runs)
+    if seen is None:
+        return [None] * len(kernels)            # the reference is wrong
     return [float(np.median(r)) if r else None for r in seen]
 
 
@@ -424,7 +435,7 @@ def compare(point, kernels, rounds=5, runs=1):
 # on a noisy host a smaller lead is as likely a slow spell of the default as a gain.
 MARGIN = 0.97
 BALANCE = 0.875          # of a CPU device's cores a grid's last round keeps busy, at least
-RECHECK_SHARE = 0.05     # of the budget, kept for timing the tuned choices again (recheck)
+RECHECK_SHARE = 0.1      # of the budget, kept for timing the tuned choices again (recheck)
 
 
 def final_rounds(run_s):
@@ -468,6 +479,7 @@ def _result(point, finalists, default, search, proxy_n, ref):
     excluded (a bug to report). A wrong default (a bug too) gives way to the first right
     finalist, else to ``ref``, the right kernel the search was sized by."""
     finalists = [k for k in finalists if k != default and point.check(k)]
+    visits = []
     if default in point.wrong:
         best, ratio = (finalists + [ref])[0], None
         if best.describe() not in point.timings:
@@ -476,15 +488,17 @@ def _result(point, finalists, default, search, proxy_n, ref):
         best, ratio = default, 1.0
         if finalists:
             run_s = point.timings[default.describe()]
-            ratios = compare(point, finalists + [default], final_rounds(run_s),
-                             visit_runs(run_s))[:-1]
+            seen = paired_visits(point, finalists + [default], final_rounds(run_s),
+                                 visit_runs(run_s))[:-1]
+            ratios = [float(np.median(r)) if r else None for r in seen]
             i = min((j for j, r in enumerate(ratios) if r is not None),
                     key=ratios.__getitem__, default=None)
             if i is not None and ratios[i] <= MARGIN:
-                best, ratio = finalists[i], ratios[i]
+                best, ratio, visits = finalists[i], ratios[i], seen[i]
     excluded = dict(search.excluded, **point.excluded)
     default_s = point.timings.get(default.describe())
     return {"best": best, "kernel_s": point.timings[best.describe()], "ratio": ratio,
+            "visits": visits,
             "default": default.describe(), "default_s": default_s,
             "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
 
@@ -506,42 +520,82 @@ def _layer_weights(cache, rng, k, n, g):
     return qw
 
 
-def recheck(dev, entries, rng, log=None, saved=None):
+def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
     """Time each point's tuned kernel against its default once more, in alternation, now
-    that the other points' searches have run: the host's slow spells last seconds and can
-    slow one workgroup shape more than another, so a lead measured in one spell may be
-    that spell's. A tuned choice stays only where it was faster in both comparisons and,
-    together (their geometric mean), clearly faster (:data:`MARGIN`); else the point gets
-    its default back. Updates ``entries`` (the tuner's report entries: ``"recheck"``, the new
-    tuned / default ratio) and the tuning file; calls ``saved()`` after each entry it
-    timed (the tuner saves its progress: an interrupted recheck resumes where it was)."""
-    weights = {}
+    that the other points' searches have run, and decide on all its paired visits. The
+    host has states lasting seconds in which workgroup shapes rank differently (on
+    lavapipe in a 2-core VM, a grid of few large workgroups against one of many small
+    ones by 20% either way), so a lead measured in one state can be that state's: the
+    points take turns, one paired visit each a round, in rounds until ``deadline``
+    (``time.perf_counter()``; at least :func:`final_rounds` a point), so that each point's
+    visits spread over the whole recheck. A tuned choice stays only where the median of
+    its tuned / default ratios, over its final comparison's visits and these, is clearly
+    faster (:data:`MARGIN`); else the point gets its default back, as it does where the
+    tuned kernel is now wrong. Updates ``entries`` (the tuner's report entries:
+    ``"recheck"``, the median of the new ratios) and the tuning file; calls ``saved()``
+    every few seconds and at the end (the tuner saves its progress: an interrupted
+    recheck resumes with the visits it made)."""
+    weights, items = {}, []
     for e in entries:
         if e["best"] == e["default"] or "recheck" in e or e["default_s"] is None:
             continue                    # untuned, rechecked, or the default is wrong
         k, n, g, t, out_int8 = e["K"], e["N"], e["group_size"], e["T"], e["output"] == "int8"
-        dl = DeviceLinear.of(_layer_weights(weights, rng, k, n, g), dev)
+        if (k, n, g) not in weights:    # every layer held: the points take turns
+            weights[(k, n, g)] = random_weights(rng, k, n, g)
+        dl = DeviceLinear.of(weights[(k, n, g)], dev)
         default = default_kernel(dl, t, out_int8)
         tuned = kernel_from_config(e["config"], t, dl.kernel_group_size, out_int8, dev.caps)
         if tuned is None or default.describe() != e["default"]:
             continue                    # another device's or generation's entry
-        point = Point(dl, t, rng, out_int8)
-        run_s = e["default_s"]
-        with dl.keeping_calls(2):
-            again = compare(point, [tuned, default], final_rounds(run_s), visit_runs(run_s))[0]
-        if again is None:
-            continue
-        e["recheck"] = again
-        first = e.get("ratio") or e["kernel_s"] / e["default_s"]
-        if max(first, again) > 1 or math.sqrt(first * again) > MARGIN:
-            e.update(config=kernel_config(default), best=default.describe(),
-                     kernel_s=e["default_s"], ratio=1.0)
-            _store(dev, e)
-            if log:
-                log(f"{e['key']}: the default again (tuned / default {e['recheck']:.2f} "
-                    f"when timed again)")
-        if saved:
-            saved()
+        e.setdefault("recheck_visits", [])
+        items.append((e, Point(dl, t, rng, out_int8), tuned, default))
+    if not items:
+        return
+    last_save = time.perf_counter()
+    with ExitStack() as keep:
+        for dl in {id(p.dl): p.dl for _, p, _, _ in items}.values():
+            keep.enter_context(dl.keeping_calls(2 * sum(p.dl is dl for _, p, _, _ in items)))
+        while items:
+            for item in list(items):
+                e, point, tuned, default = item
+                run_s = e["default_s"]
+                seen = paired_visits(point, [tuned, default], 1, visit_runs(run_s),
+                                     first=len(e["recheck_visits"]))
+                if seen is None:            # the default is wrong now: the tuned one stays
+                    e.pop("recheck_visits")
+                    items.remove(item)
+                elif not seen[0]:           # the tuned kernel is wrong now
+                    _recheck_done(dev, e, default, keep=False, log=log)
+                    items.remove(item)
+                else:
+                    e["recheck_visits"] += seen[0]
+            over = deadline is None or time.perf_counter() >= deadline
+            for item in list(items):
+                e, _, _, default = item
+                if over and len(e["recheck_visits"]) >= final_rounds(e["default_s"]):
+                    pooled = (e.get("visits") or [e.get("ratio") or e["kernel_s"]
+                                                  / e["default_s"]]) + e["recheck_visits"]
+                    _recheck_done(dev, e, default, float(np.median(pooled)) <= MARGIN, log)
+                    items.remove(item)
+            if saved and (not items or time.perf_counter() - last_save > 5):
+                saved()
+                last_save = time.perf_counter()
+
+
+def _recheck_done(dev, e, default, keep, log=None):
+    """A rechecked entry's outcome: ``"recheck"``, the median of its new tuned / default
+    ratios (``None`` where the tuned kernel was wrong); the default back unless ``keep``."""
+    again = e["recheck_visits"]
+    e["recheck"] = float(np.median(again)) if again else None
+    if keep:
+        return
+    e.update(config=kernel_config(default), best=default.describe(),
+             kernel_s=e["default_s"], ratio=1.0)
+    _store(dev, e)
+    if log:
+        how = ("wrong when timed again" if e["recheck"] is None else
+               f"tuned / default {e['recheck']:.2f} when timed again")
+        log(f"{e['key']}: the default again ({how})")
 
 
 def tune_wait(dl, t=1, rounds=40):
@@ -665,7 +719,9 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
                 f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded)")
-    recheck(dev, report["points"], rng, log, save)
+    # the recheck's share, or less if the searches overran (an exhaustive one ignores it)
+    recheck(dev, report["points"], rng, log, save, deadline=min(
+        t0 + budget_s, time.perf_counter() + RECHECK_SHARE * budget_s))
     state_path.unlink(missing_ok=True)
     if points:                    # how calls wait, at the first shape's T = 1
         k, n, g, _, _ = points[0]
