@@ -348,6 +348,7 @@ def test_an_interrupted_recheck_resumes_with_the_visits_it_made(tfile, device,
     rounds = tuner.final_rounds(1e-3)
     assert [len(p["recheck_visits"]) for p in report["points"]] == [rounds] * 3
     assert all(p["recheck"] == pytest.approx(0.5) for p in report["points"])
+    assert all(p["visits"] == [0.5] * 3 for p in report["points"])   # the search's
 
 
 def test_exhaustive_times_every_right_candidate(tfile, device):

@@ -706,6 +706,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                  "config": kernel_config(best), "best": best.describe(),
                  "kernel_s": res["kernel_s"], "default": res["default"],
                  "default_s": res["default_s"], "ratio": res["ratio"],
+                 "visits": res.get("visits", []),
                  "proxy_N": res["proxy_n"],
                  "timings": res["timings"], "excluded": res["excluded"],
                  "candidates": len(res["timings"]) + len(res["excluded"])}
