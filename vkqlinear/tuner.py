@@ -526,12 +526,12 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
     host has states lasting seconds in which workgroup shapes rank differently (on
     lavapipe in a 2-core VM, a grid of few large workgroups against one of many small
     ones by 20% either way), so a lead measured in one state can be that state's: the
-    points take turns, one paired visit each a round, in rounds until ``deadline``
-    (``time.perf_counter()``; at least :func:`final_rounds` a point), so that each point's
-    visits spread over the whole recheck. A tuned choice stays only where the median of
-    its tuned / default ratios, over its final comparison's visits and these, is clearly
-    faster (:data:`MARGIN`); else the point gets its default back, as it does where the
-    tuned kernel is now wrong. Updates ``entries`` (the tuner's report entries:
+    points take turns, one paired visit each a round, in rounds while another fits
+    before ``deadline`` (``time.perf_counter()``; at least :func:`final_rounds` a point),
+    so that each point's visits spread over the whole recheck. A tuned choice stays only
+    where the median of its tuned / default ratios, over its final comparison's visits
+    and these, is clearly faster (:data:`MARGIN`); else the point gets its default back,
+    as it does where the tuned kernel is now wrong. Updates ``entries`` (the tuner's report entries:
     ``"recheck"``, the median of the new ratios) and the tuning file; calls ``saved()``
     every few seconds and at the end (the tuner saves its progress: an interrupted
     recheck resumes with the visits it made)."""
@@ -556,6 +556,7 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
         for dl in {id(p.dl): p.dl for _, p, _, _ in items}.values():
             keep.enter_context(dl.keeping_calls(2 * sum(p.dl is dl for _, p, _, _ in items)))
         while items:
+            start = time.perf_counter()
             for item in list(items):
                 e, point, tuned, default = item
                 run_s = e["default_s"]
@@ -569,7 +570,9 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
                     items.remove(item)
                 else:
                     e["recheck_visits"] += seen[0]
-            over = deadline is None or time.perf_counter() >= deadline
+            # over when another round like this one would end past the deadline
+            now = time.perf_counter()
+            over = deadline is None or 2 * now - start >= deadline
             for item in list(items):
                 e, _, _, default = item
                 if over and len(e["recheck_visits"]) >= final_rounds(e["default_s"]):
