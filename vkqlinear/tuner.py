@@ -529,8 +529,10 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
     points take turns, one paired visit each a round, in rounds while another fits
     before ``deadline`` (``time.perf_counter()``; at least :func:`final_rounds` a point),
     so that each point's visits spread over the whole recheck. A tuned choice stays only
-    where the median of its tuned / default ratios, over its final comparison's visits
-    and these, is clearly faster (:data:`MARGIN`); else the point gets its default back,
+    where it is faster in the recheck (the median of its tuned / default ratios there: its
+    final comparison's visits came in one stretch of seconds, these from all of the
+    recheck) and, over the visits of both, clearly faster (:data:`MARGIN`); else the point
+    gets its default back,
     as it does where the tuned kernel is now wrong. Updates ``entries`` (the tuner's report entries:
     ``"recheck"``, the median of the new ratios) and the tuning file; calls ``saved()``
     every few seconds and at the end (the tuner saves its progress: an interrupted
@@ -576,9 +578,11 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
             for item in list(items):
                 e, _, _, default = item
                 if over and len(e["recheck_visits"]) >= final_rounds(e["default_s"]):
+                    again = float(np.median(e["recheck_visits"]))
                     pooled = (e.get("visits") or [e.get("ratio") or e["kernel_s"]
                                                   / e["default_s"]]) + e["recheck_visits"]
-                    _recheck_done(dev, e, default, float(np.median(pooled)) <= MARGIN, log)
+                    keep_it = again <= 1 and float(np.median(pooled)) <= MARGIN
+                    _recheck_done(dev, e, default, keep_it, log)
                     items.remove(item)
             if saved and (not items or time.perf_counter() - last_save > 5):
                 saved()
