@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
@@ -32,6 +31,7 @@ from vkqlinear.tuner import (
     VISIT_RUNS,
     Point,
     int_list,
+    keeping_calls_of,
     paired_visits,
     search_point,
     shape_list,
@@ -106,10 +106,7 @@ def retime(points, rounds):
         others_then_chosen = kernels[1:] + kernels[:1]
         jobs.append((p, Point(dl, p["T"], rng), others_then_chosen,
                      [[] for _ in kernels]))
-    with ExitStack() as keep:
-        for dl in {id(j[1].dl): j[1].dl for j in jobs}.values():
-            keep.enter_context(dl.keeping_calls(
-                sum(len(ks) for _, pt, ks, _ in jobs if pt.dl is dl)))
+    with keeping_calls_of((point.dl, len(ks)) for _, point, ks, _ in jobs):
         for i in range(rounds):
             for _, point, kernels, seen in jobs:
                 for j, r in enumerate(paired_visits(point, kernels, 1, VISIT_RUNS, first=i)):

@@ -36,7 +36,7 @@ import math
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -532,9 +532,9 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
     where it is faster in the recheck (the median of its tuned / default ratios there: its
     final comparison's visits came in one stretch of seconds, these from all of the
     recheck) and, over the visits of both, clearly faster (:data:`MARGIN`); else the point
-    gets its default back,
-    as it does where the tuned kernel is now wrong. Updates ``entries`` (the tuner's report entries:
-    ``"recheck"``, the median of the new ratios) and the tuning file; calls ``saved()``
+    gets its default back, as it does where the tuned kernel is now wrong. Updates
+    ``entries`` (the tuner's report entries: ``"recheck"``, the median of the new ratios,
+    ``None`` where the tuned kernel was wrong) and the tuning file; calls ``saved()``
     every few seconds and at the end (the tuner saves its progress: an interrupted
     recheck resumes with the visits it made)."""
     weights, items = {}, []
@@ -554,9 +554,7 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
     if not items:
         return
     last_save = time.perf_counter()
-    with ExitStack() as keep:
-        for dl in {id(p.dl): p.dl for _, p, _, _ in items}.values():
-            keep.enter_context(dl.keeping_calls(2 * sum(p.dl is dl for _, p, _, _ in items)))
+    with keeping_calls_of((p.dl, 2) for _, p, _, _ in items):
         while items:
             start = time.perf_counter()
             for item in list(items):
@@ -568,7 +566,8 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
                     e.pop("recheck_visits")
                     items.remove(item)
                 elif not seen[0]:           # the tuned kernel is wrong now
-                    _recheck_done(dev, e, default, keep=False, log=log)
+                    e["recheck"] = None
+                    _default_back(dev, e, default, log)
                     items.remove(item)
                 else:
                     e["recheck_visits"] += seen[0]
@@ -578,24 +577,20 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
             for item in list(items):
                 e, _, _, default = item
                 if over and len(e["recheck_visits"]) >= final_rounds(e["default_s"]):
-                    again = float(np.median(e["recheck_visits"]))
+                    e["recheck"] = float(np.median(e["recheck_visits"]))
                     pooled = (e.get("visits") or [e.get("ratio") or e["kernel_s"]
                                                   / e["default_s"]]) + e["recheck_visits"]
-                    keep_it = again <= 1 and float(np.median(pooled)) <= MARGIN
-                    _recheck_done(dev, e, default, keep_it, log)
+                    if e["recheck"] > 1 or float(np.median(pooled)) > MARGIN:
+                        _default_back(dev, e, default, log)
                     items.remove(item)
             if saved and (not items or time.perf_counter() - last_save > 5):
                 saved()
                 last_save = time.perf_counter()
 
 
-def _recheck_done(dev, e, default, keep, log=None):
-    """A rechecked entry's outcome: ``"recheck"``, the median of its new tuned / default
-    ratios (``None`` where the tuned kernel was wrong); the default back unless ``keep``."""
-    again = e["recheck_visits"]
-    e["recheck"] = float(np.median(again)) if again else None
-    if keep:
-        return
+def _default_back(dev, e, default, log=None):
+    """A rechecked entry (``"recheck"`` set) gives its point the default kernel back, in
+    the entry and the tuning file."""
     e.update(config=kernel_config(default), best=default.describe(),
              kernel_s=e["default_s"], ratio=1.0)
     _store(dev, e)
@@ -603,6 +598,21 @@ def _recheck_done(dev, e, default, keep, log=None):
         how = ("wrong when timed again" if e["recheck"] is None else
                f"tuned / default {e['recheck']:.2f} when timed again")
         log(f"{e['key']}: the default again ({how})")
+
+
+@contextmanager
+def keeping_calls_of(uses):
+    """Each layer of ``uses`` (``(DeviceLinear, calls)`` pairs, a layer in several of
+    them) keeps as many recorded calls as its pairs add up to, inside the block
+    (:meth:`~vkqlinear.DeviceLinear.keeping_calls`): points that take turns on one layer
+    each keep their kernels' calls warm."""
+    need = {}
+    for dl, n in uses:
+        need[id(dl)] = (dl, need.get(id(dl), (dl, 0))[1] + n)
+    with ExitStack() as keep:
+        for dl, n in need.values():
+            keep.enter_context(dl.keeping_calls(n))
+        yield
 
 
 def tune_wait(dl, t=1, rounds=40):
