@@ -239,3 +239,31 @@ def test_arithmetic_calibration_takes_the_fastest_chain_count(device, monkeypatc
     cal, timing = calibrate.fastest_alu(device, runs=2, chains=(8, 32))
     assert [c.work for c in made] == [64 * 64 * (1 << 16)] * 2
     assert cal in made and timing.median > 0
+
+
+class _FakeTimer:
+    def __init__(self, name, rounds, log):
+        self.name, self.rounds, self.done, self.log = name, rounds, 0, log
+
+    def uses(self):
+        return []
+
+    def round(self):
+        self.done += 1
+        self.log.append(self.name)
+
+
+def test_points_take_turns_their_rounds_spread_over_the_sweep():
+    log, passes = [], []
+    timers = [_FakeTimer(name, r, log) for name, r in (("a", 2), ("b", 5), ("c", 10))]
+    bench.take_turns(timers, lambda j, n: passes.append((j, n, len(log))))
+    assert [tm.done for tm in timers] == [2, 5, 10]
+    assert [j for j, _, _ in passes] == list(range(10)) and {n for _, n, _ in passes} == {10}
+    # pass of each round: "a" at the middle and the end, "b" every other pass
+    at = {name: [] for name in "abc"}
+    ends = [0] + [k for _, _, k in passes]
+    for j in range(10):
+        for name in log[ends[j]:ends[j + 1]]:
+            at[name].append(j)
+    assert at == {"a": [4, 9], "b": [1, 3, 5, 7, 9], "c": list(range(10))}
+    bench.take_turns([])                              # nothing to time: no passes

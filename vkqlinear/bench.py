@@ -55,7 +55,7 @@ from .kernels import kernel_config
 from .layout import call_bytes
 from .model_bench import MODELS, run_model
 from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
-from .tuner import check_points, int_list, shape_list, tune
+from .tuner import check_points, int_list, keeping_calls_of, shape_list, tune
 from .tuning import store_threshold
 from .weights import QuantizedWeights, prepack
 
@@ -135,93 +135,143 @@ def symmetric_twin(qw):
                             np.zeros_like(qw.w_offsets64), np.zeros((qw.N, qw.G), np.int32))
 
 
-def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmetric=None):
-    """Kernel and end-to-end times of every kernel at one point, checked first.
+class PointTimer:
+    """One point of the sweep: checked, warmed and sized when made, then timed a round
+    at a time (:meth:`round`), its figures by :meth:`finish`.
 
-    ``calibrations`` (``{name: Calibration}``) are timed in every round too (the median of
-    3 warm dispatches each), so that the headline ratios can be taken round by round: this
-    host has slow spells lasting seconds that a calibration taken once would not share.
-    ``symmetric`` (:func:`symmetric_twin` of ``qw``): its auto kernel is checked and timed
-    in every round too (``point["symmetric"]``)."""
-    calibrations = calibrations or {}
-    k, n, g = qw.K, qw.N, qw.group_size
-    x_q, x_scale, x_zp = _inputs(qw, t, rng)
-    x2d, xs, xz, _ = args.activations(x_q, x_scale, x_zp)
-    dl = DeviceLinear.of(qw, dev)
-    d = dict(x_q=x_q, x_scale=x_scale, x_zero_point=x_zp, w_packed=qw.w_packed,
-             group_size=g, w_scales=qw.w_scales, w_zeros=qw.w_zeros, w_offsets=None,
-             bias=None)
-    period = dev.info.limits["timestamp_period_ns"] * 1e-9
-    point = {"T": t, "K": k, "N": n, "group_size": g, "kernels": {}, "bytes": call_bytes(qw, t),
-             "calibration_runs": {c: [] for c in calibrations},
-             "calibration_work": {c: cal.work for c, cal in calibrations.items()}}
-    nbytes = call_bytes(qw, t)
-    calls = {}
-    for alg in KERNELS:   # correctness first, and the warm-up
-        out, calls[alg] = dl.run(alg, x2d, xs, xz, timed=True)
-        ok, msg = conformance.check(out, d)
-        if not ok:
-            raise AssertionError(f"{alg} at T={t} K={k} N={n} g={g} is wrong: {msg}")
-        point["kernels"][alg] = {"check": msg, "runs_kernel": [], "runs_e2e": []}
-    if symmetric is not None:
-        sym = DeviceLinear.of(symmetric, dev)
-        out, sym_call = sym.run("auto", x2d, xs, xz, timed=True)
-        ok, msg = conformance.check(out, dict(d, w_scales=symmetric.w_scales,
-                                              w_zeros=symmetric.w_zeros))
-        if not ok:
-            raise AssertionError(f"auto on symmetric weights at T={t} K={k} N={n} g={g} is "
-                                 f"wrong: {msg}")
-        point["symmetric"] = {"check": msg, "runs_kernel": [],
-                              "bytes": call_bytes(symmetric, t)}
-    for alg in KERNELS:   # the plain calls' first run records their sequences: not timed
-        ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
-    t0 = time.perf_counter()
-    for alg in KERNELS:
-        ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
-    rep_s = 3 * (time.perf_counter() - t0)
-    if calibrations:      # the headline points: twice the runs
-        runs, budget_s = 2 * runs, 2 * budget_s
-    r = point["runs"] = runs_for(rep_s, runs, budget_s)
-    # Kernels and end-to-end calls interleaved, so that drifts of the (shared) host hit
-    # all of them alike, and in an order rotated each round, so that a slow spell that
-    # starts mid-round does not always fall on the same kernel. The symmetric twin takes
-    # its turn in the rotation too (it times no end-to-end call).
-    # auto running the very kernel of a forced algorithm is that kernel: timed once, its
-    # runs are auto's too (timing it twice would report the host's noise as regret)
-    same = next((a for a in ("tiled", "cooperative")
-                 if dl.kernel("auto", t) == dl.kernel(a, t)), None)
-    turns = tuple(a for a in KERNELS if a != "auto" or same is None)
-    turns += ("symmetric",) if symmetric is not None else ()
-    for i in range(r):
-        for alg in turns[i % len(turns):] + turns[:i % len(turns)]:
+    A round times every kernel once (device timestamps, after an untimed run) and end to
+    end; ``calibrations`` (``{name: Calibration}``) are timed in every round too (the
+    median of 3 warm dispatches each), so that the headline ratios can be taken round by
+    round. ``symmetric`` (:func:`symmetric_twin` of ``qw``): its auto kernel is checked
+    and timed in every round too (``point["symmetric"]``). ``rounds`` is how many the
+    point wants: at least ``runs``, more while they fit ``budget_s`` seconds."""
+
+    def __init__(self, dev, qw, t, runs, rng, budget_s=2.0, calibrations=None,
+                 symmetric=None):
+        self.calibrations = calibrations = calibrations or {}
+        k, n, g = qw.K, qw.N, qw.group_size
+        self.qw, self.t, self.dev = qw, t, dev
+        self.x = x_q, x_scale, x_zp = _inputs(qw, t, rng)
+        self.x2d = args.activations(x_q, x_scale, x_zp)[:3]
+        self.dl = dl = DeviceLinear.of(qw, dev)
+        d = dict(x_q=x_q, x_scale=x_scale, x_zero_point=x_zp, w_packed=qw.w_packed,
+                 group_size=g, w_scales=qw.w_scales, w_zeros=qw.w_zeros, w_offsets=None,
+                 bias=None)
+        self.point = point = {
+            "T": t, "K": k, "N": n, "group_size": g, "kernels": {}, "bytes": call_bytes(qw, t),
+            "calibration_runs": {c: [] for c in calibrations},
+            "calibration_work": {c: cal.work for c, cal in calibrations.items()}}
+        self.calls = {}
+        for alg in KERNELS:   # correctness first, and the warm-up
+            out, self.calls[alg] = dl.run(alg, *self.x2d, timed=True)
+            ok, msg = conformance.check(out, d)
+            if not ok:
+                raise AssertionError(f"{alg} at T={t} K={k} N={n} g={g} is wrong: {msg}")
+            point["kernels"][alg] = {"check": msg, "runs_kernel": [], "runs_e2e": []}
+        self.sym = None
+        if symmetric is not None:
+            self.sym = DeviceLinear.of(symmetric, dev)
+            out, self.sym_call = self.sym.run("auto", *self.x2d, timed=True)
+            ok, msg = conformance.check(out, dict(d, w_scales=symmetric.w_scales,
+                                                  w_zeros=symmetric.w_zeros))
+            if not ok:
+                raise AssertionError(f"auto on symmetric weights at T={t} K={k} N={n} "
+                                     f"g={g} is wrong: {msg}")
+            point["symmetric"] = {"check": msg, "runs_kernel": [],
+                                  "bytes": call_bytes(symmetric, t)}
+        for alg in KERNELS:   # the plain calls' first run records their sequences: untimed
+            self._e2e(alg)
+        t0 = time.perf_counter()
+        for alg in KERNELS:
+            self._e2e(alg)
+        rep_s = 3 * (time.perf_counter() - t0)
+        if calibrations:      # the headline points: twice the runs
+            runs, budget_s = 2 * runs, 2 * budget_s
+        self.rounds = point["runs"] = runs_for(rep_s, runs, budget_s)
+        self.done = 0
+        # auto running the very kernel of a forced algorithm is that kernel: timed once,
+        # its runs are auto's too (timing it twice would report the host's noise as regret)
+        self.same = next((a for a in ("tiled", "cooperative")
+                          if dl.kernel("auto", t) == dl.kernel(a, t)), None)
+        turns = tuple(a for a in KERNELS if a != "auto" or self.same is None)
+        self.turns = turns + (("symmetric",) if symmetric is not None else ())
+
+    def _e2e(self, alg):
+        return ops.linear_qta8a_qga4w(*self.x, self.qw, algorithm=alg, device=self.dev)
+
+    def uses(self):
+        """``(DeviceLinear, calls)`` the point keeps recorded while points take turns
+        (:func:`vkqlinear.tuner.keeping_calls_of`): each kernel timed and plain."""
+        return [(self.dl, 2 * len(KERNELS))] + ([(self.sym, 1)] if self.sym else [])
+
+    def round(self):
+        """One round: the kernels interleaved, so that drifts of the (shared) host hit all
+        of them alike, in an order rotated each round, so that a slow spell that starts
+        mid-round does not always fall on the same kernel; the symmetric twin takes its
+        turn too (it times no end-to-end call)."""
+        point, period = self.point, self.dev.info.limits["timestamp_period_ns"] * 1e-9
+        i = self.done % len(self.turns)
+        for alg in self.turns[i:] + self.turns[:i]:
+            # once untimed first: the kernels (and the points before) read other weights,
+            # and a kernel that followed them would find its own out of the host's caches
             if alg == "symmetric":
-                sym.run("auto", x2d, xs, xz, timed=True)
-                sym.run("auto", x2d, xs, xz, timed=True)
-                point["symmetric"]["runs_kernel"].append(sym_call.kernel_ns(1.0) * period)
+                self.sym.run("auto", *self.x2d, timed=True)
+                self.sym.run("auto", *self.x2d, timed=True)
+                point["symmetric"]["runs_kernel"].append(self.sym_call.kernel_ns(1.0) * period)
                 continue
-            # once untimed first: the kernels read different weight layouts, and one that
-            # followed another would find its weights out of the host's caches
-            dl.run(alg, x2d, xs, xz, timed=True)
-            dl.run(alg, x2d, xs, xz, timed=True)
-            point["kernels"][alg]["runs_kernel"].append(calls[alg].kernel_ns(1.0) * period)
+            self.dl.run(alg, *self.x2d, timed=True)
+            self.dl.run(alg, *self.x2d, timed=True)
+            point["kernels"][alg]["runs_kernel"].append(
+                self.calls[alg].kernel_ns(1.0) * period)
             t0 = time.perf_counter()
-            ops.linear_qta8a_qga4w(x_q, x_scale, x_zp, qw, algorithm=alg, device=dev)
+            self._e2e(alg)
             point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
-        for c, cal in calibrations.items():
+        for c, cal in self.calibrations.items():
             point["calibration_runs"][c].append(cal.time(3).median)
-    if same is not None:
-        point["kernels"]["auto"].update(same_as=same, **{
-            r: point["kernels"][same][r] for r in ("runs_kernel", "runs_e2e")})
-    for alg in KERNELS:
-        v = point["kernels"][alg]
-        v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
-        v["ops_per_s"] = 2 * t * n * k / v["kernel_s"]["median"]
-        v["bytes_per_s"] = nbytes / v["kernel_s"]["median"]
-        chosen = dl.kernel(alg, t)
-        v["chose"], v["config"] = chosen.describe(), kernel_config(chosen)
-    if symmetric is not None:
-        point["symmetric"]["kernel_s"] = _stats(point["symmetric"]["runs_kernel"])
-    return point
+        self.done += 1
+
+    def finish(self):
+        """The point's figures from its rounds."""
+        point, t = self.point, self.t
+        if self.same is not None:
+            point["kernels"]["auto"].update(same_as=self.same, **{
+                r: point["kernels"][self.same][r] for r in ("runs_kernel", "runs_e2e")})
+        for alg in KERNELS:
+            v = point["kernels"][alg]
+            v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
+            v["ops_per_s"] = 2 * t * self.qw.N * self.qw.K / v["kernel_s"]["median"]
+            v["bytes_per_s"] = point["bytes"] / v["kernel_s"]["median"]
+            chosen = self.dl.kernel(alg, t)
+            v["chose"], v["config"] = chosen.describe(), kernel_config(chosen)
+        if self.sym is not None:
+            point["symmetric"]["kernel_s"] = _stats(point["symmetric"]["runs_kernel"])
+        return point
+
+
+def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmetric=None):
+    """Kernel and end-to-end times of every kernel at one point, checked first, its
+    rounds back to back (:class:`PointTimer`)."""
+    timer = PointTimer(dev, qw, t, runs, rng, budget_s, calibrations, symmetric)
+    while timer.done < timer.rounds:
+        timer.round()
+    return timer.finish()
+
+
+def take_turns(timers, step=None):
+    """The rounds of every timer, the timers taking turns: in pass ``j`` of ``P`` (the
+    most rounds any timer wants), a timer wanting ``r`` rounds runs until it has done
+    ``r (j + 1) // P``, so that each point's rounds spread evenly over the whole sweep.
+    This host changes state for seconds at a time, and a point timed in a few contiguous
+    seconds measured one state: its ratios (auto's regret) drew a lottery. ``step(j, P)``
+    is called after each pass."""
+    passes = max((tm.rounds for tm in timers), default=0)
+    with keeping_calls_of(u for tm in timers for u in tm.uses()):
+        for j in range(passes):
+            for tm in timers:
+                while tm.done < tm.rounds * (j + 1) // passes:
+                    tm.round()
+            if step:
+                step(j, passes)
 
 
 def measure_baselines(qw, point, rng):
@@ -527,19 +577,22 @@ def main(argv=None):
         calib["host_read_bytes_per_s"] = host_read_bandwidth(read_bytes)
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
     prog = Progress(len(configs) * len(tokens))
-    points = []
+    timers = []
     weights = {}
-    for k, n, g in configs:
+    for k, n, g in configs:      # every layer stays resident: the points take turns
         w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
         w_packed, w_scales, w_zeros = quantize_weights(w, g)
         qw = weights[(k, n, g)] = prepack(w_packed, g, w_scales, w_zeros, device=dev)
         for t in tokens:
-            prog.step(f"K={k} N={n} g={g} T={t}")
+            prog.step(f"checking K={k} N={n} g={g} T={t}")
             # the headline calibrations, timed again in each round of their points
             cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
                 {"alu": alu} if t == 512 else {}
-            points.append(measure_point(dev, qw, t, runs, rng, budget, cals,
-                                        symmetric_twin(qw) if t == 1 else None))
+            timers.append(PointTimer(dev, qw, t, runs, rng, budget, cals,
+                                     symmetric_twin(qw) if t == 1 else None))
+    prog = Progress(max(tm.rounds for tm in timers))
+    take_turns(timers, lambda j, n: prog.step(f"rounds of all {len(timers)} points"))
+    points = [tm.finish() for tm in timers]
     # The limits are the fastest the device (and the host) was seen to go: calibrated again
     # after the sweep, and the headline points' in-round calibrations count too (a
     # calibration of a fraction of a second can fall in one of the host's slow spells)
