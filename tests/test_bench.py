@@ -5,9 +5,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from vkqlinear import bench, tuning
+from vkqlinear import DeviceLinear, bench, prepack, tuning
+from vkqlinear.quant import quantize_weights
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
@@ -245,9 +247,6 @@ class _FakeTimer:
     def __init__(self, name, rounds, log):
         self.name, self.rounds, self.done, self.log = name, rounds, 0, log
 
-    def uses(self):
-        return []
-
     def round(self):
         self.done += 1
         self.log.append(self.name)
@@ -267,3 +266,21 @@ def test_points_take_turns_their_rounds_spread_over_the_sweep():
             at[name].append(j)
     assert at == {"a": [4, 9], "b": [1, 3, 5, 7, 9], "c": list(range(10))}
     bench.take_turns([])                              # nothing to time: no passes
+
+
+def test_a_round_reads_the_timestamps_of_the_call_that_ran(device):
+    """Five points on one layer record 30 calls where the layer keeps 8: a point's calls
+    from its check are dropped before its rounds, which must time the calls they ran."""
+    rng = np.random.default_rng(3)
+    w_packed, w_scales, w_zeros = quantize_weights(
+        rng.standard_normal((48, 64)).astype(np.float32), 32)
+    qw = prepack(w_packed, 32, w_scales, w_zeros)
+    timers = [bench.PointTimer(device, qw, t, 1, rng, 0.0) for t in (1, 2, 3, 4, 5)]
+    assert DeviceLinear.of(qw, device).MAX_CALLS < bench.PointTimer.CALLS * len(timers)
+    period = device.info.limits["timestamp_period_ns"] * 1e-9
+    for tm in timers:
+        tm.round()
+        ran = {c.kernel_ns(1.0) * period for c in DeviceLinear.of(qw, device).calls
+               if c.timed}
+        for alg in tm.turns:
+            assert tm.point["kernels"][alg]["runs_kernel"][-1] in ran

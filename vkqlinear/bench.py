@@ -137,7 +137,9 @@ def symmetric_twin(qw):
 
 class PointTimer:
     """One point of the sweep: checked, warmed and sized when made, then timed a round
-    at a time (:meth:`round`), its figures by :meth:`finish`.
+    at a time (:meth:`round`), its figures by :meth:`finish`. It runs :data:`CALLS`
+    recorded calls on ``qw``'s layer (each kernel timed and plain): points that take turns
+    on a layer keep theirs (:func:`vkqlinear.tuner.keeping_calls_of`).
 
     A round times every kernel once (device timestamps, after an untimed run) and end to
     end; ``calibrations`` (``{name: Calibration}``) are timed in every round too (the
@@ -145,6 +147,8 @@ class PointTimer:
     round. ``symmetric`` (:func:`symmetric_twin` of ``qw``): its auto kernel is checked
     and timed in every round too (``point["symmetric"]``). ``rounds`` is how many the
     point wants: at least ``runs``, more while they fit ``budget_s`` seconds."""
+
+    CALLS = 2 * len(KERNELS)
 
     def __init__(self, dev, qw, t, runs, rng, budget_s=2.0, calibrations=None,
                  symmetric=None):
@@ -161,17 +165,16 @@ class PointTimer:
             "T": t, "K": k, "N": n, "group_size": g, "kernels": {}, "bytes": call_bytes(qw, t),
             "calibration_runs": {c: [] for c in calibrations},
             "calibration_work": {c: cal.work for c, cal in calibrations.items()}}
-        self.calls = {}
         for alg in KERNELS:   # correctness first, and the warm-up
-            out, self.calls[alg] = dl.run(alg, *self.x2d, timed=True)
+            out, _ = dl.run(alg, *self.x2d, timed=True)
             ok, msg = conformance.check(out, d)
             if not ok:
                 raise AssertionError(f"{alg} at T={t} K={k} N={n} g={g} is wrong: {msg}")
             point["kernels"][alg] = {"check": msg, "runs_kernel": [], "runs_e2e": []}
-        self.sym = None
+        self.sym, self.symmetric = None, symmetric    # (the layer holds its weights weakly)
         if symmetric is not None:
             self.sym = DeviceLinear.of(symmetric, dev)
-            out, self.sym_call = self.sym.run("auto", *self.x2d, timed=True)
+            out, _ = self.sym.run("auto", *self.x2d, timed=True)
             ok, msg = conformance.check(out, dict(d, w_scales=symmetric.w_scales,
                                                   w_zeros=symmetric.w_zeros))
             if not ok:
@@ -199,11 +202,6 @@ class PointTimer:
     def _e2e(self, alg):
         return ops.linear_qta8a_qga4w(*self.x, self.qw, algorithm=alg, device=self.dev)
 
-    def uses(self):
-        """``(DeviceLinear, calls)`` the point keeps recorded while points take turns
-        (:func:`vkqlinear.tuner.keeping_calls_of`): each kernel timed and plain."""
-        return [(self.dl, 2 * len(KERNELS))] + ([(self.sym, 1)] if self.sym else [])
-
     def round(self):
         """One round: the kernels interleaved, so that drifts of the (shared) host hit all
         of them alike, in an order rotated each round, so that a slow spell that starts
@@ -214,15 +212,16 @@ class PointTimer:
         for alg in self.turns[i:] + self.turns[:i]:
             # once untimed first: the kernels (and the points before) read other weights,
             # and a kernel that followed them would find its own out of the host's caches
+            # (the timestamps of the call that ran: a layer keeps a few recorded calls,
+            # and one dropped while other points ran is recorded anew)
             if alg == "symmetric":
                 self.sym.run("auto", *self.x2d, timed=True)
-                self.sym.run("auto", *self.x2d, timed=True)
-                point["symmetric"]["runs_kernel"].append(self.sym_call.kernel_ns(1.0) * period)
+                call = self.sym.run("auto", *self.x2d, timed=True)[1]
+                point["symmetric"]["runs_kernel"].append(call.kernel_ns(1.0) * period)
                 continue
             self.dl.run(alg, *self.x2d, timed=True)
-            self.dl.run(alg, *self.x2d, timed=True)
-            point["kernels"][alg]["runs_kernel"].append(
-                self.calls[alg].kernel_ns(1.0) * period)
+            call = self.dl.run(alg, *self.x2d, timed=True)[1]
+            point["kernels"][alg]["runs_kernel"].append(call.kernel_ns(1.0) * period)
             t0 = time.perf_counter()
             self._e2e(alg)
             point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
@@ -265,13 +264,12 @@ def take_turns(timers, step=None):
     seconds measured one state: its ratios (auto's regret) drew a lottery. ``step(j, P)``
     is called after each pass."""
     passes = max((tm.rounds for tm in timers), default=0)
-    with keeping_calls_of(u for tm in timers for u in tm.uses()):
-        for j in range(passes):
-            for tm in timers:
-                while tm.done < tm.rounds * (j + 1) // passes:
-                    tm.round()
-            if step:
-                step(j, passes)
+    for j in range(passes):
+        for tm in timers:
+            while tm.done < tm.rounds * (j + 1) // passes:
+                tm.round()
+        if step:
+            step(j, passes)
 
 
 def measure_baselines(qw, point, rng):
@@ -582,16 +580,19 @@ def main(argv=None):
     for k, n, g in configs:      # every layer stays resident: the points take turns
         w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
         w_packed, w_scales, w_zeros = quantize_weights(w, g)
-        qw = weights[(k, n, g)] = prepack(w_packed, g, w_scales, w_zeros, device=dev)
-        for t in tokens:
-            prog.step(f"checking K={k} N={n} g={g} T={t}")
-            # the headline calibrations, timed again in each round of their points
-            cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
-                {"alu": alu} if t == 512 else {}
-            timers.append(PointTimer(dev, qw, t, runs, rng, budget, cals,
-                                     symmetric_twin(qw) if t == 1 else None))
-    prog = Progress(max(tm.rounds for tm in timers))
-    take_turns(timers, lambda j, n: prog.step(f"rounds of all {len(timers)} points"))
+        weights[(k, n, g)] = prepack(w_packed, g, w_scales, w_zeros, device=dev)
+    with keeping_calls_of((DeviceLinear.of(qw, dev), PointTimer.CALLS * len(tokens))
+                          for qw in weights.values()):
+        for (k, n, g), qw in weights.items():
+            for t in tokens:
+                prog.step(f"checking K={k} N={n} g={g} T={t}")
+                # the headline calibrations, timed again in each round of their points
+                cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
+                    {"alu": alu} if t == 512 else {}
+                timers.append(PointTimer(dev, qw, t, runs, rng, budget, cals,
+                                         symmetric_twin(qw) if t == 1 else None))
+        prog = Progress(max(tm.rounds for tm in timers))
+        take_turns(timers, lambda j, n: prog.step(f"rounds of all {len(timers)} points"))
     points = [tm.finish() for tm in timers]
     # The limits are the fastest the device (and the host) was seen to go: calibrated again
     # after the sweep, and the headline points' in-round calibrations count too (a

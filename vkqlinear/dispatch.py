@@ -162,6 +162,7 @@ class RecordedCall:
             ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * qgy)) for i in range(n_quant)]
             ops.append(_shader_barrier(kp, [self.x, self.xs, self.xz]))
         self._first_linear = len(ops)     # timestamp i is taken after op i - 1
+        self.timed = timed
         self.seq = mgr.sequence(0, len(ops) + self.n_dispatch + 2) if timed else \
             mgr.sequence()
         for op in ops:
