@@ -151,3 +151,17 @@ def test_tuned_configs_exact_then_nearest(tfile):
     assert set(tuning.device_entries(info)) == {
         "4096x4096 g32 float T1", "4096x4096 g32 float T64", "1536x384 g32 float T1",
         "4096x4096 g128 float T1", "4096x4096 g32 int8 T64"}
+
+
+def test_the_file_follows_the_environment(monkeypatch, tmp_path):
+    """The path is cached, but by the variables it comes from: a change of any is seen."""
+    monkeypatch.delenv("VKQLINEAR_TUNING_FILE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "a"))
+    assert tuning.tuning_file() == tmp_path / "a" / ".cache" / "vkqlinear" / "tuning.json"
+    monkeypatch.setenv("HOME", str(tmp_path / "b"))
+    assert tuning.tuning_file() == tmp_path / "b" / ".cache" / "vkqlinear" / "tuning.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert tuning.tuning_file() == tmp_path / "x" / "vkqlinear" / "tuning.json"
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "t.json"))
+    assert tuning.tuning_file() == tmp_path / "t.json"

@@ -20,6 +20,7 @@ write moves it aside (``<name>.broken``) before writing a new one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -54,8 +55,18 @@ _warned = set()
 def tuning_file():
     env = os.environ.get("VKQLINEAR_TUNING_FILE")
     if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return _path(env)
+    return _default_file(os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME"))
+
+
+# Paths cached by the variables they come from: every call of auto looks the file up, and
+# building the path anew took longer than the rest of the lookup.
+_path = functools.lru_cache(maxsize=16)(Path)
+
+
+@functools.lru_cache(maxsize=16)
+def _default_file(xdg, home):
+    base = xdg or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "vkqlinear" / "tuning.json"
 
 
