@@ -7,7 +7,8 @@ COOPERATIVE kernels forced, and ``auto``:
   end-to-end call time (Python call to numpy result, weights prepacked), each as median and
   min of at least ``--runs`` runs (more where they fit ``--budget`` seconds a point), the
   kernels interleaved, after a warm-up of the device; every configuration is checked
-  against the contract's tolerance before it is timed;
+  against the contract's tolerance before it is timed; the points take turns, each
+  point's rounds spread over the whole sweep (:func:`take_turns`);
 * ops/s counted as ``2*T*N*K``; effective bytes/s (what one call moves: packed weights,
   group data, activations, outputs); the fraction of the roofline, its binding limit:
   the fastest calibrated read of those bytes (storage or texel buffer, whichever the
