@@ -134,6 +134,9 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
             assert v["check"].startswith("max error / tolerance")
             assert 0 < v["kernel_s"]["min"] <= v["kernel_s"]["median"]
         assert set(p["baselines"]) >= {"numpy_float32", "reference_int8"}
+        lo, hi = p["auto_regret_interval"]
+        assert lo <= p["auto_regret"] <= hi
+    assert "auto's largest regret" in text
     p1 = doc["points"][0]                  # T = 1: the read calibration in every round
     assert len(p1["calibration_runs"]["read"]) == 4 and p1["best_over_read"] > 0
     # bytes one T = 1 call moves: nibbles, group data (scale, offset, 16-bit nibble sum),
@@ -284,3 +287,16 @@ def test_a_round_reads_the_timestamps_of_the_call_that_ran(device):
                if c.timed}
         for alg in tm.turns:
             assert tm.point["kernels"][alg]["runs_kernel"][-1] in ran
+
+
+def test_interval_of_the_median():
+    # n = 7: only the extremes leave 95% between them (each tail 1/128)
+    assert bench.median_interval([7, 1, 6, 2, 5, 3, 4]) == [1, 7]
+    # n = 5 is too few for 95%: the whole range
+    assert bench.median_interval([3, 1, 2, 5, 4]) == [1, 5]
+    # n = 20: P(Bin(20, 1/2) < 6) = 0.0207 <= 0.025 < P(< 7) = 0.0577: x_(6) and x_(15)
+    assert bench.median_interval(range(1, 21)) == [6, 15]
+    # a level of 0.5 narrows it
+    lo, hi = bench.median_interval(range(1, 21), level=0.5)
+    assert 6 < lo <= hi < 15
+    assert bench.median_interval([2.0]) == [2.0, 2.0]

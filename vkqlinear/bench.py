@@ -33,6 +33,7 @@ import argparse
 import datetime as _dt
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -302,6 +303,23 @@ def measure_baselines(qw, point, rng):
     point["baselines"] = out
 
 
+def median_interval(xs, level=0.95):
+    """A distribution-free interval for the median of the population ``xs`` is drawn from:
+    the order statistics ``x_(j)``, ``x_(n+1-j)`` with the largest ``j`` whose binomial
+    tails, ``P(Bin(n, 1/2) < j)`` each, leave at least ``level`` between them; the whole
+    range where ``n`` is too small for ``level`` (fewer than 6 values at 0.95)."""
+    x = sorted(xs)
+    n = len(x)
+    tail, j = 0.0, 0
+    while j < n // 2:
+        p = math.comb(n, j) / 2.0 ** n
+        if tail + p > (1 - level) / 2:
+            break
+        tail, j = tail + p, j + 1
+    j = max(j, 1)
+    return [float(x[j - 1]), float(x[n - j])]
+
+
 def round_ratio(num, den):
     """Median over rounds of ``num[i] / den[i]``: the kernels (and calibrations) of one
     round ran back to back, so a slow spell of the host hits both sides of each ratio."""
@@ -354,6 +372,10 @@ def derive(points, calib):
         p["best"] = best
         rk = ks[best]["runs_kernel"]
         p["auto_regret"] = round_ratio(ks["auto"]["runs_kernel"], rk)
+        # how far a median of this point's rounds can be trusted on a host whose state
+        # changes: a few rounds of a long kernel give a wide interval
+        p["auto_regret_interval"] = median_interval(
+            np.asarray(ks["auto"]["runs_kernel"]) / np.asarray(rk))
         p["coop_over_best"] = round_ratio(ks["cooperative"]["runs_kernel"], rk)
         p["e2e_over_kernel"] = round_ratio(ks[best]["runs_e2e"], rk)
         if "symmetric" in p:     # the same kernel on the same nibbles, no offsets to read
@@ -457,6 +479,13 @@ def print_table(points, crossovers, calib, figures):
         print("symmetric weights (no offsets to read), auto's time over the asymmetric "
               "layer's: " + ", ".join(f"{p['K']}x{p['N']} g{p['group_size']} T{p['T']} "
                                       f"{p['symmetric_over_auto']:.3f}" for p in sym))
+    if points:
+        worst = max(points, key=lambda p: p["auto_regret"])
+        lo, hi = worst["auto_regret_interval"]
+        print(f"auto's largest regret {worst['auto_regret']:.3f} at {worst['K']}x{worst['N']} "
+              f"g{worst['group_size']} T{worst['T']}: the median of "
+              f"{len(worst['kernels']['auto']['runs_kernel'])} rounds, 95% interval of the "
+              f"median {lo:.3f} to {hi:.3f}")
     for k, v in figures.items():
         print(f"{k}: {v:.3f}")
 
