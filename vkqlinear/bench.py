@@ -249,22 +249,14 @@ class PointTimer:
         return point
 
 
-def measure_point(dev, qw, t, runs, rng, budget_s=2.0, calibrations=None, symmetric=None):
-    """Kernel and end-to-end times of every kernel at one point, checked first, its
-    rounds back to back (:class:`PointTimer`)."""
-    timer = PointTimer(dev, qw, t, runs, rng, budget_s, calibrations, symmetric)
-    while timer.done < timer.rounds:
-        timer.round()
-    return timer.finish()
-
-
 def take_turns(timers, step=None):
     """The rounds of every timer, the timers taking turns: in pass ``j`` of ``P`` (the
     most rounds any timer wants), a timer wanting ``r`` rounds runs until it has done
     ``r (j + 1) // P``, so that each point's rounds spread evenly over the whole sweep.
-    This host changes state for seconds at a time, and a point timed in a few contiguous
-    seconds measured one state: its ratios (auto's regret) drew a lottery. ``step(j, P)``
-    is called after each pass."""
+    A shared host can change state for seconds at a time, and a point timed in a few
+    contiguous seconds measured one state: its ratios (auto's regret) drew a lottery.
+    ``step(j, P)`` is called after each pass. The caller keeps the timers' recorded calls
+    (:func:`vkqlinear.tuner.keeping_calls_of`)."""
     passes = max((tm.rounds for tm in timers), default=0)
     for j in range(passes):
         for tm in timers:
