@@ -300,3 +300,26 @@ def test_interval_of_the_median():
     lo, hi = bench.median_interval(range(1, 21), level=0.5)
     assert 6 < lo <= hi < 15
     assert bench.median_interval([2.0]) == [2.0, 2.0]
+
+
+def test_points_take_turns_in_groups_that_fit_the_device():
+    assert bench.turn_groups([3, 4, 2, 5, 1, 9, 1], lambda n: n, 9) == \
+        [[3, 4, 2], [5, 1], [9], [1]]
+    assert bench.turn_groups([20, 1], lambda n: n, 9) == [[20], [1]]   # too big: alone
+    assert bench.turn_groups([], lambda n: n, 9) == []
+    assert bench.turn_groups([1, 1], lambda n: n, 0) == [[1], [1]]     # no room: one each
+
+
+def test_a_sweep_larger_than_the_room_runs_in_groups(tmp_path, monkeypatch, capsys, device):
+    """Half the device memory left holds one point's calls: each point is its own group,
+    and every point is still measured."""
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(bench, "point_bytes", lambda qw, t: 2 ** 62)
+    out = tmp_path / "out"
+    assert bench.main(["--shapes", "64x48", "--tokens", "1,3", "--group-sizes", "32",
+                       "--runs", "2", "--budget", "0", "--warm-up", "0", "--out", str(out),
+                       "--no-baselines"]) == 0
+    assert "group 2 of 2" in capsys.readouterr().err
+    doc = json.loads(next(out.glob("bench-*.json")).read_text())
+    assert [p["T"] for p in doc["points"]] == [1, 3]
+    assert all(len(p["kernels"]["tiled"]["runs_kernel"]) == p["runs"] for p in doc["points"])

@@ -249,6 +249,27 @@ class PointTimer:
         return point
 
 
+def point_bytes(qw, t):
+    """About the device bytes a point of ``qw`` at ``t`` tokens holds while points take
+    turns: its recorded calls' int8 activations and float outputs, and at ``t = 1`` its
+    symmetric twin's weights."""
+    return PointTimer.CALLS * t * (qw.K + 4 * qw.N) + (call_bytes(qw, 1) if t == 1 else 0)
+
+
+def turn_groups(items, need, room):
+    """``items`` in order, cut into groups whose ``need(item)`` add up to at most
+    ``room`` (an item needing more than that is a group of its own)."""
+    groups, total = [], 0
+    for item in items:
+        n = need(item)
+        if not groups or total + n > room:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += n
+    return groups
+
+
 def take_turns(timers, step=None):
     """The rounds of every timer, the timers taking turns: in pass ``j`` of ``P`` (the
     most rounds any timer wants), a timer wanting ``r`` rounds runs until it has done
@@ -596,26 +617,33 @@ def main(argv=None):
     if dev.info.type == "cpu":       # the physical limit under a CPU device
         calib["host_read_bytes_per_s"] = host_read_bandwidth(read_bytes)
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
-    prog = Progress(len(configs) * len(tokens))
-    timers = []
     weights = {}
     for k, n, g in configs:      # every layer stays resident: the points take turns
         w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
         w_packed, w_scales, w_zeros = quantize_weights(w, g)
         weights[(k, n, g)] = prepack(w_packed, g, w_scales, w_zeros, device=dev)
-    with keeping_calls_of((DeviceLinear.of(qw, dev), PointTimer.CALLS * len(tokens))
-                          for qw in weights.values()):
-        for (k, n, g), qw in weights.items():
-            for t in tokens:
-                prog.step(f"checking K={k} N={n} g={g} T={t}")
+    # the points take turns in groups whose recorded calls fit half the device memory
+    # left (the rest for the kernels' other weight layouts)
+    room = max(0, dev.memory_budget - dev.memory_used()) // 2
+    groups = turn_groups([(qw, t) for qw in weights.values() for t in tokens],
+                         lambda s: point_bytes(*s), room)
+    points = []
+    for i, group in enumerate(groups):
+        of = f" (group {i + 1} of {len(groups)})" if len(groups) > 1 else ""
+        prog = Progress(len(group))
+        timers = []
+        with keeping_calls_of((DeviceLinear.of(qw, dev), PointTimer.CALLS) for qw, _ in group):
+            for qw, t in group:
+                prog.step(f"checking K={qw.K} N={qw.N} g={qw.group_size} T={t}{of}")
                 # the headline calibrations, timed again in each round of their points
                 cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
                     {"alu": alu} if t == 512 else {}
                 timers.append(PointTimer(dev, qw, t, runs, rng, budget, cals,
                                          symmetric_twin(qw) if t == 1 else None))
-        prog = Progress(max(tm.rounds for tm in timers))
-        take_turns(timers, lambda j, n: prog.step(f"rounds of all {len(timers)} points"))
-    points = [tm.finish() for tm in timers]
+            prog = Progress(max(tm.rounds for tm in timers))
+            label = f"rounds of {len(timers)} points{of}"
+            take_turns(timers, lambda j, n, prog=prog, label=label: prog.step(label))
+        points += [tm.finish() for tm in timers]
     # The limits are the fastest the device (and the host) was seen to go: calibrated again
     # after the sweep, and the headline points' in-round calibrations count too (a
     # calibration of a fraction of a second can fall in one of the host's slow spells)
