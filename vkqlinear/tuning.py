@@ -66,7 +66,7 @@ _path = functools.lru_cache(maxsize=16)(Path)
 
 @functools.lru_cache(maxsize=16)
 def _default_file(xdg, home):
-    base = xdg or os.path.join(os.path.expanduser("~"), ".cache")
+    base = xdg or os.path.join(home or os.path.expanduser("~"), ".cache")
     return Path(base) / "vkqlinear" / "tuning.json"
 
 
