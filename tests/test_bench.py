@@ -271,6 +271,94 @@ def test_points_take_turns_their_rounds_spread_over_the_sweep():
     bench.take_turns([])                              # nothing to time: no passes
 
 
+class _RegretTimer:
+    """A point whose rounds give auto's regrets from ``draws`` (None: auto is a forced
+    kernel), each round taking ``round_s`` on ``clock``."""
+    def __init__(self, name, first, draws, log, clock, round_s=1.0):
+        self.name, self.log, self.clock, self.round_s = name, log, clock, round_s
+        self.r, self.draws = list(first), iter(draws)
+        self.rounds = self.done = len(self.r)
+        self.point = {"runs": self.rounds}
+
+    def regrets(self):
+        return None if self.r is None else np.asarray(self.r)
+
+    def round(self):
+        if self.r is not None:
+            self.r.append(next(self.draws))
+        self.done += 1
+        self.log.append(self.name)
+        self.clock[0] += self.round_s
+
+
+def test_extra_rounds_go_where_the_regret_is_undecided():
+    log, clock = [], [0.0]
+    seven = [0.85, 0.95, 1.0, 1.09, 1.1, 1.2, 1.3]          # median 1.09, interval 0.85-1.3
+    timers = {
+        # truly near 1: more rounds settle its interval below 1.05
+        "near": _RegretTimer("near", seven, [1.02] * 100, log, clock),
+        # truly slow: more rounds put the interval above 1.05 (a real regret, kept)
+        "slow": _RegretTimer("slow", [x + 0.01 for x in seven], [1.2] * 100, log, clock),
+        "same": _RegretTimer("same", [], [], log, clock),        # auto is tiled: never
+        "fast": _RegretTimer("fast", [0.8, 0.9, 0.95, 0.97, 1.1, 1.2, 1.3], [1.0] * 100,
+                             log, clock),                        # median below 1: never
+        "sure": _RegretTimer("sure", [1.0, 1.01, 1.01, 1.02, 1.02, 1.03, 1.04], [],
+                             log, clock),                        # interval below 1.05
+    }
+    timers["same"].r = None
+    passes = []
+    added = bench.resolve(list(timers.values()), 1000.0, step=lambda j, n: passes.append(n),
+                          clock=lambda: clock[0])
+    assert set(log) == {"near", "slow"} and added == len(log)
+    assert log[:2] == ["slow", "near"]                    # the higher median first
+    for name in ("near", "slow"):
+        tm = timers[name]
+        assert tm.point["runs"] == tm.done == len(tm.r) and tm.point["extra_rounds"] > 0
+        assert not bench.undecided(tm)                   # decided, one side or the other
+    assert bench.median_interval(timers["near"].r)[1] <= bench.RESOLVE_WITHIN
+    assert bench.median_interval(timers["slow"].r)[0] > bench.RESOLVE_WITHIN
+    assert passes[0] == 2 and len(passes) == max(t.point["extra_rounds"]
+                                                 for t in timers.values()
+                                                 if "extra_rounds" in t.point)
+
+
+def test_extra_rounds_stop_at_the_budget():
+    log, clock = [], [0.0]
+    seven = [0.85, 0.95, 1.0, 1.09, 1.1, 1.2, 1.3]
+    slow = _RegretTimer("slow", seven, [1.05] * 100, log, clock, round_s=3.0)
+    quick = _RegretTimer("quick", seven, [1.05] * 100, log, clock, round_s=1.0)
+    bench.resolve([slow, quick], 10.0, clock=lambda: clock[0])
+    assert clock[0] <= 10.0                              # no round past the budget
+    assert log == ["slow", "quick", "slow", "quick", "quick", "quick"]
+    assert bench.resolve([slow, quick], 0.0, clock=lambda: clock[0]) == 0
+
+
+def test_a_sweep_adds_rounds_where_the_regret_is_undecided(tmp_path, monkeypatch, capsys,
+                                                          device):
+    """Every point undecided until it has 4 rounds: the extra rounds run on the sweep's
+    layers and count in every figure of the point."""
+    monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "tuning.json"))
+    monkeypatch.setattr(bench, "undecided", lambda tm, within: tm.done < 4)
+    out = tmp_path / "out"
+    assert bench.main(["--shapes", "64x48", "--tokens", "1,3", "--group-sizes", "32",
+                       "--runs", "2", "--budget", "0", "--resolve", "60", "--warm-up", "0",
+                       "--out", str(out), "--no-baselines"]) == 0
+    assert "extra rounds where auto's regret was undecided: 64x48 g32 T3 +2" in \
+        capsys.readouterr().out
+    p1, p3 = json.loads(next(out.glob("bench-*.json")).read_text())["points"]
+    assert (p1["runs"], p3["runs"]) == (4, 4)        # T = 1, a headline point: 4 already
+    assert "extra_rounds" not in p1 and p3["extra_rounds"] == 2
+    for alg in bench.KERNELS:
+        assert len(p3["kernels"][alg]["runs_kernel"]) == len(p3["kernels"][alg]["runs_e2e"]) == 4
+
+
+@pytest.mark.parametrize("flag", ["--budget", "--resolve"])
+def test_negative_seconds_are_refused(flag, capsys):
+    with pytest.raises(SystemExit):
+        bench.main([flag, "-1", "--shapes", "64x48", "--group-sizes", "32"])
+    assert f"{flag} is seconds, at least 0" in capsys.readouterr().err
+
+
 def test_a_round_reads_the_timestamps_of_the_call_that_ran(device):
     """Five points on one layer record 30 calls where the layer keeps 8: a point's calls
     from its check are dropped before its rounds, which must time the calls they ran."""

@@ -193,7 +193,7 @@ class PointTimer:
         if calibrations:      # the headline points: twice the runs
             runs, budget_s = 2 * runs, 2 * budget_s
         self.rounds = point["runs"] = runs_for(rep_s, runs, budget_s)
-        self.done = 0
+        self.done, self.round_s = 0, rep_s
         # auto running the very kernel of a forced algorithm is that kernel: timed once,
         # its runs are auto's too (timing it twice would report the host's noise as regret)
         self.same = next((a for a in ("tiled", "cooperative")
@@ -210,6 +210,7 @@ class PointTimer:
         mid-round does not always fall on the same kernel; the symmetric twin takes its
         turn too (it times no end-to-end call)."""
         point, period = self.point, self.dev.info.limits["timestamp_period_ns"] * 1e-9
+        t_round = time.perf_counter()
         i = self.done % len(self.turns)
         for alg in self.turns[i:] + self.turns[:i]:
             # once untimed first: the kernels (and the points before) read other weights,
@@ -230,6 +231,17 @@ class PointTimer:
         for c, cal in self.calibrations.items():
             point["calibration_runs"][c].append(cal.time(3).median)
         self.done += 1
+        self.round_s = time.perf_counter() - t_round
+
+    def regrets(self):
+        """auto's time over the faster forced kernel's (by median so far), round by round;
+        ``None`` where auto is a forced kernel (its regret is 1 by identity)."""
+        if self.same is not None:
+            return None
+        ks = self.point["kernels"]
+        best = min(("tiled", "cooperative"),
+                   key=lambda a: np.median(ks[a]["runs_kernel"]))
+        return np.asarray(ks["auto"]["runs_kernel"]) / np.asarray(ks[best]["runs_kernel"])
 
     def finish(self):
         """The point's figures from its rounds."""
@@ -285,6 +297,53 @@ def take_turns(timers, step=None):
                 tm.round()
         if step:
             step(j, passes)
+
+
+RESOLVE_WITHIN = 1.05     # the regret whose side the extra rounds decide
+
+
+def median_regret(timer):
+    """The median of ``timer``'s regrets so far (1 where auto is a forced kernel)."""
+    r = timer.regrets()
+    return 1.0 if r is None or len(r) == 0 else float(np.median(r))
+
+
+def undecided(timer, within=RESOLVE_WITHIN):
+    """Whether ``timer``'s point has auto looking slower than the best forced kernel (its
+    median regret above 1) with the 95% interval of that median reaching past ``within``
+    from below it or at it: its rounds cannot tell which side of ``within`` it is on."""
+    if median_regret(timer) <= 1.0:
+        return False
+    lo, hi = median_interval(timer.regrets())
+    return lo <= within < hi
+
+
+def resolve(timers, budget_s, within=RESOLVE_WITHIN, step=None, clock=time.perf_counter):
+    """More rounds at the :func:`undecided` points, within ``budget_s`` seconds: in each
+    pass every undecided point runs one round, the highest median regret first, until
+    none is undecided or the next round would not fit the budget. A long kernel gets the
+    fewest rounds from the sweep (7 at about a second each), and at 7 rounds the interval
+    of a median ratio spans the extremes: a regret of 1.09 there is not a measurement.
+    The rounds are added, not replaced: a point's figures are the median of them all.
+    ``step(pass, open points)`` is called after each pass. Returns the rounds added."""
+    end, added, passes = clock() + budget_s, 0, 0
+    while True:
+        todo = sorted((tm for tm in timers if undecided(tm, within)), key=median_regret,
+                      reverse=True)
+        ran = 0
+        for tm in todo:
+            if clock() + tm.round_s > end:
+                continue
+            tm.round()
+            tm.rounds = tm.point["runs"] = tm.done
+            tm.point["extra_rounds"] = tm.point.get("extra_rounds", 0) + 1
+            ran += 1
+        added += ran
+        if not ran:
+            return added
+        passes += 1
+        if step:
+            step(passes, len(todo))
 
 
 def measure_baselines(qw, point, rng):
@@ -499,6 +558,12 @@ def print_table(points, crossovers, calib, figures):
               f"g{worst['group_size']} T{worst['T']}: the median of "
               f"{len(worst['kernels']['auto']['runs_kernel'])} rounds, 95% interval of the "
               f"median {lo:.3f} to {hi:.3f}")
+        extra = [p for p in points if p.get("extra_rounds")]
+        if extra:
+            print("extra rounds where auto's regret was undecided: " + ", ".join(
+                f"{p['K']}x{p['N']} g{p['group_size']} T{p['T']} +{p['extra_rounds']} "
+                f"({p['auto_regret']:.3f}, {p['auto_regret_interval'][0]:.3f} to "
+                f"{p['auto_regret_interval'][1]:.3f})" for p in extra))
     for k, v in figures.items():
         print(f"{k}: {v:.3f}")
 
@@ -554,6 +619,9 @@ def main(argv=None):
                     help="timed runs per point at least (more where they fit the budget)")
     ap.add_argument("--budget", type=float,
                     help="seconds of timed runs per point (default 2, --full 4)")
+    ap.add_argument("--resolve", type=float, metavar="S",
+                    help="seconds of extra rounds at the points where auto's regret is "
+                         f"undecided against {RESOLVE_WITHIN} (default 60 x --budget)")
     ap.add_argument("--warm-up", type=float, default=1.0,
                     help="seconds of device work before calibrating (default 1)")
     ap.add_argument("--device", type=int, default=None)
@@ -591,6 +659,10 @@ def main(argv=None):
     # took the median of their ratio past 1.1 at single points.
     runs = a.runs or (9 if a.full else 7)
     budget = a.budget if a.budget is not None else (4.0 if a.full else 2.0)
+    resolve_s = a.resolve if a.resolve is not None else 60 * budget
+    for name, v in (("--budget", budget), ("--resolve", resolve_s)):
+        if v < 0:
+            ap.error(f"{name} is seconds, at least 0 (got {v})")
     dev = Device(a.device, wait=a.wait)
     rng = np.random.default_rng(0)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
@@ -643,6 +715,13 @@ def main(argv=None):
             prog = Progress(max(tm.rounds for tm in timers))
             label = f"rounds of {len(timers)} points{of}"
             take_turns(timers, lambda j, n, prog=prog, label=label: prog.step(label))
+            share = resolve_s * len(group) / sum(map(len, groups))
+            t0 = time.perf_counter()
+            added = resolve(timers, share, step=lambda j, n, t0=t0, s=share: sys.stderr.write(
+                f"\rextra rounds: pass {j}, {n} points undecided, "
+                f"{time.perf_counter() - t0:4.0f}s of {s:.0f}s   "))
+            if added:
+                sys.stderr.write("\n")
         points += [tm.finish() for tm in timers]
     # The limits are the fastest the device (and the host) was seen to go: calibrated again
     # after the sweep, and the headline points' in-round calibrations count too (a
