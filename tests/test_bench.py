@@ -304,20 +304,24 @@ def test_extra_rounds_go_where_the_regret_is_undecided():
                              log, clock),                        # median below 1: never
         "sure": _RegretTimer("sure", [1.0, 1.01, 1.01, 1.02, 1.02, 1.03, 1.04], [],
                              log, clock),                        # interval below 1.05
+        # its median falls to 1 after 2 rounds: it stays chosen until its interval is
+        # below 1.05 (17 rounds: x_(13) of 17 is the first below the 4 values above 1.05)
+        "dips": _RegretTimer("dips", [x - 0.001 for x in seven], [0.9] * 100, log, clock),
     }
     timers["same"].r = None
     passes = []
     added = bench.resolve(list(timers.values()), 1000.0, step=lambda j, n: passes.append(n),
                           clock=lambda: clock[0])
-    assert set(log) == {"near", "slow"} and added == len(log)
-    assert log[:2] == ["slow", "near"]                    # the higher median first
-    for name in ("near", "slow"):
+    assert set(log) == {"near", "slow", "dips"} and added == len(log)
+    assert log[:3] == ["slow", "near", "dips"]            # the higher median first
+    assert timers["dips"].point["extra_rounds"] == 10
+    for name in ("near", "slow", "dips"):
         tm = timers[name]
         assert tm.point["runs"] == tm.done == len(tm.r) and tm.point["extra_rounds"] > 0
         assert not bench.undecided(tm)                   # decided, one side or the other
     assert bench.median_interval(timers["near"].r)[1] <= bench.RESOLVE_WITHIN
     assert bench.median_interval(timers["slow"].r)[0] > bench.RESOLVE_WITHIN
-    assert passes[0] == 2 and len(passes) == max(t.point["extra_rounds"]
+    assert passes[0] == 3 and len(passes) == max(t.point["extra_rounds"]
                                                  for t in timers.values()
                                                  if "extra_rounds" in t.point)
 
@@ -339,6 +343,7 @@ def test_a_sweep_adds_rounds_where_the_regret_is_undecided(tmp_path, monkeypatch
     layers and count in every figure of the point."""
     monkeypatch.setenv("VKQLINEAR_TUNING_FILE", str(tmp_path / "tuning.json"))
     monkeypatch.setattr(bench, "undecided", lambda tm, within: tm.done < 4)
+    monkeypatch.setattr(bench, "median_regret", lambda tm: 2.0)
     out = tmp_path / "out"
     assert bench.main(["--shapes", "64x48", "--tokens", "1,3", "--group-sizes", "32",
                        "--runs", "2", "--budget", "0", "--resolve", "60", "--warm-up", "0",

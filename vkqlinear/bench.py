@@ -309,27 +309,31 @@ def median_regret(timer):
 
 
 def undecided(timer, within=RESOLVE_WITHIN):
-    """Whether ``timer``'s point has auto looking slower than the best forced kernel (its
-    median regret above 1) with the 95% interval of that median reaching past ``within``
-    from below it or at it: its rounds cannot tell which side of ``within`` it is on."""
-    if median_regret(timer) <= 1.0:
+    """Whether the 95% interval of ``timer``'s median regret holds ``within`` (from below
+    it or at it, to above it): its rounds cannot tell which side of ``within`` it is on."""
+    r = timer.regrets()
+    if r is None or len(r) == 0:
         return False
-    lo, hi = median_interval(timer.regrets())
+    lo, hi = median_interval(r)
     return lo <= within < hi
 
 
 def resolve(timers, budget_s, within=RESOLVE_WITHIN, step=None, clock=time.perf_counter):
-    """More rounds at the :func:`undecided` points, within ``budget_s`` seconds: in each
-    pass every undecided point runs one round, the highest median regret first, until
-    none is undecided or the next round would not fit the budget. A long kernel gets the
-    fewest rounds from the sweep (7 at about a second each), and at 7 rounds the interval
-    of a median ratio spans the extremes: a regret of 1.09 there is not a measurement.
-    The rounds are added, not replaced: a point's figures are the median of them all.
-    ``step(pass, open points)`` is called after each pass. Returns the rounds added."""
+    """More rounds where auto's regret is undecided, within ``budget_s`` seconds: the points
+    where auto looks slower than the best forced kernel (median regret above 1) and
+    :func:`undecided` are chosen once, the highest median first; in each pass every chosen
+    point still undecided runs one round, until none is or the next round would not fit
+    the budget. A point stays chosen when its median falls to 1 or below on the way (to
+    stop there would be to sample until the answer looks good). A long kernel gets the
+    fewest rounds from the sweep (7 at about a second each), and the interval of 7
+    spans their extremes: a regret of 1.09 there is not a measurement. The rounds are
+    added, not replaced: a point's figures are the median of them all. ``step(pass,
+    points)`` is called after each pass. Returns the rounds added."""
+    chosen = sorted((tm for tm in timers if median_regret(tm) > 1.0 and undecided(tm, within)),
+                    key=median_regret, reverse=True)
     end, added, passes = clock() + budget_s, 0, 0
     while True:
-        todo = sorted((tm for tm in timers if undecided(tm, within)), key=median_regret,
-                      reverse=True)
+        todo = [tm for tm in chosen if undecided(tm, within)]
         ran = 0
         for tm in todo:
             if clock() + tm.round_s > end:
