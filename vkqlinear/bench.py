@@ -730,8 +730,9 @@ def main(argv=None):
     # The limits are the fastest the device (and the host) was seen to go: calibrated again
     # after the sweep, and the headline points' in-round calibrations count too (a
     # calibration of a fraction of a second can fall in one of the host's slow spells)
+    alu_again, at_again = fastest_alu(dev)
     calib_limits(calib, points, fastest_read(dev, read_bytes, 20)[0],
-                 (lambda c: c[0].work / c[1].median)(fastest_alu(dev)))
+                 alu_again.work / at_again.median)
     if "host_read_bytes_per_s" in calib:
         calib["host_read_bytes_per_s"] = max(calib["host_read_bytes_per_s"],
                                              host_read_bandwidth(read_bytes))
