@@ -354,3 +354,85 @@ def test_dropped_weights_release_what_was_made_of_them(rng, device):
     del qw
     gc.collect()
     assert owner() is None and call() is None
+
+
+def _linear_pipelines(qw, device):
+    return [p for c in vq.DeviceLinear.of(qw, device).calls for p in c.pipelines]
+
+
+def test_calls_of_one_kernel_share_its_pipeline(rng, device, monkeypatch):
+    """A new token count, or another layer with the kernel's configuration, binds its own
+    tensors to the pipeline already compiled (kp patch item 10); the results are those of
+    pipelines of their own, bit for bit."""
+    import kp
+    if getattr(kp, "vkqlinear_patch", 0) < 10:
+        pytest.skip("needs the kp that tools/setup.sh builds")
+    d = make_layer(rng, 7, 128, 24, 32)
+    e = make_layer(rng, 7, 64, 40, 32)
+    outs = {}
+    for share in (True, False):
+        monkeypatch.setattr(device, "_kp_shares", share)
+        for name, lay in (("d", d), ("e", e)):
+            qw = vq.prepack(lay["w_packed"], 32, lay["w_scales"], lay["w_zeros"])
+            for t in (7, 5):      # the same kernel (4 tokens an invocation)
+                outs[share, name, t] = vq.linear_qta8a_qga4w(
+                    lay["x_q"][:t], lay["x_scale"][:t], lay["x_zero_point"][:t], qw,
+                    algorithm="tiled", device=device)
+            pipes = _linear_pipelines(qw, device)
+            kernels = [c.kernel for c in vq.DeviceLinear.of(qw, device).calls]
+            if share:     # the first call may share a pipeline of an earlier test's layer
+                assert kernels[0] == kernels[1] and pipes[1].shared
+                if name == "e":
+                    assert pipes[0].shared
+            else:
+                assert not any(p.shared for p in pipes)
+    for (_, name, t), y in outs.items():
+        lay = d if name == "d" else e
+        np.testing.assert_array_equal(y, outs[False, name, t])
+        np.testing.assert_allclose(y, _ref({k: (v[:t] if k.startswith("x_") else v)
+                                            for k, v in lay.items()}),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_shared_pipeline_keeps_no_dropped_call_alive(rng, device):
+    """The device's table of pipelines refers to them weakly: the weights and calls of a
+    dropped layer go, and a later layer compiles its pipeline anew and is right."""
+    import gc
+    import weakref
+    d = make_layer(rng, 2, 64, 16, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    x = (d["x_q"], d["x_scale"], d["x_zero_point"])
+    vq.linear_qta8a_qga4w(*x, qw, algorithm="cooperative", device=device)
+    pipes = [weakref.ref(p) for p in _linear_pipelines(qw, device)]
+    call = weakref.ref(vq.DeviceLinear.of(qw, device).calls[0])
+    del qw
+    gc.collect()
+    assert call() is None and all(p() is None for p in pipes)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    np.testing.assert_allclose(
+        vq.linear_qta8a_qga4w(*x, qw, algorithm="cooperative", device=device), _ref(d),
+        rtol=1e-5, atol=1e-5)
+
+
+def test_a_pipeline_source_of_other_constants_is_refused(device):
+    """kp checks what it is asked to share: other specialization constants raise, and the
+    request does not outlive the failed algorithm."""
+    import kp
+    if getattr(kp, "vkqlinear_patch", 0) < 10:
+        pytest.skip("needs the kp that tools/setup.sh builds")
+    from vkqlinear.compiler import compile_shader
+    tensors = device.io_tensors([np.zeros(16, np.float32), np.zeros(4, np.uint32),
+                                 np.zeros(1, np.float32), np.zeros(1, np.int32)], "test")
+    spirv = compile_shader("quantize_tokens.comp", {})
+    push = np.array([1, 16, 16, 0, 1, 1], np.uint32)
+    source = device.algorithm(tensors, spirv, (1, 1, 1), dispatch.quantizer_constants("spec"),
+                              push)
+    other = dispatch.quantizer_constants("torchao")
+    kp.Algorithm.set_next_pipeline_source(source.algo)
+    with pytest.raises(RuntimeError, match="pipeline source"):
+        device.manager.algorithm(tensors, spirv, (1, 1, 1), other, push)
+    again = device.manager.algorithm(tensors, spirv, (1, 1, 1), other, push)
+    assert not again.shares_pipeline()
+    same = device.algorithm(tensors, spirv, (1, 1, 1), dispatch.quantizer_constants("spec"),
+                            push)
+    assert same.shared

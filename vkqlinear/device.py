@@ -169,6 +169,7 @@ STAGE_COMPUTE_SHADER, STAGE_TRANSFER, STAGE_HOST = 0x800, 0x1000, 0x4000
 WAITS = ("auto", "block", "yield")
 KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yield_ns)
 KP_PATCH_STORAGE = 9   # the kp patch item that lets storage tensors be copied into
+KP_PATCH_SHARED_PIPELINE = 10   # the kp patch item that shares a pipeline between algorithms
 # Vulkan errors that mean "out of memory", as Kompute's exceptions name them
 _OUT_OF_MEMORY = ("outofdevicememory", "outofhostmemory", "out of memory",
                   "outofpoolmemory", "toomanyobjects")
@@ -202,6 +203,19 @@ def kp_has_eval_io(kp):
     """Whether ``kp`` has ``Sequence.eval_io`` with its ``yield_ns`` argument (the patch's
     item 8)."""
     return getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+
+
+class Pipeline:
+    """A kp algorithm as :meth:`Device.algorithm` made it (``algo``), and whether it shares
+    an earlier one's pipeline (``shared``). Kept by the recorded call that binds it; the
+    device's table of pipelines refers to it weakly, so that a dropped call's tensors are
+    not kept alive by the pipelines they were bound with."""
+    __slots__ = ("algo", "shared", "__weakref__")
+
+    def __init__(self, algo):
+        self.algo = algo
+        shares = getattr(algo, "shares_pipeline", None)
+        self.shared = bool(shares()) if shares else False
 
 
 class Device:
@@ -246,6 +260,8 @@ class Device:
             {"texelBufferLoads"} if texel else set())
         self._kp_yields = kp_has_eval_io(kp)
         self._kp_storage = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_STORAGE
+        self._kp_shares = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_SHARED_PIPELINE
+        self._pipelines = {}  # (shader, constants, bindings) -> weakref to a Pipeline
         self.wait = wait
         self.lock = threading.RLock()
         self.closed = False
@@ -402,6 +418,35 @@ class Device:
             return [self._allocate(lambda a=a: mgr.tensor_t(np.ascontiguousarray(a),
                                                             kp.TensorTypes.host),
                                    a.nbytes, what) for a in arrays]
+
+    def algorithm(self, tensors, spirv, workgroup, spec, push, texel_formats=None):
+        """A :class:`Pipeline` (a kp algorithm binding ``tensors``; ``texel_formats``: the
+        tensors' texel formats, 0 for a storage buffer) that shares its pipeline with a
+        live one of the same SPIR-V, constants and bindings where kp can (patch item 10):
+        a kernel's pipeline is compiled once, not for every recorded call (tens of
+        milliseconds each on lavapipe, a new token count in a model's prefill). The
+        device refers to its pipelines weakly: keep the returned object."""
+        import kp
+        key = (spirv, bytes(np.asarray(spec, np.uint32)), np.asarray(push).nbytes, len(tensors),
+               tuple(bool(f) for f in texel_formats or ()))
+        with self.lock:
+            ref = self._pipelines.get(key) if self._kp_shares else None
+            source = ref() if ref is not None else None
+            if texel_formats is not None:
+                kp.Algorithm.set_next_texel_formats(list(texel_formats))
+            if source is not None:
+                kp.Algorithm.set_next_pipeline_source(source.algo)
+            try:
+                algo = self.manager.algorithm(tensors, spirv, workgroup, spec, push)
+            finally:              # consumed by the algorithm, unless it was never made
+                if texel_formats is not None:
+                    kp.Algorithm.set_next_texel_formats([])
+                if source is not None:
+                    kp.Algorithm.set_next_pipeline_source(None)
+            pipeline = Pipeline(algo)
+            if self._kp_shares and source is None:
+                self._pipelines[key] = weakref.ref(pipeline)
+            return pipeline
 
     def upload(self, arrays, what):
         """Device tensors holding ``arrays``, copied to the device now, for data that stays

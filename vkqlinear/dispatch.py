@@ -110,6 +110,7 @@ class RecordedCall:
              np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
         spec = np.array(kernel.spec_constants + (int(weight_buffers.offsets),), np.uint32)
         self._pieces = []          # (n0, n1, NP, bias tensor, output tensor, algorithm, grid)
+        self.pipelines = []        # what keeps the algorithms' pipelines (Device.algorithm)
         for n0, n1, np_, wt in pieces:
             out_words = t * np_ // 4 if kernel.out_int8 else t * np_
             device.check_binding(out_words * 4, "output")
@@ -118,14 +119,15 @@ class RecordedCall:
                  np.zeros(out_words, np.uint32 if kernel.out_int8 else np.float32)],
                 f"a recorded call at T={t}")
             tensors = [self.x, self.xs, self.xz] + wt + [bias, self.os, self.oz, y]
+            texel = None
             if kernel.variant.texel:  # X and the weight tensors as texel buffers (kp patch)
-                texel = [self.x] + wt
-                kp.Algorithm.set_next_texel_formats(
-                    [R32G32B32A32_UINT if any(u is v for v in texel) else 0 for u in tensors])
+                texel = [R32G32B32A32_UINT if any(u is v for v in [self.x] + wt) else 0
+                         for u in tensors]
             gx, gy, n_disp = kernel.grid(t, np_, limits)
-            algo = mgr.algorithm(tensors, spirv, (gx, gy, 1), spec,
-                                 self._push(n1 - n0, np_, 0))
-            self._pieces.append((n0, n1, np_, bias, y, algo, (gy, n_disp)))
+            pipe = device.algorithm(tensors, spirv, (gx, gy, 1), spec,
+                                    self._push(n1 - n0, np_, 0), texel)
+            self.pipelines.append(pipe)
+            self._pieces.append((n0, n1, np_, bias, y, pipe.algo, (gy, n_disp)))
         self.n_dispatch = sum(p[6][1] for p in self._pieces)
         # one piece (the common case): its output is the call's, readable by a next layer
         self.y, self.np_ = (self._pieces[0][4], self._pieces[0][2]) if len(pieces) == 1 \
@@ -152,9 +154,11 @@ class RecordedCall:
             n_quant = -(-t // qgy)
             self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
                                                 dtype=np.uint32)
-            self.qalgo = mgr.algorithm(
+            pipe = device.algorithm(
                 [xf, self.x, self.xs, self.xz], compile_shader("quantize_tokens.comp", {}),
                 (1, qgy, 1), quantizer_constants(act_quant), self._qpush(0))
+            self.pipelines.append(pipe)
+            self.qalgo = pipe.algo
         ops = [kp.OpTensorSyncDevice(inputs)]
         if float_input is not None:
             if self.source is not None:
