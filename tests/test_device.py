@@ -197,3 +197,22 @@ def test_info_cli_names_device_and_features(capsys):
     out = capsys.readouterr().out
     assert vq.devices()[0].name in out
     assert "shaderIntegerDotProduct" in out and "supported=" in out and "enabled=" in out
+
+
+def test_auto_asks_the_tuning_file_at_most_once_a_recheck(device, tfile, monkeypatch):
+    """auto asks for the tuning state on every call; the device looks it up at most once
+    in RECHECK_S, and at once after this process writes the file."""
+    from vkqlinear import tuning
+    looked = []
+    real = tuning.state
+    monkeypatch.setattr(tuning, "state", lambda info: looked.append(1) or real(info))
+    monkeypatch.setattr(tuning, "RECHECK_S", 3600.0)
+    monkeypatch.setattr(device, "_tuning_memo", None)
+    first = device.tuning_state()
+    assert device.tuning_state() == first and len(looked) == 1
+    tuning.store_threshold(device.info, 5)
+    assert device.tuning_state() != first and len(looked) == 2
+    later = devmod.time.monotonic() + 3601.0               # the recheck is due: looks again
+    monkeypatch.setattr(devmod.time, "monotonic", lambda: later)
+    device.tuning_state()
+    assert len(looked) == 3

@@ -231,3 +231,22 @@ def test_one_bad_zero_point_among_many_is_found(t, bad, dtype):
         args.activations(x_q, xs, xz)
     with pytest.raises(ValueError, match="^out_zero_point"):
         args.output_qparams(xs, xz, (t,), t)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 5, -1])
+def test_check_finite_finds_one_bad_value_anywhere(bad, where):
+    from vkqlinear import args
+    a = np.ones((3, 7), np.float32)
+    a.ravel()[where] = bad
+    with pytest.raises(ValueError, match="^x: expected finite values"):
+        args.check_finite(a, "x")
+
+
+def test_check_finite_passes_the_largest_finite_values():
+    from vkqlinear import args
+    big = np.full(4, np.finfo(np.float32).max, np.float32)
+    args.check_finite(big, "x")
+    args.check_finite(-big, "x")
+    with pytest.raises(ValueError, match="^x: expected finite values"):
+        args.check_finite(np.array([np.inf, -np.inf], np.float32), "x")

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -262,6 +263,7 @@ class Device:
         self._kp_storage = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_STORAGE
         self._kp_shares = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_SHARED_PIPELINE
         self._pipelines = {}  # (shader, constants, bindings) -> weakref to a Pipeline
+        self._tuning_memo = None    # (until, tuning writes, tuning state)
         self.wait = wait
         self.lock = threading.RLock()
         self.closed = False
@@ -281,6 +283,20 @@ class Device:
         except ValueError as e:
             self._mgr.destroy()
             raise ValueError(f"VKQLINEAR_VARIANT: {e}") from None
+
+    def tuning_state(self):
+        """:func:`vkqlinear.tuning.state` of this device, asked at most
+        :data:`~vkqlinear.tuning.RECHECK_S` apart, and at once after this process wrote the
+        tuning file: ``auto`` asks on every call, and the full lookup (the environment,
+        the file's path) takes tens of microseconds on a host whose caches a kernel has
+        just emptied."""
+        now = time.monotonic()
+        memo = self._tuning_memo
+        if memo is not None and now < memo[0] and memo[1] == tuning.writes():
+            return memo[2]
+        writes, st = tuning.writes(), tuning.state(self.info)
+        self._tuning_memo = (now + tuning.RECHECK_S, writes, st)
+        return st
 
     @property
     def wait(self):

@@ -145,7 +145,7 @@ class DeviceLinear:
             variant = self.device.forced_variant
         elif not isinstance(variant, Variant):
             variant = Variant.parse(variant)
-        stamp = tuning.state(self.device.info) if algorithm == "auto" else None
+        stamp = self.device.tuning_state() if algorithm == "auto" else None
         key = (algorithm, t, out_int8, variant, stamp)
         kernel = self._kernels.get(key)
         if kernel is None:
@@ -199,7 +199,7 @@ class DeviceLinear:
         ``"auto"``, remade when the tuning file changes."""
         if self.device.closed:
             self.device.check_open()
-        stamp = tuning.state(self.device.info) if algorithm == "auto" else None
+        stamp = self.device.tuning_state() if algorithm == "auto" else None
         key = (algorithm, t, out_int8, variant, kind)
         hit = self._calls.get(key)
         if hit is not None and hit[0] == stamp:

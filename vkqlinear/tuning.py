@@ -145,6 +145,11 @@ def _entry(info):
     return entry, (stamp, _writes)
 
 
+def writes():
+    """How many times this process has written the tuning file."""
+    return _writes
+
+
 def state(info):
     """A token that changes when ``info``'s device's tuned entry may have (cheap: the file
     is looked at no more than :data:`RECHECK_S` apart)."""
