@@ -236,12 +236,7 @@ class PointTimer:
     def regrets(self):
         """auto's time over the faster forced kernel's (by median so far), round by round;
         ``None`` where auto is a forced kernel (its regret is 1 by identity)."""
-        if self.same is not None:
-            return None
-        ks = self.point["kernels"]
-        best = min(("tiled", "cooperative"),
-                   key=lambda a: np.median(ks[a]["runs_kernel"]))
-        return np.asarray(ks["auto"]["runs_kernel"]) / np.asarray(ks[best]["runs_kernel"])
+        return None if self.same is not None else auto_over_best(self.point["kernels"])[1]
 
     def finish(self):
         """The point's figures from its rounds."""
@@ -396,6 +391,14 @@ def median_interval(xs, level=0.95):
     return [float(x[j - 1]), float(x[n - j])]
 
 
+def auto_over_best(kernels):
+    """``(best, regrets)``: the forced algorithm with the lower median kernel time, and
+    auto's kernel time over its, round by round (``kernels`` as in a point)."""
+    best = min(("tiled", "cooperative"), key=lambda a: np.median(kernels[a]["runs_kernel"]))
+    return best, np.asarray(kernels["auto"]["runs_kernel"]) / np.asarray(
+        kernels[best]["runs_kernel"])
+
+
 def round_ratio(num, den):
     """Median over rounds of ``num[i] / den[i]``: the kernels (and calibrations) of one
     round ran back to back, so a slow spell of the host hits both sides of each ratio."""
@@ -444,14 +447,13 @@ def derive(points, calib):
             # where the same cores both read and compute (a CPU device), the two limits
             # add up unless the loads hide under the arithmetic: near 1, neither does
             v["read_plus_alu_fraction"] = (t_read + t_alu) / t
-        best = min(("tiled", "cooperative"), key=lambda a: ks[a]["kernel_s"]["median"])
+        best, regrets = auto_over_best(ks)
         p["best"] = best
         rk = ks[best]["runs_kernel"]
-        p["auto_regret"] = round_ratio(ks["auto"]["runs_kernel"], rk)
+        p["auto_regret"] = float(np.median(regrets))
         # how far a median of this point's rounds can be trusted on a host whose state
         # changes: a few rounds of a long kernel give a wide interval
-        p["auto_regret_interval"] = median_interval(
-            np.asarray(ks["auto"]["runs_kernel"]) / np.asarray(rk))
+        p["auto_regret_interval"] = median_interval(regrets)
         p["coop_over_best"] = round_ratio(ks["cooperative"]["runs_kernel"], rk)
         p["e2e_over_kernel"] = round_ratio(ks[best]["runs_e2e"], rk)
         if "symmetric" in p:     # the same kernel on the same nibbles, no offsets to read
