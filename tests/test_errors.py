@@ -217,6 +217,19 @@ def test_one_bad_scale_among_many_is_found(t, bad):
     args.activations(x_q, xs, xz)
 
 
+@pytest.mark.parametrize("t", [1, 2, 16, 17])   # the one-pass path (T <= SMALL) and beyond
+def test_extreme_valid_qparams_are_accepted(t):
+    from vkqlinear import args
+    x_q = np.zeros((t, 8), np.int8)
+    for scale in (np.finfo(np.float32).max, np.finfo(np.float32).smallest_subnormal):
+        xs = np.full(t, scale, np.float32)
+        for zp in (-128, 127):
+            got = args.activations(x_q, xs, np.full(t, zp, np.int32))
+            assert got[0] is x_q and got[3] == (t,)
+            np.testing.assert_array_equal(got[1], xs)
+            np.testing.assert_array_equal(got[2], zp)
+
+
 @pytest.mark.parametrize("t", [1, 16, 17, 100])
 @pytest.mark.parametrize("bad,dtype", [(128, np.int32), (-129, np.int32), (2**40, np.int64),
                                        (-32768, np.int16)])
