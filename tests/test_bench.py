@@ -152,6 +152,7 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     assert doc["calibration"]["read_how"] in ("storage buffer", "texel buffer")
     if device.info.type == "cpu":          # the host's bandwidth beside the device's
         assert doc["calibration"]["host_read_bytes_per_s"] > 0
+    assert doc["host"]["cpus"] >= 1 and isinstance(doc["host"]["simd"], list)
     for p in doc["points"]:
         ks = p["kernels"]
         assert all(v["roofline_bound"] in ("read", "arithmetic") for v in ks.values())
@@ -416,3 +417,21 @@ def test_a_sweep_larger_than_the_room_runs_in_groups(tmp_path, monkeypatch, caps
     doc = json.loads(next(out.glob("bench-*.json")).read_text())
     assert [p["T"] for p in doc["points"]] == [1, 3]
     assert all(len(p["kernels"]["tiled"]["runs_kernel"]) == p["runs"] for p in doc["points"])
+
+
+def test_host_record_names_the_cpu_and_its_vector_extensions(tmp_path):
+    from vkqlinear.calibrate import host_record
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                   "model\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
+                   "processor\t: 1\nmodel name\t: another CPU\nflags\t\t: avx512f\n")
+    h = host_record(str(x86))
+    assert h["cpu"] == "AMD EPYC (family 25, model 1)"
+    assert h["simd"] == ["sse4_2", "avx", "avx2", "fma"]        # the first CPU's only
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd asimddp crc32\n"
+                   "CPU part\t: 0xd0c\n\nHardware\t: Some SoC\n")
+    assert host_record(str(arm))["simd"] == ["asimd", "asimddp"]
+    h = host_record(str(tmp_path / "missing"))
+    assert h["simd"] == [] and h["cpus"] >= 1 and set(h) == {
+        "machine", "cpu", "simd", "cpus", "python", "numpy"}

@@ -366,6 +366,7 @@ def test_tune_command_line(tfile, tmp_path, device, capsys):
                  "--budget", "10", "--out", str(tmp_path)]) == 0
     doc = json.loads(next(tmp_path.glob("tune-*.json")).read_text())
     assert doc["points"][0]["key"] == "128x64 g32 float T1"
+    assert doc["host"]["cpus"] >= 1 and "simd" in doc["host"]
     assert main(["info"]) == 0
     assert "128x64 g32 float T1" in capsys.readouterr().out
 

@@ -34,8 +34,6 @@ import datetime as _dt
 import functools
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -49,6 +47,7 @@ from .calibrate import (
     fastest_alu,
     fastest_read,
     host_read_bandwidth,
+    host_record,
     read_kernel,
 )
 from .device import WAITS, Device
@@ -753,8 +752,7 @@ def main(argv=None):
            "device": {"index": dev.index, "name": dev.name, "type": dev.info.type,
                       "driver": f"{dev.info.driver_name} {dev.info.driver_info}",
                       "api_version": dev.info.api_version, "wait": dev.wait},
-           "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__},
+           "host": host_record(),
            "vkqlinear": __version__, "commit": _git_commit(), "calibration": calib,
            "crossovers": crossovers, "headline": figures, "points": points}
     jpath = out / f"bench-{stamp}.json"
@@ -780,8 +778,7 @@ def model_main(a):
     report = run_model(dev, a.model, baselines=not a.no_baselines, big_layer=a.big_layer)
     report.update(date=_dt.datetime.now().isoformat(timespec="seconds"),
                   commit=_git_commit(), vkqlinear=__version__,
-                  host={"machine": platform.machine(), "cpus": os.cpu_count(),
-                        "python": platform.python_version(), "numpy": np.__version__})
+                  host=host_record())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"model-{a.model}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"

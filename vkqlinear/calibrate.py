@@ -15,7 +15,7 @@ from .dispatch import evaluate
 
 __all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel",
            "fastest_alu",
-           "fastest_read", "host_read_bandwidth", "SWAR_MACS_PER_MADD"]
+           "fastest_read", "host_read_bandwidth", "host_record", "SWAR_MACS_PER_MADD"]
 
 # The SWAR kernels multiply two channels' nibbles by one activation in one int32
 # multiply-add (the two 16-bit halves): two of the operator's multiply-adds each.
@@ -119,6 +119,40 @@ def host_read_bandwidth(nbytes, threads=None, runs=5):
         [w.join() for w in workers]
         times.append(time.perf_counter() - t0)
     return data.nbytes / float(np.median(times[1:]))
+
+
+# the host's vector extensions a run records: lavapipe's speed follows them (AVX-512
+# hosts ran its kernels about twice as fast as AVX2 ones)
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
+              "avx_vnni", "neon", "asimd", "asimddp", "sve")
+
+
+def host_record(cpuinfo="/proc/cpuinfo"):
+    """The host a run's figures came from, for its JSON: machine, CPU model (with its x86
+    family and model numbers) and vector extensions, read from ``cpuinfo`` where the file
+    exists (its first CPU), CPUs, Python and numpy."""
+    import os
+    import platform
+    info = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or info.get("cpu model") or info.get("hardware") \
+        or platform.processor() or None
+    if model and "cpu family" in info and "model" in info:
+        model = f"{model} (family {info['cpu family']}, model {info['model']})"
+    flags = set((info.get("flags") or info.get("features") or "").split())
+    return {"machine": platform.machine(), "cpu": model,
+            "simd": [f for f in SIMD_FLAGS if f in flags], "cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__}
 
 
 ALU_UNROLL = 4    # steps of all chains a loop iteration of the ALU calibration

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import conformance, tuning
+from .calibrate import host_record
 from .device import Device
 from .device_linear import DeviceLinear
 from .kernels import KERNEL_GENERATION, candidates, choose_kernel, kernel_config, kernel_from_config
@@ -814,6 +815,7 @@ def main(argv=None):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = tune(a.shapes, a.tokens, a.group_sizes, a.budget,
                   a.exhaustive, a.device, plot=out / f"tune-{stamp}.png", outputs=a.outputs)
+    report["host"] = host_record()
     path = out / f"tune-{stamp}.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"{len(report['points'])} points in {report['seconds']:.0f} s; stored in "
