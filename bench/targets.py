@@ -19,7 +19,7 @@ TARGETS = {
     "e2e_T1_over_kernel": ("<=", 1.1),
     "gemm_T512_alu_fraction": (">=", 0.70),
     "gemm_T512_alu_fraction_in_round": (">=", 0.70),
-    "auto_regret_max": ("<=", 1.10),
+    "auto_regret_max": ("<=", 1.05),      # with the device tuned (`python -m vkqlinear tune`)
 }
 
 
