@@ -217,7 +217,7 @@ def test_one_bad_scale_among_many_is_found(t, bad):
     args.activations(x_q, xs, xz)
 
 
-@pytest.mark.parametrize("t", [1, 2, 16, 17])   # the one-pass path (T <= SMALL) and beyond
+@pytest.mark.parametrize("t", [1, 2, 16, 17])   # the one-pass path (T = 1), both sides of SMALL
 def test_extreme_valid_qparams_are_accepted(t):
     from vkqlinear import args
     x_q = np.zeros((t, 8), np.int8)
