@@ -145,8 +145,7 @@ def host_record(cpuinfo="/proc/cpuinfo"):
                 info.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    model = info.get("model name") or info.get("cpu model") or info.get("hardware") \
-        or platform.processor() or None
+    model = info.get("model name") or info.get("cpu model") or platform.processor() or None
     if model and "cpu family" in info and "model" in info:
         model = f"{model} (family {info['cpu family']}, model {info['model']})"
     flags = set((info.get("flags") or info.get("features") or "").split())
