@@ -32,7 +32,9 @@
 //
 // Bindings: 0 XF float [T][stride] input rows (K used), 1 X uint [T][K_out/4] int8 output (4
 // per word, k = 4w + j in byte j: the linear kernels' binding 0), 2 XS float [T], 3 XZ int
-// [T]. K_out = K / group_in * group_out: each group of the row is padded to group_out words
+// [T], 4 NF uint [1]: bit 0 set when a row holds an inf or a NaN (the host clears it before
+// the call and refuses the result; tested on the bits, as Vulkan lets a compiler assume
+// float values finite). K_out = K / group_in * group_out: each group of the row is padded to group_out words
 // with the zero point (what a 0.0 quantizes to), for weights whose groups the host padded
 // to a multiple of 8.
 
@@ -54,6 +56,7 @@ layout(std430, binding = 0) readonly buffer XFBuf { vec4 XF[]; };
 layout(std430, binding = 1) writeonly buffer XBuf { uint X[]; };
 layout(std430, binding = 2) writeonly buffer XSBuf { float XS[]; };
 layout(std430, binding = 3) writeonly buffer XZBuf { int XZ[]; };
+layout(std430, binding = 4) buffer NFBuf { uint NF[]; };
 
 shared float s_min[LOCAL_X];
 shared float s_max[LOCAL_X];
@@ -114,13 +117,17 @@ void main() {
     uint row = t * (p.stride / 4u);
 
     float mn = 0.0, mx = 0.0;  // min(., 0) and max(., 0) folded in
+    uint ex = 0u;              // the largest exponent field seen
     if (live) {
         for (uint w = lid; w < words; w += LOCAL_X) {
             vec4 v = XF[row + w];
             mn = min(mn, min(min(v.x, v.y), min(v.z, v.w)));
             mx = max(mx, max(max(v.x, v.y), max(v.z, v.w)));
+            uvec4 e = floatBitsToUint(v) & 0x7F800000u;
+            ex = max(ex, max(max(e.x, e.y), max(e.z, e.w)));
         }
     }
+    if (ex == 0x7F800000u) atomicOr(NF[0], 1u);
     s_min[lid] = mn;
     s_max[lid] = mx;
     barrier();

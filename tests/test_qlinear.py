@@ -7,6 +7,8 @@ import pytest
 
 import vkqlinear as vq
 
+from .conftest import make_layer
+
 
 def _device_quantize(device, x):
     """Quantize ``x [T, K]`` with the on-device quantizer; its (x_q, scale, zp)."""
@@ -161,6 +163,81 @@ def test_chaining_stays_on_the_device(device, rng):
         l2(h)
     with pytest.raises(ValueError, match="^x: expected last dimension"):
         l1(l1(x, output="device"))
+
+
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative", "reference"])
+def test_non_finite_activations_are_refused_wherever_they_are(device, rng, algorithm):
+    layer, _, _ = _layer(rng, n=40, k=1024, g=32)
+    for t in (1, 5):
+        x = rng.standard_normal((t, 1024)).astype(np.float32)
+        want = layer(x, algorithm=algorithm)
+        for bad in (np.nan, np.inf, -np.inf):
+            for tok, k in ((0, 0), (t - 1, 1023), (t // 2, 517)):
+                xb = x.copy()
+                xb[tok, k] = bad
+                with pytest.raises(ValueError, match="^x: expected finite values"):
+                    layer(xb, algorithm=algorithm)
+                if algorithm != "reference":
+                    with pytest.raises(ValueError, match="^x: expected finite values"):
+                        layer(xb, algorithm=algorithm, output="device")
+                # the next valid call is right (the flag does not stick)
+                np.testing.assert_array_equal(layer(x, algorithm=algorithm), want)
+
+
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+def test_a_device_tensor_that_overflowed_is_refused(device, rng, algorithm):
+    big = vq.QLinear.from_float(np.full((64, 32), 1e30, np.float32))
+    l2, _, _ = _layer(rng, n=16, k=64, g=16)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    x[1] = 1e10                                        # row 1 overflows float32: inf
+    h = big(x, algorithm=algorithm, output="device")
+    assert np.isinf(h.numpy()[1]).all() and np.isfinite(h.numpy()[[0, 2]]).all()
+    with pytest.raises(ValueError, match="^x: the DeviceTensor holds values that are not "
+                                         "finite"):
+        l2(h, algorithm=algorithm)
+    x[1] = 1.0
+    h = big(x, algorithm=algorithm, output="device")
+    np.testing.assert_array_equal(l2(h, algorithm=algorithm),
+                                  l2(h.numpy(), algorithm=algorithm))
+
+
+def test_staged_memory_gives_the_same_results(rng, device, monkeypatch):
+    """A device without unified memory (a discrete GPU): inputs and outputs go through
+    staging copies; every path gives the same numbers as host-visible buffers."""
+    l1, _, _ = _layer(rng, n=64, k=32, g=32)
+    l2, _, _ = _layer(rng, n=16, k=64, g=16)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    d = make_layer(rng, 3, 64, 40, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    xq = (d["x_q"], d["x_scale"], d["x_zero_point"])
+    os_, oz = np.full(3, 0.05, np.float32), np.arange(3, dtype=np.int32)
+
+    def run(dev):
+        out = []
+        for algorithm in ("tiled", "cooperative"):
+            kw = dict(algorithm=algorithm, device=dev)
+            out += [vq.linear_qta8a_qga4w(*xq, qw, **kw),
+                    vq.linear_qta8a_qga4w_qta8o(*xq, qw, out_scale=os_, out_zero_point=oz,
+                                                **kw)]
+            a1 = vq.QLinear(l1.weights, l1.bias, dev)
+            a2 = vq.QLinear(l2.weights, l2.bias, dev)
+            out += [a1(x, algorithm=algorithm), a2(a1(x, algorithm=algorithm,
+                                                      output="device"), algorithm=algorithm)]
+            with pytest.raises(ValueError, match="^x: expected finite values"):
+                a1(np.full((3, 32), np.nan, np.float32), algorithm=algorithm)
+            out.append(a1(x, algorithm=algorithm))
+        return out
+
+    with vq.Device() as dev:
+        unified = run(dev)
+    monkeypatch.setattr(vq.Device, "unified_memory", property(lambda self: False))
+    with vq.Device() as dev:
+        staged = run(dev)
+        import kp
+        calls = vq.DeviceLinear.of(qw, dev).calls + vq.DeviceLinear.of(l1.weights, dev).calls
+        assert calls and all(c.x.tensor_type() == kp.TensorTypes.device for c in calls)
+    for a, b in zip(unified, staged):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_repeated_calls_record_nothing_new(device, rng):

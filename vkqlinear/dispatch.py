@@ -20,9 +20,11 @@ from .device import (
     ACCESS_HOST_READ,
     ACCESS_SHADER_READ,
     ACCESS_SHADER_WRITE,
+    ACCESS_TRANSFER_WRITE,
     R32G32B32A32_UINT,
     STAGE_COMPUTE_SHADER,
     STAGE_HOST,
+    STAGE_TRANSFER,
     TEXEL_BYTES,
     kp_has_eval_io,
 )
@@ -33,6 +35,7 @@ __all__ = ["RecordedCall", "evaluate", "quantizer_constants"]
 
 QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
 EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests turn it off)
+_NF_CLEAR = np.zeros(1, np.uint32)       # written into the non-finite flag before a run
 
 
 def quantizer_constants(act_quant):
@@ -150,17 +153,25 @@ class RecordedCall:
                                                f"float activations at T={t}"), k_in
                 self._xf_in = xf.data().reshape(t, k_in)     # see the views below
                 inputs = [xf] + biases + [self.os, self.oz]
+            # the quantizer's non-finite flag: cleared with the inputs, read after the run
+            (self.nf,) = device.io_tensors([np.zeros(1, np.uint32)], "a recorded call's flag")
+            inputs.append(self.nf)
             qgy = min(t, limits[1])
             n_quant = -(-t // qgy)
             self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
                                                 dtype=np.uint32)
             pipe = device.algorithm(
-                [xf, self.x, self.xs, self.xz], compile_shader("quantize_tokens.comp", {}),
-                (1, qgy, 1), quantizer_constants(act_quant), self._qpush(0))
+                [xf, self.x, self.xs, self.xz, self.nf],
+                compile_shader("quantize_tokens.comp", {}), (1, qgy, 1),
+                quantizer_constants(act_quant), self._qpush(0))
             self.pipelines.append(pipe)
             self.qalgo = pipe.algo
         ops = [kp.OpTensorSyncDevice(inputs)]
         if float_input is not None:
+            if not device.unified_memory:   # the flag's clearing copy, then the atomic
+                ops.append(kp.OpMemoryBarrier([self.nf], ACCESS_TRANSFER_WRITE,
+                                              ACCESS_SHADER_READ | ACCESS_SHADER_WRITE,
+                                              STAGE_TRANSFER, STAGE_COMPUTE_SHADER))
             if self.source is not None:
                 ops.append(_shader_barrier(kp, [self.source.y]))
             ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * qgy)) for i in range(n_quant)]
@@ -176,9 +187,11 @@ class RecordedCall:
             for i in range(n_disp):
                 self.seq.record(kp.OpAlgoDispatch(algo, self._push(n1 - n0, np_, i * rows)))
         self._download = download
-        if download:
-            self.seq.record(kp.OpTensorSyncLocal([p[4] for p in self._pieces]))
-            self.seq.record(_host_barrier(kp, [p[4] for p in self._pieces]))
+        back = ([p[4] for p in self._pieces] if download else []) + \
+            ([self.nf] if float_input is not None else [])
+        if back:
+            self.seq.record(kp.OpTensorSyncLocal(back))
+            self.seq.record(_host_barrier(kp, back))
         self._has_bias = False
         # Numpy views of the tensors' host memory, made once: each kp data() call costs
         # microseconds. The memory stays mapped as long as the device is open, and every
@@ -195,6 +208,7 @@ class RecordedCall:
         self._y_out = self._y_outs[0] if len(self._pieces) == 1 else None
         self._bias_slices = [slice(p[0], p[1]) for p in self._pieces]
         self._int8_views = [self._x_in, self._xs_in, self._xz_in]
+        self._nf = self.nf.data() if float_input is not None else None
         # the patched kp's one-call round trip (copies, eval, copy out, and the wait the
         # device asks for); None on a stock kp, or one built before the patch's item 8
         self._eval_io = self.seq.eval_io if _kp_eval_io(kp) else None
@@ -220,10 +234,19 @@ class RecordedCall:
     def run_float(self, xf2d=None, bias=None, out_scale=None, out_zero_point=None):
         """Float activations (``xf2d [T, K]``, or the source call's output on the device):
         quantize and multiply in one submission. Returns the output, or ``None`` when it
-        stays on the device."""
+        stays on the device; raises ``ValueError`` when a row held an inf or a NaN (the
+        quantizer's flag: the host does not scan the rows)."""
         if self.source is None:
-            return self._replay([xf2d], [self._xf_in], bias, out_scale, out_zero_point)
-        return self._replay([], [], bias, out_scale, out_zero_point)
+            out = self._replay([xf2d, _NF_CLEAR], [self._xf_in, self._nf], bias, out_scale,
+                               out_zero_point)
+        else:
+            out = self._replay([_NF_CLEAR], [self._nf], bias, out_scale, out_zero_point)
+        if self._nf[0]:
+            raise ValueError("x: expected finite values" if self.source is None else
+                             "x: the DeviceTensor holds values that are not finite (inf or "
+                             "NaN; its layer's output overflowed float32, or its input was "
+                             "not finite)")
+        return out
 
     def _replay(self, inputs, views, bias, out_scale, out_zero_point):
         """Copy ``inputs[i]`` into ``views[i]`` (and the epilogue's arguments into theirs),
