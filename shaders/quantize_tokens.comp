@@ -1,4 +1,7 @@
 #version 450
+#ifdef SUBGROUP_REDUCE
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
 // Dynamic per-token activation quantization on the device, with exactly the integers of
 // PyTorch's choose_qparams_per_token_asymmetric + quantize_per_token (docs/spec.md; the CPU
 // twin is vkqlinear.quant.quantize_per_token):
@@ -109,6 +112,61 @@ float div_rn(float a, float b) {
     return (abits & 0x80000000u) != 0u ? -mag : mag;
 }
 
+// Round half to even, by the correctly rounded addition of 1.5 * 2^23 (exact for |y| <
+// 2^22; larger values stay larger than the clamps after). Not roundEven(): lavapipe
+// (Mesa 22.3) rounded ties away from zero with it in some code shapes of this shader.
+float round_even(float y) {
+    precise float m = y + 12582912.0;
+    precise float r = m - 12582912.0;
+    return r;
+}
+
+vec4 round_even(vec4 y) {
+    precise vec4 m = y + 12582912.0;
+    precise vec4 r = m - 12582912.0;
+    return r;
+}
+
+// The row's qparams from its min and max (0 folded in): scale, 1 / scale and the zero
+// point, as the header says.
+void qparams(float lo_in, float hi_in, out float scale, out float inv, out float zp) {
+    precise float lo = lo_in;
+    precise float hi = hi_in;
+    precise float range = hi - lo;
+    scale = max(div_rn(range, 255.0), uintBitsToFloat(EPS_BITS));
+    float dmin = div_rn(lo, scale);
+    if (CONVENTION == 0u) {
+        float dmax = div_rn(hi, scale);
+        precise float err_min = -128.0 + dmin;
+        precise float err_max = 127.0 + dmax;
+        precise float total = err_min + err_max;
+        precise float from_min = -128.0 - dmin;
+        precise float from_max = 127.0 - dmax;
+        zp = round_even(clamp(total > 0.0 ? from_min : from_max, -128.0, 127.0));
+    } else {
+        precise float from_min = -128.0 - round_even(dmin);
+        zp = clamp(from_min, -128.0, 127.0);
+    }
+    inv = div_rn(1.0, scale);
+}
+
+// Four values quantized with the row's 1 / scale and zero point, packed (k = 4w + j in
+// byte j).
+
+uint quantize4(vec4 v, float inv, float zp) {
+    vec4 r;
+    if (CONVENTION == 0u) {
+        precise vec4 y = v * inv + zp;       // the zero point added before rounding
+        r = round_even(y);
+    } else {
+        precise vec4 y = v * inv;
+        r = round_even(y) + zp;              // after it
+    }
+    ivec4 q = ivec4(clamp(r, -128.0, 127.0));
+    return uint(q.x & 0xFF) | (uint(q.y & 0xFF) << 8u) | (uint(q.z & 0xFF) << 16u) |
+           (uint(q.w & 0xFF) << 24u);
+}
+
 void main() {
     uint t = p.token_base + gl_WorkGroupID.y;
     uint lid = gl_LocalInvocationID.x;
@@ -128,58 +186,59 @@ void main() {
         }
     }
     if (ex == 0x7F800000u) atomicOr(NF[0], 1u);
-    s_min[lid] = mn;
-    s_max[lid] = mx;
-    barrier();
-    for (uint s = LOCAL_X / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            s_min[lid] = min(s_min[lid], s_min[lid + s]);
-            s_max[lid] = max(s_max[lid], s_max[lid + s]);
+    float inv, zp;
+#ifdef SUBGROUP_REDUCE
+    // The workgroup is one subgroup when the pipeline runs at the subgroup size the host
+    // set LOCAL_X to: every lane reduces and derives the qparams itself, with no shared
+    // memory and no barrier (min and max are exact in any order). Else the shared path.
+    if (gl_NumSubgroups == 1u) {
+        float lo = subgroupMin(mn);
+        float hi = subgroupMax(mx);
+        if (!live) return;
+        float scale;
+        qparams(lo, hi, scale, inv, zp);
+        if (lid == 0u) {
+            XS[t] = scale;
+            XZ[t] = int(zp);
+        }
+    } else
+#endif
+    {
+        s_min[lid] = mn;
+        s_max[lid] = mx;
+        barrier();
+        for (uint s = LOCAL_X / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                s_min[lid] = min(s_min[lid], s_min[lid + s]);
+                s_max[lid] = max(s_max[lid], s_max[lid + s]);
+            }
+            barrier();
+        }
+        if (lid == 0u && live) {
+            float scale;
+            qparams(s_min[0], s_max[0], scale, inv, zp);
+            s_inv = inv;
+            s_zp = zp;
+            XS[t] = scale;
+            XZ[t] = int(zp);
         }
         barrier();
+        if (!live) return;
+        inv = s_inv;
+        zp = s_zp;
     }
-    if (lid == 0u && live) {
-        precise float lo = s_min[0];
-        precise float hi = s_max[0];
-        precise float range = hi - lo;
-        float scale = max(div_rn(range, 255.0), uintBitsToFloat(EPS_BITS));
-        float dmin = div_rn(lo, scale);
-        float zp;
-        if (CONVENTION == 0u) {
-            float dmax = div_rn(hi, scale);
-            precise float err_min = -128.0 + dmin;
-            precise float err_max = 127.0 + dmax;
-            precise float total = err_min + err_max;
-            precise float from_min = -128.0 - dmin;
-            precise float from_max = 127.0 - dmax;
-            zp = roundEven(clamp(total > 0.0 ? from_min : from_max, -128.0, 127.0));
-        } else {
-            precise float from_min = -128.0 - roundEven(dmin);
-            zp = clamp(from_min, -128.0, 127.0);
-        }
-        s_inv = div_rn(1.0, scale);
-        s_zp = zp;
-        XS[t] = scale;
-        XZ[t] = int(zp);
-    }
-    barrier();
-    if (!live) return;
-    float inv = s_inv;
-    float zp = s_zp;
     uint out_words = words / p.group_in * p.group_out;
+    // word w of the output row is word j of group grp: stepped along, not divided for each
+    uint grp = lid / p.group_out, j = lid - grp * p.group_out;
+    uint step_g = LOCAL_X / p.group_out, step_j = LOCAL_X - step_g * p.group_out;
     for (uint w = lid; w < out_words; w += LOCAL_X) {
-        uint grp = w / p.group_out, j = w - grp * p.group_out;
         vec4 v = j < p.group_in ? XF[row + grp * p.group_in + j] : vec4(0.0);
-        vec4 r;
-        if (CONVENTION == 0u) {
-            precise vec4 y = v * inv + zp;       // the zero point added before rounding
-            r = roundEven(y);
-        } else {
-            precise vec4 y = v * inv;
-            r = roundEven(y) + zp;               // after it
+        X[t * out_words + w] = quantize4(v, inv, zp);
+        grp += step_g;
+        j += step_j;
+        if (j >= p.group_out) {
+            j -= p.group_out;
+            grp += 1u;
         }
-        ivec4 q = ivec4(clamp(r, -128.0, 127.0));
-        X[t * out_words + w] = uint(q.x & 0xFF) | (uint(q.y & 0xFF) << 8u) |
-                           (uint(q.z & 0xFF) << 16u) | (uint(q.w & 0xFF) << 24u);
     }
 }

@@ -2,6 +2,8 @@
 PyTorch), QLinear (both constructors, int8 output, batch dims, torch tensors, errors),
 chaining through DeviceTensor, no re-recording, and the better-weights search."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -10,13 +12,32 @@ import vkqlinear as vq
 from .conftest import make_layer
 
 
-def _device_quantize(device, x):
-    """Quantize ``x [T, K]`` with the on-device quantizer; its (x_q, scale, zp)."""
+def _device_quantize(device, x, act_quant="spec", g=8):
+    """Quantize ``x [T, K]`` with the on-device quantizer; its (x_q, scale, zp). With a
+    group size the kernels pad (not a multiple of 8), the padding is checked to be the
+    zero point and left out."""
     t, k = x.shape
-    wp, s, z = vq.quantize_weights(np.ones((8, k), np.float32), 8)
-    w = vq.prepack(wp, 8, s, z, device=device)
-    _, call = vq.DeviceLinear.of(w, device).run_float("tiled", t, x)
-    return call.quantized_activations()
+    w = vq.QuantizedWeights(np.zeros((8, k // 2), np.uint8), g,     # (g = 12 as ExecuTorch)
+                            np.ones((8, k // g), np.float32), np.zeros((8, k // g)))
+    _, call = vq.DeviceLinear.of(w, device).run_float("tiled", t, x, act_quant=act_quant)
+    q, s, z = call.quantized_activations()
+    if g % 8:
+        q = q.reshape(t, k // g, -1)
+        assert (q[:, :, g:] == z[:, None, None]).all()
+        q = q[:, :, :g].reshape(t, k)
+    return q, s, z
+
+
+def _other_reductions(device):
+    """Devices on which the quantizer reduces another way than on ``device``: told no
+    subgroup arithmetic (shared memory), and twice and half the real subgroup size (a
+    workgroup of two subgroups, or part of one)."""
+    real = device.caps.subgroup_size
+    yield "shared", dict(subgroup_arithmetic=False)
+    if device.caps.subgroup_reduce:
+        yield "two subgroups", dict(subgroup_size=2 * real)
+        if real > 4:
+            yield "half a subgroup", dict(subgroup_size=real // 2)
 
 
 def _adversarial_rows(rng, k):
@@ -41,14 +62,29 @@ def _adversarial_rows(rng, k):
     return np.array(rows, dtype=np.float32)
 
 
-@pytest.mark.parametrize("k", [8, 64, 1000])
-def test_device_quantizer_is_bit_identical(device, rng, k):
-    x = _adversarial_rows(rng, k)
-    q, s, z = _device_quantize(device, x)
-    rq, rs, rz = vq.quantize_per_token(x)
+def _check_quantizer(device, x, act_quant="spec", g=8, what=""):
+    q, s, z = _device_quantize(device, x, act_quant, g)
+    rq, rs, rz = vq.quantize_per_token(x, act_quant)
     bad = np.nonzero((q != rq).any(axis=1) | (s != rs) | (z != rz))[0]
-    assert bad.size == 0, f"rows {bad.tolist()} differ, first: scale {s[bad[0]]!r} vs " \
-                          f"{rs[bad[0]]!r}, zp {z[bad[0]]} vs {rz[bad[0]]}"
+    assert bad.size == 0, f"{what}: rows {bad.tolist()} differ, first: scale " \
+                          f"{s[bad[0]]!r} vs {rs[bad[0]]!r}, zp {z[bad[0]]} vs {rz[bad[0]]}"
+
+
+@pytest.mark.parametrize("act_quant", ["spec", "torchao"])
+@pytest.mark.parametrize("k,g", [(8, 8), (64, 8), (1000, 8), (996, 12)])
+def test_device_quantizer_is_bit_identical(device, rng, k, g, act_quant):
+    _check_quantizer(device, _adversarial_rows(rng, k), act_quant, g)
+
+
+def test_device_quantizer_reduces_right_every_way(device, rng):
+    """The subgroup reduction, and the shared-memory one it falls back to when the
+    workgroup is not one subgroup or the device has no subgroup arithmetic."""
+    x = _adversarial_rows(rng, 1000)
+    for what, caps in _other_reductions(device):
+        with vq.Device() as dev:
+            dev.caps = dataclasses.replace(dev.caps, **caps)
+            for act_quant in ("spec", "torchao"):
+                _check_quantizer(dev, x, act_quant, what=f"{what}, {act_quant}")
 
 
 def test_device_quantizer_matches_torch(device, rng):

@@ -30,7 +30,7 @@ from .device import (
 )
 from .quant import CONVENTIONS, check_convention
 
-__all__ = ["RecordedCall", "evaluate", "quantizer_constants"]
+__all__ = ["RecordedCall", "evaluate", "quantizer_constants", "quantizer_shape"]
 
 
 QUANTIZE_LOCAL_X = 64                              # quantize_tokens.comp workgroup size
@@ -38,12 +38,21 @@ EVAL_IO = True    # use the patched kp's Sequence.eval_io where present (tests t
 _NF_CLEAR = np.zeros(1, np.uint32)       # written into the non-finite flag before a run
 
 
-def quantizer_constants(act_quant):
+def quantizer_constants(act_quant, local_x=QUANTIZE_LOCAL_X):
     """``quantize_tokens.comp``'s specialization constants for a convention of
     :data:`vkqlinear.quant.CONVENTIONS`: LOCAL_X, CONVENTION, EPS_BITS."""
     eps = CONVENTIONS[check_convention(act_quant)]
-    return np.array([QUANTIZE_LOCAL_X, int(act_quant != "spec"),
+    return np.array([local_x, int(act_quant != "spec"),
                      int(np.asarray(eps, np.float32).view(np.uint32))], np.uint32)
+
+
+def quantizer_shape(caps):
+    """``quantize_tokens.comp``'s defines and workgroup size on a device with ``caps``: one
+    subgroup a token reducing with subgroup arithmetic where that works (no shared memory,
+    no barrier), else :data:`QUANTIZE_LOCAL_X` invocations reducing in shared memory."""
+    if caps.subgroup_reduce:
+        return {"SUBGROUP_REDUCE": 1}, caps.subgroup_size
+    return {}, QUANTIZE_LOCAL_X
 
 
 def _kp_eval_io(kp):
@@ -160,10 +169,11 @@ class RecordedCall:
             n_quant = -(-t // qgy)
             self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
                                                 dtype=np.uint32)
+            defines, local_x = quantizer_shape(device.caps)
             pipe = device.algorithm(
                 [xf, self.x, self.xs, self.xz, self.nf],
-                compile_shader("quantize_tokens.comp", {}), (1, qgy, 1),
-                quantizer_constants(act_quant), self._qpush(0))
+                compile_shader("quantize_tokens.comp", defines), (1, qgy, 1),
+                quantizer_constants(act_quant, local_x), self._qpush(0))
             self.pipelines.append(pipe)
             self.qalgo = pipe.algo
         ops = [kp.OpTensorSyncDevice(inputs)]

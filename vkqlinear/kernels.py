@@ -134,6 +134,13 @@ class DeviceCaps:
                    int64=bool(enabled("shaderInt64")),
                    texel=bool(enabled("texelBufferLoads")))
 
+    @property
+    def subgroup_reduce(self):
+        """Whether a workgroup of one subgroup can reduce with subgroup arithmetic: it
+        works, at a power-of-two subgroup size from 4 to 64 that a workgroup can hold."""
+        return self.subgroup_arithmetic and self.subgroup_size in (4, 8, 16, 32, 64) and \
+            self.subgroup_size <= self.max_invocations
+
     def variants(self, algorithm):
         """The :class:`Variant` s of ``algorithm`` this device can run, best first.
 
@@ -144,11 +151,8 @@ class DeviceCaps:
         after those; 8-bit storage last (it reads the same bytes; slower on lavapipe).
         See docs/design.md for the measurements behind the order.
         """
-        reductions = [False]
-        if algorithm == "cooperative" and self.subgroup_arithmetic and \
-                self.subgroup_size in (4, 8, 16, 32, 64) and \
-                self.subgroup_size <= self.max_invocations:
-            reductions = [True, False]
+        reductions = [True, False] if algorithm == "cooperative" and self.subgroup_reduce \
+            else [False]
         maths = [{}]
         if self.int64:
             maths = ([dict(texel=True, int64=True)] if self.texel else []) + \
