@@ -421,8 +421,10 @@ def test_a_pipeline_source_of_other_constants_is_refused(device):
     if getattr(kp, "vkqlinear_patch", 0) < 10:
         pytest.skip("needs the kp that tools/setup.sh builds")
     from vkqlinear.compiler import compile_shader
+    # the quantizer's five bindings: x, packed x, scales, zero points, non-finite flag
     tensors = device.io_tensors([np.zeros(16, np.float32), np.zeros(4, np.uint32),
-                                 np.zeros(1, np.float32), np.zeros(1, np.int32)], "test")
+                                 np.zeros(1, np.float32), np.zeros(1, np.int32),
+                                 np.zeros(1, np.uint32)], "test")
     spirv = compile_shader("quantize_tokens.comp", {})
     push = np.array([1, 16, 16, 0, 1, 1], np.uint32)
     source = device.algorithm(tensors, spirv, (1, 1, 1), dispatch.quantizer_constants("spec"),
