@@ -225,7 +225,10 @@ def test_decoder_benchmark_tiny(tmp_path, capsys, device):
         p = doc[phase]
         assert p["T"] == t and p["kernel_s"] > 0 and p["wall_s"] > 0
         assert p["tokens_per_s"] == pytest.approx(t / p["wall_s"])
-        assert p["host_share"] == pytest.approx(p["wall_s"] / p["kernel_s"])
+        assert 0 < p["kernel_s"] <= p["timed_wall_s"]     # the kernels lie within the pass
+        assert p["timestamp_cost_s_per_call"] == pytest.approx(
+            (p["timed_wall_s"] - p["wall_s"]) / doc["linear_layers"])
+        assert p["host_share"] == pytest.approx(p["timed_wall_s"] / p["kernel_s"])
     assert doc["device_bytes_resident"] >= doc["sizes_bytes"]["int4_g32_packed"]
     assert set(doc["cpu"]) == {"float32", "dynamic_int8"}
     assert "the shapes are real, the weights are not" in capsys.readouterr().out

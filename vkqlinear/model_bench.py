@@ -9,9 +9,13 @@ activations quantized on the device, float out) on one device:
 
 * **decode**: one token through every layer in order (T = 1), repeated; tokens per second
   for the linear part, end to end (each layer's recorded call replayed from Python, numpy
-  in and out) and as the sum of the kernels' device time; the bytes the kernels read per
-  token over the device's calibrated read bandwidth (the roofline of a decode step); the
-  host's share (end to end over the kernels' time);
+  in and out, as a ``QLinear`` call runs it) and as the sum of the kernels' device time;
+  the bytes the kernels read per token over the device's calibrated read bandwidth (the
+  roofline of a decode step); the host's share. The kernels' time comes from passes of
+  calls recorded with device timestamps, which are not free (on lavapipe each one flushes
+  the queue: tens of microseconds), so those passes are timed apart from the end-to-end
+  ones, in turn with them, and the host's share compares like with like: a timed pass's
+  wall time over its kernels' time;
 * **prefill**: T = 128 through the same layers;
 * device memory (``Device.memory_used``) and the process's peak host memory, with the
   same model's float16 and int8 sizes for comparison;
@@ -88,17 +92,20 @@ def random_weights(rng, k, n, group_size=GROUP_SIZE):
                             zeros)
 
 
-def _time_pass(layers, inputs, t):
-    """One pass of ``t`` tokens through every layer: ``(wall seconds, kernel seconds)``.
-    Each layer runs its recorded call (float in, quantized on the device, float out: the
-    path of a ``QLinear`` call after its argument checks), recorded with device timestamps,
-    which give the kernels' time (the activation quantizer's and the linear kernel's)."""
+def _time_pass(layers, inputs, t, timed=False):
+    """One pass of ``t`` tokens through every layer: ``(wall seconds, kernel seconds or
+    None)``. Each layer runs its recorded call (float in, quantized on the device, float
+    out: the path of a ``QLinear`` call after its argument checks); ``timed`` records it
+    with device timestamps, which give the kernels' time (the activation quantizer's and
+    the linear kernel's) and cost time of their own."""
     calls = []
     t0 = time.perf_counter()
     for layer, x in zip(layers, inputs):
         calls.append(DeviceLinear.of(layer.weights, layer.device).run_float(
-            "auto", t, x, timed=True)[1])
+            "auto", t, x, timed=timed)[1])
     wall = time.perf_counter() - t0
+    if not timed:
+        return wall, None
     period = layers[0].device.info.limits["timestamp_period_ns"] * 1e-9
     return wall, sum(call.kernel_ns(1.0, quantizer=True) for call in calls) * period
 
@@ -178,21 +185,28 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
 
     def phase(label, layers, t, steps):
         inputs = [rng.standard_normal((t, k)).astype(np.float32) for _, k, _ in shapes]
-        _time_pass(layers, inputs, t)                         # records every call: warm
-        walls, kernels = [], []
+        for timed in (False, True):                           # records every call: warm
+            _time_pass(layers, inputs, t, timed)
+        walls, timed_walls, kernels = [], [], []
         for _ in range(steps):
-            w, kern = _time_pass(layers, inputs, t)
-            walls.append(w)
+            walls.append(_time_pass(layers, inputs, t)[0])
+            w, kern = _time_pass(layers, inputs, t, timed=True)
+            timed_walls.append(w)
             kernels.append(kern)
-        wall, kern = float(np.median(walls)), float(np.median(kernels))
+        wall, timed_wall = float(np.median(walls)), float(np.median(timed_walls))
+        kern = float(np.median(kernels))
         nbytes = sum(call_bytes(layer.weights, t) for layer in layers)
-        res = {"T": t, "steps": steps, "wall_s": wall, "kernel_s": kern,
-               "tokens_per_s": t / wall, "tokens_per_s_kernels": t / kern,
-               "host_share": wall / kern, "bytes_read": nbytes,
+        res = {"T": t, "steps": steps, "wall_s": wall, "timed_wall_s": timed_wall,
+               "kernel_s": kern, "tokens_per_s": t / wall, "tokens_per_s_kernels": t / kern,
+               "host_share": timed_wall / kern,
+               "timestamp_cost_s_per_call": (timed_wall - wall) / len(layers),
+               "bytes_read": nbytes,
                "read_roofline_fraction": nbytes / bw / kern}
         log(f"  {label} T={t}: {wall * 1e3:.1f} ms a pass end to end ({res['tokens_per_s']:.2f} "
-            f"tokens/s), kernels {kern * 1e3:.1f} ms ({res['tokens_per_s_kernels']:.2f} "
-            f"tokens/s); host share {res['host_share']:.3f}; {nbytes / 2**20:.0f} MiB read, "
+            f"tokens/s); with timestamps {timed_wall * 1e3:.1f} ms "
+            f"({res['timestamp_cost_s_per_call'] * 1e6:+.0f} us a call), of it kernels "
+            f"{kern * 1e3:.1f} ms ({res['tokens_per_s_kernels']:.2f} tokens/s), host share "
+            f"{res['host_share']:.3f}; {nbytes / 2**20:.0f} MiB read, "
             f"{res['read_roofline_fraction']:.2f} of the fastest calibrated read "
             f"({bw / 1e9:.2f} GB/s, {how})")
         return res
@@ -212,9 +226,8 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
         err = float(np.abs(y - ref).max() / np.abs(ref).max())
         walls, kernels = [], []
         for _ in range(5):
-            w, kern = _time_pass([layer], [x], 1)
-            walls.append(w)
-            kernels.append(kern)
+            walls.append(_time_pass([layer], [x], 1)[0])
+            kernels.append(_time_pass([layer], [x], 1, timed=True)[1])
         calls = DeviceLinear.of(qw, device).calls
         report["big_layer"] = {"K": k, "N": n, "packed_bytes": qw.w_packed.nbytes,
                                "pieces": max(c.pieces for c in calls),
