@@ -122,8 +122,9 @@ def test_buffer_larger_than_a_binding_is_refused(rng, monkeypatch):
     small_range = dataclasses.replace(info, limits=dict(info.limits,
                                                         max_storage_buffer_range=6000))
     monkeypatch.setattr(devmod, "devices", lambda: [small_range])
-    d = make_layer(rng, 64, 128, 8, 32)   # x_q is 8192 bytes
-    small = make_layer(rng, 2, 128, 8, 32)
+    # K = 32: a block of 8 x lanes channels' weights fits 6000 bytes at up to 16 lanes
+    d = make_layer(rng, 256, 32, 8, 32)   # x_q is 8192 bytes
+    small = make_layer(rng, 2, 32, 8, 32)
     with vq.Device() as dev:
         assert dev.max_binding == 6000
         with pytest.raises(ValueError, match="^x_q: .*6000"):

@@ -32,7 +32,8 @@ def test_split_channels_covers_n_in_whole_blocks_that_fit():
 
 @pytest.fixture
 def small_binding(monkeypatch, device):
-    """A device whose bindings hold 8 KiB (the documented setting, read at open)."""
+    """A device whose bindings hold 8 KiB (the documented setting, read at open): at
+    K = 128 a block of 8 x lanes channels fits one binding at up to 16 lanes."""
     monkeypatch.setenv("VKQLINEAR_MAX_BINDING_BYTES", "8192")
     with vq.Device() as dev:
         yield dev
@@ -40,7 +41,7 @@ def small_binding(monkeypatch, device):
 
 @pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
 def test_split_layer_equals_the_unsplit_one_bit_for_bit(rng, device, small_binding, algorithm):
-    d = make_layer(rng, 5, 256, 300, 32)
+    d = make_layer(rng, 5, 128, 300, 32)
     qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
     x = (d["x_q"], d["x_scale"], d["x_zero_point"])
     b = rng.standard_normal(300).astype(np.float32)
@@ -58,7 +59,7 @@ def test_split_layer_equals_the_unsplit_one_bit_for_bit(rng, device, small_bindi
     calls = vq.DeviceLinear.of(qw, small_binding).calls
     assert calls and all(c.pieces > 1 for c in calls)
     # float in, quantized on the device, bias on then off: the same
-    xf = rng.standard_normal((5, 256)).astype(np.float32)
+    xf = rng.standard_normal((5, 128)).astype(np.float32)
     for bias in (b, None):
         whole = vq.QLinear(qw, bias, device)(xf, algorithm=algorithm)
         np.testing.assert_array_equal(vq.QLinear(qw, bias, small_binding)(xf,
@@ -89,7 +90,7 @@ def _watch_manager(monkeypatch, on_tensor):
 def test_split_respects_the_limit_it_is_given(rng, device, small_binding, monkeypatch):
     sizes = []
     _watch_manager(monkeypatch, lambda data: sizes.append(data.nbytes))
-    d = make_layer(rng, 3, 256, 300, 32)
+    d = make_layer(rng, 3, 128, 300, 32)
     y = vq.linear_qta8a_qga4w(**d, algorithm="tiled", device=small_binding)
     assert len(sizes) > 8 and max(sizes) <= 8192
     np.testing.assert_allclose(y, vq.linear_qta8a_qga4w(**d, algorithm="reference"),
@@ -97,11 +98,11 @@ def test_split_respects_the_limit_it_is_given(rng, device, small_binding, monkey
 
 
 def test_a_split_layer_cannot_keep_its_output_on_the_device(rng, small_binding):
-    layer = vq.QLinear.from_float(rng.standard_normal((300, 256)).astype(np.float32),
+    layer = vq.QLinear.from_float(rng.standard_normal((300, 128)).astype(np.float32),
                                   device=small_binding)
     with pytest.raises(ValueError, match="output: 'device'.*split"):
-        layer(rng.standard_normal((2, 256)).astype(np.float32), output="device")
-    assert layer(rng.standard_normal((2, 256)).astype(np.float32)).shape == (2, 300)
+        layer(rng.standard_normal((2, 128)).astype(np.float32), output="device")
+    assert layer(rng.standard_normal((2, 128)).astype(np.float32)).shape == (2, 300)
 
 
 def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
