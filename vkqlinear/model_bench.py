@@ -110,6 +110,20 @@ def _time_pass(layers, inputs, t, timed=False):
     return wall, sum(call.kernel_ns(1.0, quantizer=True) for call in calls) * period
 
 
+def _alternate(layers, inputs, t, steps):
+    """Passes without and with device timestamps in turn, after one of each that records
+    the calls: the medians ``(wall s, timestamped wall s, kernel s)``."""
+    for timed in (False, True):
+        _time_pass(layers, inputs, t, timed)
+    walls, timed_walls, kernels = [], [], []
+    for _ in range(steps):
+        walls.append(_time_pass(layers, inputs, t)[0])
+        w, kern = _time_pass(layers, inputs, t, timed=True)
+        timed_walls.append(w)
+        kernels.append(kern)
+    return tuple(float(np.median(v)) for v in (walls, timed_walls, kernels))
+
+
 def _peak_host_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -185,16 +199,7 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
 
     def phase(label, layers, t, steps):
         inputs = [rng.standard_normal((t, k)).astype(np.float32) for _, k, _ in shapes]
-        for timed in (False, True):                           # records every call: warm
-            _time_pass(layers, inputs, t, timed)
-        walls, timed_walls, kernels = [], [], []
-        for _ in range(steps):
-            walls.append(_time_pass(layers, inputs, t)[0])
-            w, kern = _time_pass(layers, inputs, t, timed=True)
-            timed_walls.append(w)
-            kernels.append(kern)
-        wall, timed_wall = float(np.median(walls)), float(np.median(timed_walls))
-        kern = float(np.median(kernels))
+        wall, timed_wall, kern = _alternate(layers, inputs, t, steps)
         nbytes = sum(call_bytes(layer.weights, t) for layer in layers)
         res = {"T": t, "steps": steps, "wall_s": wall, "timed_wall_s": timed_wall,
                "kernel_s": kern, "tokens_per_s": t / wall, "tokens_per_s_kernels": t / kern,
@@ -224,17 +229,12 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
         y = layer(x)
         ref = layer(x, algorithm="reference")
         err = float(np.abs(y - ref).max() / np.abs(ref).max())
-        _time_pass([layer], [x], 1, timed=True)                # records the timed call
-        walls, kernels = [], []
-        for _ in range(5):
-            walls.append(_time_pass([layer], [x], 1)[0])
-            kernels.append(_time_pass([layer], [x], 1, timed=True)[1])
+        wall, _, kern = _alternate([layer], [x], 1, 5)
         calls = DeviceLinear.of(qw, device).calls
         report["big_layer"] = {"K": k, "N": n, "packed_bytes": qw.w_packed.nbytes,
                                "pieces": max(c.pieces for c in calls),
                                "max_binding": device.max_binding,
-                               "wall_s": float(np.median(walls)),
-                               "kernel_s": float(np.median(kernels)),
+                               "wall_s": wall, "kernel_s": kern,
                                "max_rel_error_vs_reference": err}
         b = report["big_layer"]
         log(f"  one layer past the binding limit: {k} x {n} ({b['packed_bytes'] / 2**20:.0f} "
