@@ -50,6 +50,9 @@ def cmd_info(args):
                 if isinstance(c, dict):
                     print(f"    {f:24s} supported={'yes' if c['supported'] else 'no ':3s}  "
                           f"enabled={'yes' if c['enabled'] else 'no'}   ({c['what']})")
+                    if c.get("avoided"):
+                        print(f"      not used on this driver: {c['avoided']} "
+                              f"(vkqlinear.policy)")
             caps = opened.caps
             for alg in ("tiled", "cooperative"):
                 print(f"  {alg} variants (default first): "

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import tuning
+from . import policy, tuning
 from .errors import INSTALL_HINT, DeviceClosedError, DeviceMemoryError, VulkanUnavailableError
 from .kernels import DeviceCaps, Variant
 
@@ -275,6 +275,12 @@ class Device:
         except ValueError:
             self._mgr.destroy()
             raise
+        try:
+            #: the :class:`~vkqlinear.policy.Quirk` s of this device's driver
+            self.quirks = tuple(policy.quirks(self.info))
+        except ValueError:
+            self._mgr.destroy()
+            raise
         self.caps = DeviceCaps.from_info(self.info, self.enabled)
         env = os.environ.get("VKQLINEAR_VARIANT", "").strip()
         try:
@@ -336,15 +342,22 @@ class Device:
 
     def enabled(self, feature):
         """Whether a shader may use ``feature`` on this device (see :data:`FEATURES`)."""
+        if self.avoided(feature):
+            return False
         if feature == "subgroupArithmetic":   # core in Vulkan 1.1: nothing to enable
             return self.info.supports(feature)
         return feature in self.enabled_features and self.info.supports(feature)
 
+    def avoided(self, feature):
+        """Why vkqlinear does not use ``feature`` on this device's driver (a known driver
+        fault, :mod:`vkqlinear.policy`), or ``None``."""
+        return next((q.why for q in self.quirks if q.feature == feature), None)
+
     def capabilities(self):
-        """``{feature: {"supported": bool, "enabled": bool, "what": str}}`` plus the
-        subgroup size."""
+        """``{feature: {"supported": bool, "enabled": bool, "what": str, "avoided": why or
+        None}}`` plus the subgroup size."""
         caps = {f: {"supported": self.info.supports(f), "enabled": self.enabled(f),
-                    "what": what} for f, what in FEATURES.items()}
+                    "what": what, "avoided": self.avoided(f)} for f, what in FEATURES.items()}
         caps["subgroupSize"] = self.info.subgroup.get("size", 0)
         return caps
 

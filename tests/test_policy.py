@@ -1,0 +1,99 @@
+"""The driver-quirk table (vkqlinear.policy) and the reproducer of each quirk.
+
+The reproducer runs on the test's device with kp and glslang alone (no vkqlinear kernel,
+layout or dispatch code) and must agree with the table: wrong where the table says the
+driver is faulty, right everywhere else. So the table cannot keep a quirk a driver no
+longer has, nor miss one on a driver that CI runs."""
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import vkqlinear as vq
+from vkqlinear import policy
+
+REPRO = Path(__file__).with_name("repro_two_texel_buffers.py")
+
+
+def reproducer_right(device_index):
+    """Whether the device fetches two texel buffers right: the reproducer in a process of
+    its own (on a faulty driver some shapes of it crash the process: not right either)."""
+    proc = subprocess.run([sys.executable, str(REPRO), str(device_index)],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode < 0:       # killed by a signal in the driver
+        return False
+    verdict = [line for line in proc.stdout.splitlines() if line in ("right", "wrong")]
+    assert verdict, f"the reproducer printed no verdict (exit {proc.returncode}): " \
+                    f"{proc.stdout[-500:]} {proc.stderr[-2000:]}"
+    return verdict[0] == "right"
+
+
+def test_the_reproducer_agrees_with_the_table(device):
+    import kp
+    if not hasattr(kp.Algorithm, "set_next_texel_formats"):
+        pytest.skip("this kp cannot bind texel buffers (tools/setup.sh builds one that can)")
+    right = reproducer_right(device.index)
+    quirk = policy.avoided(device.info, "texelBufferLoads", environ={})
+    driver = f"{device.info.driver_name} {device.info.driver_info}"
+    if quirk is None:
+        assert right, (f"{driver} fetches two texel buffers wrong, and vkqlinear.policy "
+                       "does not know: add a quirk for it")
+    else:
+        assert not right, (f"{driver} fetches two texel buffers right: the quirk "
+                           f"{quirk.why!r} no longer applies; narrow its versions")
+
+
+def _info(driver_name="llvmpipe", driver_info="Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"):
+    from vkqlinear.device import DeviceInfo
+    return DeviceInfo(index=0, name="llvmpipe (LLVM 15.0.6, 256 bits)", type="cpu",
+                      vendor_id=0x10005, device_id=0, api_version="1.4.305",
+                      driver_version=1, driver_name=driver_name, driver_info=driver_info,
+                      limits={}, memory_heaps=[], subgroup={}, features={}, extensions=[])
+
+
+@pytest.mark.parametrize("driver_info, version", [
+    ("Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)", (25, 0, 7)),
+    ("Mesa 22.3.6 (LLVM 15.0.6)", (22, 3, 6)),
+    ("Mesa 24.1", (24, 1, 0)),
+    ("Mesa 23.2.1-1ubuntu3.1~22.04.2", (23, 2, 1)),
+    ("NVIDIA 550.54", None),
+    ("", None),
+])
+def test_mesa_version(driver_info, version):
+    assert policy.mesa_version(_info(driver_info=driver_info)) == version
+
+
+def test_texel_loads_are_avoided_on_lavapipe_after_22_3_only():
+    texel = "texelBufferLoads"
+    assert policy.avoided(_info(driver_info="Mesa 25.0.7 (LLVM 15.0.6)"), texel, {})
+    assert policy.avoided(_info(driver_info="Mesa 23.0.0"), texel, {})
+    assert policy.avoided(_info(driver_info="Mesa 22.3.6 (LLVM 15.0.6)"), texel, {}) is None
+    assert policy.avoided(_info(driver_name="radv", driver_info="Mesa 25.0.7"), texel,
+                          {}) is None
+    assert policy.avoided(_info(driver_info="Mesa 25.0.7"), "shaderInt64", {}) is None
+    # the table can be turned off, and a bad setting is refused by name
+    assert policy.avoided(_info(), texel, {policy.QUIRKS_ENV: "ignore"}) is None
+    with pytest.raises(ValueError, match=policy.QUIRKS_ENV):
+        policy.quirks(_info(), {policy.QUIRKS_ENV: "off"})
+
+
+def test_a_quirk_removes_the_variants_that_need_its_feature(device, monkeypatch):
+    """The device treats an avoided feature as not enabled: no kernel variant needs it."""
+    if not device.enabled("shaderInt64"):
+        pytest.skip("the device has no 64-bit integers: no texel variant to remove")
+    quirk = policy.Quirk(device.info.driver_name, (0,), None, "texelBufferLoads", "test")
+    monkeypatch.setattr(policy, "QUIRKS", (quirk,))
+    monkeypatch.setattr(policy, "mesa_version", lambda info: (1, 0, 0))
+    dev = vq.Device(device.index)
+    try:
+        assert dev.avoided("texelBufferLoads") == "test"
+        assert not dev.capabilities()["texelBufferLoads"]["enabled"]
+        for alg in ("tiled", "cooperative"):
+            assert not any(v.texel for v in dev.caps.variants(alg))
+    finally:
+        dev.close()
+    # and not outside its versions
+    assert not replace(quirk, before=(1, 0, 0)).applies(dev.info)

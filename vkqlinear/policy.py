@@ -1,0 +1,81 @@
+"""Driver policy: what vkqlinear avoids on a driver known to get it wrong.
+
+Each :class:`Quirk` names a driver, the versions it applies to, the optional feature
+(:data:`vkqlinear.device.FEATURES`) vkqlinear then does not use there, and why. A device
+whose driver matches treats the feature as not enabled, so no kernel variant that needs it
+is offered (``python -m vkqlinear info`` says which and why). The kernels' self-check
+(:mod:`vkqlinear.selfcheck`) is the net under this table: it catches a wrong variant on a
+driver the table does not know yet.
+
+``$VKQLINEAR_DRIVER_QUIRKS=ignore`` turns the table off (to reproduce a quirk, or to see
+whether a new driver still has it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+__all__ = ["Quirk", "QUIRKS", "mesa_version", "quirks", "avoided", "QUIRKS_ENV"]
+
+QUIRKS_ENV = "VKQLINEAR_DRIVER_QUIRKS"
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """A driver fault vkqlinear works around: on ``driver`` (the Vulkan driver name, as
+    ``DeviceInfo.driver_name``) from Mesa version ``since`` (inclusive) up to ``before``
+    (exclusive; ``None``: no fixed version known), ``feature`` is not used."""
+    driver: str
+    since: tuple
+    before: tuple | None
+    feature: str
+    why: str
+
+    def applies(self, info):
+        if info.driver_name != self.driver:
+            return False
+        version = mesa_version(info)
+        if version is None:
+            return False
+        return version >= self.since and (self.before is None or version < self.before)
+
+
+QUIRKS = (
+    # Verified right on 22.3.6 and wrong on 25.0.7; the versions between were not tested,
+    # so none after the last one known right is trusted. Reproducer and analysis:
+    # tests/test_policy.py, docs/design.md ("Driver quirks").
+    Quirk("llvmpipe", (22, 4), None, "texelBufferLoads",
+          "lavapipe after Mesa 22.3 returns wrong texels when a shader reads two uniform "
+          "texel buffers"),
+)
+
+_MESA = re.compile(r"Mesa (\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def mesa_version(info):
+    """``(major, minor, patch)`` of a Mesa driver, from its driver info string
+    (``"Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)"``); ``None`` for another driver."""
+    m = _MESA.search(info.driver_info or "")
+    if m is None:
+        return None
+    return tuple(int(g or 0) for g in m.groups())
+
+
+def quirks(info, environ=os.environ):
+    """The :class:`Quirk` s that apply to ``info``'s driver (none where
+    ``$VKQLINEAR_DRIVER_QUIRKS`` is ``ignore``)."""
+    setting = environ.get(QUIRKS_ENV, "").strip().lower()
+    if setting not in ("", "ignore"):
+        raise ValueError(f"{QUIRKS_ENV}: expected 'ignore' or nothing, got "
+                         f"{environ.get(QUIRKS_ENV)!r}")
+    if setting == "ignore":
+        return []
+    return [q for q in QUIRKS if q.applies(info)]
+
+
+def avoided(info, feature, environ=os.environ):
+    """The :class:`Quirk` for which ``feature`` is not used on ``info``'s driver, or
+    ``None``."""
+    return next((q for q in quirks(info, environ) if q.feature == feature), None)
