@@ -32,10 +32,13 @@ def test_gpu_conforms(case, algorithm, variant, device):
 
 
 def test_every_variant_is_exercised_on_lavapipe(device):
-    """lavapipe enables every feature the variants use: none may be skipped there."""
+    """lavapipe enables every feature the variants use: none may be skipped there but those
+    its driver version's quirks rule out (vkqlinear.policy)."""
     if not device.info.is_lavapipe:
         pytest.skip(f"{device.name} is not lavapipe: its variants are the ones it supports")
-    assert {(a, v.name) for a, v in C.kernel_variants(device)} == set(KERNELS[:-1])
+    expect = {(a, v) for a, v in KERNELS[:-1]
+              if not ("texel" in v and device.avoided("texelBufferLoads"))}
+    assert {(a, v.name) for a, v in C.kernel_variants(device)} == expect
 
 
 def test_conformance_cli_passes(device):

@@ -57,6 +57,11 @@ def cmd_info(args):
             for alg in ("tiled", "cooperative"):
                 print(f"  {alg} variants (default first): "
                       f"{', '.join(v.name for v in caps.variants(alg))}")
+            wrong = opened.wrong_variants()
+            print(f"  variants found wrong by their self-check (not used): "
+                  f"{', '.join(sorted(wrong)) or 'none so far'}")
+            for key, detail in sorted(wrong.items()):
+                print(f"    {key}: {detail}")
             print(f"  weight layout lanes {lanes_for(caps)}, auto threshold T <= "
                   f"{auto_threshold(d)} -> cooperative where nothing is tuned (tuning "
                   f"file {tuning_file()})")
@@ -116,30 +121,24 @@ def cmd_demo(args):
 
 
 def cmd_conformance(args):
-    from .conformance import cases, kernel_variants, run_case
+    from .conformance import run_suite
     from .device import Device
     dev = Device(args.device)
     print(f"conformance of vkqlinear on device {dev.index}: {dev.name} "
-          f"({dev.info.driver_name} {dev.info.driver_info})")
-    cs = cases(quick=args.quick)
-    failures = 0
-    rows = []
-    for alg, var in kernel_variants(dev):
-        passed = 0
-        for c in cs:
-            try:
-                ok, msg = run_case(c, alg, dev, var)
-            except Exception as e:  # a crash in one case is a failure, not the end
-                ok, msg = False, f"{type(e).__name__}: {e}"
-            passed += ok
-            if not ok:
-                failures += 1
-                print(f"  FAIL [{alg}/{var}] {c.name}: {msg}")
-        rows.append((alg, var, passed, len(cs)))
-    print(f"\n{'algorithm':12s} {'variant':22s} {'passed':>8s} {'cases':>6s}  result")
-    for alg, var, p, n in rows:
-        print(f"{alg:12s} {var.name:22s} {p:8d} {n:6d}  {'PASS' if p == n else 'FAIL'}")
-    return 1 if failures else 0
+          f"({dev.info.driver_name} {dev.info.driver_info})", flush=True)
+    rows = run_suite(dev, quick=args.quick, report=lambda line: print(line, flush=True))
+    print(f"\n{'algorithm':12s} {'variant':22s} {'passed':>8s} {'run':>5s} {'cases':>6s}  result")
+    failed = False
+    for alg, var, passed, run, total, note in rows:
+        if run == 0:
+            result = "NOT USED"
+        elif passed == run == total:
+            result = "PASS"
+        else:
+            result, failed = "FAIL", True
+        print(f"{alg:12s} {var.name:22s} {passed:8d} {run:5d} {total:6d}  {result}"
+              + (f"  ({note})" if note else ""))
+    return 1 if failed else 0
 
 
 def cmd_bench(args):

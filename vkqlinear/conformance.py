@@ -22,12 +22,62 @@ from .quant import offsets_to_scales_and_zeros, quantize_per_token, quantize_wei
 from .weights import prepack
 
 __all__ = ["Case", "cases", "make_inputs", "expected", "check", "run_case",
-           "kernel_variants"]
+           "kernel_variants", "self_checked_variants", "run_suite", "MAX_FAILURES"]
+
+# A variant that fails this many cases is not run on the rest (the run stays short).
+MAX_FAILURES = 3
 
 
 def kernel_variants(device):
-    """``[(algorithm, Variant)]`` for every kernel variant ``device`` can run."""
+    """``[(algorithm, Variant)]`` for every kernel variant ``device`` runs (those its
+    self-check found wrong left out)."""
     return [(a, v) for a in KERNEL_ALGORITHMS for v in device.caps.variants(a)]
+
+
+def self_checked_variants(device):
+    """``[(algorithm, Variant, wrong)]`` for every variant the device's features allow,
+    each through its self-check first (:meth:`vkqlinear.Device.verify`); ``wrong`` is the
+    self-check's finding, ``None`` where it answered right."""
+    from dataclasses import replace
+
+    from .kernels import choose_kernel
+    caps = replace(device.caps, excluded=frozenset())
+    out = []
+    for a in KERNEL_ALGORITHMS:
+        for v in caps.variants(a):
+            kernel = choose_kernel(a, 8 if a == "tiled" else 1, 32, False, caps, variant=v)
+            ok = device.verify(kernel)
+            out.append((a, v, None if ok else device.wrong_variants().get(f"{a}/{v.name}")))
+    return out
+
+
+def run_suite(device, quick=False, max_failures=MAX_FAILURES, report=print):
+    """Every case through every variant the device runs; a variant stops after
+    ``max_failures`` failed cases. ``report(line)`` gets each failure as it happens.
+    Returns ``[(algorithm, Variant, passed, run, total, note)]``; ``note`` says why a
+    variant was not run (its self-check) or stopped."""
+    cs = cases(quick=quick)
+    rows = []
+    for alg, var, wrong in self_checked_variants(device):
+        if wrong is not None:
+            rows.append((alg, var, 0, 0, len(cs), f"its self-check answered wrong: {wrong}"))
+            continue
+        passed = failed = run = 0
+        for c in cs:
+            try:
+                ok, msg = run_case(c, alg, device, var)
+            except Exception as e:  # a crash in one case is a failure, not the end
+                ok, msg = False, f"{type(e).__name__}: {e}"
+            run += 1
+            passed += ok
+            if not ok:
+                failed += 1
+                report(f"  FAIL [{alg}/{var}] {c.name}: {msg}")
+                if failed >= max_failures:
+                    break
+        note = f"stopped after {failed} failures" if run < len(cs) else ""
+        rows.append((alg, var, passed, run, len(cs), note))
+    return rows
 
 
 # (T, K, N, g): ExecuTorch's own test shapes for linear_qta8a_qga4w(_qta8o).

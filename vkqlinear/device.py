@@ -25,13 +25,20 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import policy, tuning
-from .errors import INSTALL_HINT, DeviceClosedError, DeviceMemoryError, VulkanUnavailableError
+from . import policy, selfcheck, tuning
+from .errors import (
+    INSTALL_HINT,
+    DeviceClosedError,
+    DeviceMemoryError,
+    VulkanUnavailableError,
+    user_stacklevel,
+)
 from .kernels import DeviceCaps, Variant
 
 __all__ = ["DeviceInfo", "Device", "devices", "default_device", "FEATURES"]
@@ -282,6 +289,18 @@ class Device:
             self._mgr.destroy()
             raise
         self.caps = DeviceCaps.from_info(self.info, self.enabled)
+        #: the self-check verdicts known here: {"tiled/int64": (ok, detail)}
+        self.verdicts = {}
+        self._checked_calls = {}
+        self._check_lock = threading.RLock()
+        try:
+            self._self_check = selfcheck.enabled()
+        except ValueError:
+            self._mgr.destroy()
+            raise
+        if self._self_check:             # verdicts of earlier processes on this driver
+            for key, v in tuning.self_checks(self.info).items():
+                self._record_verdict(key, bool(v["ok"]), str(v.get("detail", "")), False)
         env = os.environ.get("VKQLINEAR_VARIANT", "").strip()
         try:
             #: the code shape every kernel on this device uses unless a call names one
@@ -289,6 +308,53 @@ class Device:
         except ValueError as e:
             self._mgr.destroy()
             raise ValueError(f"VKQLINEAR_VARIANT: {e}") from None
+
+    # -- self-check ----------------------------------------------------------------------
+    def verify(self, kernel):
+        """Whether ``kernel``'s variant answers right on this device: its self-check
+        (:mod:`vkqlinear.selfcheck`), run now with ``kernel`` if this driver never ran it.
+        A wrong variant is dropped from :attr:`caps` (with one warning)."""
+        if not self._self_check:
+            return True
+        key = selfcheck.variant_key(kernel.algorithm, kernel.variant)
+        hooked = key in selfcheck.forced_wrong()
+        verdict = self.verdicts.get(key)
+        if verdict is None or (hooked and verdict[0]):
+            with self._check_lock:
+                verdict = self.verdicts.get(key)
+                if verdict is None or (hooked and verdict[0]):
+                    ok, detail, _, call = selfcheck.run_check(self, kernel)
+                    if call is not None:      # its pipeline, for the call that follows
+                        self._checked_calls[key] = call
+                    if not selfcheck.forced_wrong():     # the test hook's verdicts stay here
+                        tuning.store_self_check(self.info, key, {"ok": ok, "detail": detail})
+                    self._record_verdict(key, ok, detail, True)
+                    verdict = self.verdicts[key]
+        return verdict[0]
+
+    def _record_verdict(self, key, ok, detail, warn):
+        from dataclasses import replace
+
+        from .kernels import Variant
+        self.verdicts[key] = (ok, detail)
+        if ok:
+            return
+        algorithm, name = key.split("/", 1)
+        try:
+            variant = Variant.parse(name)
+        except ValueError:
+            return
+        self.caps = replace(self.caps, excluded=self.caps.excluded | {(algorithm, variant)})
+        if warn:
+            warnings.warn(f"vkqlinear: the {algorithm} kernel's variant {name!r} answered "
+                          f"wrong in its self-check on {self.name} ({self.info.driver_name} "
+                          f"{self.info.driver_info}): {detail}. It is not used on this "
+                          "device.", RuntimeWarning, stacklevel=user_stacklevel())
+
+    def wrong_variants(self):
+        """``{"tiled/texel+int64": detail}``: the variants this device's self-check found
+        wrong (they are not used)."""
+        return {k: v[1] for k, v in self.verdicts.items() if not v[0]}
 
     def tuning_state(self):
         """:func:`vkqlinear.tuning.state` of this device, asked at most

@@ -18,8 +18,6 @@ on this object, or on the CPU reference path for ``algorithm="reference"`` and w
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import warnings
 import weakref
@@ -31,7 +29,8 @@ import numpy as np
 from . import tuning
 from .device import default_device, resolve
 from .dispatch import RecordedCall
-from .kernels import Kernel, Variant, choose_kernel, kernel_from_config
+from .errors import user_stacklevel
+from .kernels import KERNEL_ALGORITHMS, Kernel, Variant, choose_kernel, kernel_from_config
 from .layout import device_layout, pad_groups, padded_group_size, split_channels
 from .quant import check_convention, pack_int4, unpack_int4
 
@@ -149,21 +148,38 @@ class DeviceLinear:
         key = (algorithm, t, out_int8, variant, stamp)
         kernel = self._kernels.get(key)
         if kernel is None:
-            caps, info = self.device.caps, self.device.info
-            if algorithm == "auto" and variant is None:
-                config, _ = tuning.tuned_config(info, self.K, self.N, self.group_size,
-                                                out_int8, t)
-                if config is not None:
-                    kernel = kernel_from_config(config, t, self.kernel_group_size, out_int8,
-                                                caps)
-            if kernel is None:
-                threshold = tuning.auto_threshold(info) if algorithm == "auto" else None
-                kernel = choose_kernel(algorithm, t, self.kernel_group_size, out_int8, caps,
-                                       threshold, variant)
+            kernel = self._choose(algorithm, t, out_int8, variant)
+            while not self.device.verify(kernel):   # dropped from the device's caps
+                kernel = self._choose(algorithm, t, out_int8, variant)
             if len(self._kernels) > 256:
                 self._kernels.clear()
             self._kernels[key] = kernel
         return kernel
+
+    def _choose(self, algorithm, t, out_int8, variant):
+        """The kernel choice of :meth:`kernel`, before the self-check."""
+        caps, info = self.device.caps, self.device.info
+        if algorithm == "auto" and variant is None:
+            config, _ = tuning.tuned_config(info, self.K, self.N, self.group_size,
+                                            out_int8, t)
+            if config is not None:
+                kernel = kernel_from_config(config, t, self.kernel_group_size, out_int8,
+                                            caps)
+                if kernel is not None:
+                    return kernel
+        threshold = tuning.auto_threshold(info) if algorithm == "auto" else None
+        try:
+            return choose_kernel(algorithm, t, self.kernel_group_size, out_int8, caps,
+                                 threshold, variant)
+        except ValueError:
+            wrong = self.device.wrong_variants()
+            for alg in KERNEL_ALGORITHMS if variant is not None else ():
+                if f"{alg}/{variant.name}" in wrong:   # forced, and known wrong here
+                    raise ValueError(
+                        f"variant: {variant.name!r} of the {alg} kernel answered wrong in "
+                        f"this device's self-check ({wrong[alg + '/' + variant.name]}); "
+                        "vkqlinear does not use it on this device") from None
+            raise
 
     def split(self, kernel, t=1):
         """The pieces ``[(n0, n1)]`` the layer's channels are split into for ``kernel`` at
@@ -280,16 +296,5 @@ def fallback_or_raise(error, algorithm, device):
     global _warned_fallback
     if not _warned_fallback:
         warnings.warn(f"vkqlinear: no GPU path ({error}); algorithm='auto' uses the CPU "
-                      "reference path", RuntimeWarning, stacklevel=_user_stacklevel())
+                      "reference path", RuntimeWarning, stacklevel=user_stacklevel())
         _warned_fallback = True
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def _user_stacklevel():
-    """The ``stacklevel`` that points a warning at the first frame outside this package."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    return level

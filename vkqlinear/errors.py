@@ -1,6 +1,9 @@
 """Exceptions raised for missing system pieces. Bad arguments raise ``TypeError`` /
 ``ValueError`` (see :mod:`vkqlinear.args`)."""
 
+import os
+import sys
+
 INSTALL_HINT = ("On Debian/Ubuntu: apt-get install libvulkan1 mesa-vulkan-drivers "
                 "(or run tools/setup.sh, which installs everything)")
 
@@ -26,3 +29,14 @@ class DeviceMemoryError(MemoryError):
     """An allocation on a :class:`~vkqlinear.Device` failed, or would take the library past
     the device's memory budget; the message says what was asked for and what is resident.
     Nothing already resident is affected."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_stacklevel():
+    """The ``stacklevel`` that points a warning at the first frame outside this package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -117,6 +117,8 @@ class DeviceCaps:
     storage8: bool = False
     int64: bool = False
     texel: bool = False
+    # (algorithm, Variant) pairs that failed the device's self-check (selfcheck.py)
+    excluded: frozenset = frozenset()
 
     @classmethod
     def from_info(cls, info, enabled=lambda feature: False):
@@ -149,7 +151,8 @@ class DeviceCaps:
         where the driver says it is accelerated; else texel loads, 64-bit loads, 32-bit
         loads (fewer load instructions first: lavapipe pays per load); unaccelerated OpSDot
         after those; 8-bit storage last (it reads the same bytes; slower on lavapipe).
-        See docs/design.md for the measurements behind the order.
+        See docs/design.md for the measurements behind the order. Variants that failed
+        the device's self-check (``excluded``) are left out.
         """
         reductions = [True, False] if algorithm == "cooperative" and self.subgroup_reduce \
             else [False]
@@ -162,7 +165,8 @@ class DeviceCaps:
                 maths + [dict(dot=True)]
         if self.storage8:
             maths.append(dict(storage8=True))
-        return tuple(Variant(subgroup=r, **m) for r in reductions for m in maths)
+        return tuple(v for v in (Variant(subgroup=r, **m) for r in reductions for m in maths)
+                     if (algorithm, v) not in self.excluded)
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,9 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
                          f"got {algorithm!r}")
     lanes = lanes_for(caps)
     possible = caps.variants(algorithm)
+    if not possible:
+        raise ValueError(f"algorithm: every variant of the {algorithm} kernel failed this "
+                         "device's self-check (python -m vkqlinear info lists them)")
     variant = variant or possible[0]
     if variant not in possible:
         raise ValueError(f"variant: {variant.name!r} is not available for the {algorithm} "

@@ -7,6 +7,7 @@ Location: ``$VKQLINEAR_TUNING_FILE``, else ``$XDG_CACHE_HOME/vkqlinear/tuning.js
     {"version": 2, "devices": {"<device name> | <driver name> <driver version>": {
         "kernel_generation": 2,
         "auto_threshold": 0,                       # optional: bench --tune's crossover
+        "self_check": {"tiled/int64": {"ok": true, "detail": "exact"}},   # selfcheck.py
         "configs": {"4096x4096 g32 float T1": {"config": {...}, "kernel_s": ..., ...}}}}}
 
 A config (:func:`vkqlinear.kernels.kernel_config`) is the fastest kernel the tuner found
@@ -34,7 +35,7 @@ from .kernels import DEFAULT_AUTO_THRESHOLD, KERNEL_GENERATION
 
 __all__ = ["tuning_file", "device_key", "point_key", "token_bucket", "auto_threshold",
            "store_threshold", "store_configs", "tuned_config", "device_entries", "state",
-           "tuned_wait", "store_wait",
+           "tuned_wait", "store_wait", "self_checks", "store_self_check",
            "BUILTIN_THRESHOLDS", "RECHECK_S", "VERSION"]
 
 VERSION = 2
@@ -267,6 +268,21 @@ def store_threshold(info, threshold, extra=None):
     """Record ``threshold`` (and ``extra`` fields) for ``info``'s device."""
     return _update(info, lambda e: e.update({"auto_threshold": int(threshold),
                                              **(extra or {})}))
+
+
+def self_checks(info):
+    """The kernel self-check verdicts stored for ``info``'s device (driver version and
+    kernel generation included): ``{"tiled/int64": {"ok": bool, "detail": str}}``
+    (:mod:`vkqlinear.selfcheck`)."""
+    entry, _ = _entry(info)
+    checks = entry.get("self_check")
+    return {k: v for k, v in checks.items() if isinstance(v, dict) and "ok" in v} \
+        if isinstance(checks, dict) else {}
+
+
+def store_self_check(info, key, verdict):
+    """Record the self-check ``verdict`` (a dict with ``"ok"``) of variant ``key``."""
+    return _update(info, lambda e: e.setdefault("self_check", {}).update({key: verdict}))
 
 
 def store_configs(info, results):

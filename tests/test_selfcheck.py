@@ -1,0 +1,149 @@
+"""Kernels that check themselves (vkqlinear.selfcheck): the known answer is exact, a variant
+that answers wrong is never used, verdicts are kept per driver, and conformance reports
+them."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import vkqlinear as vq
+from vkqlinear import selfcheck, tuning
+from vkqlinear.kernels import KERNEL_ALGORITHMS
+
+
+@pytest.mark.parametrize("t, k, n, g", [(1, 64, 13, 32), (8, 256, 61, 128),
+                                        (4, 8752, 509, 4376)])
+def test_the_known_answer_is_what_the_reference_computes(t, k, n, g):
+    x_q, xs, xz, wp, ws, wz, bias, want = selfcheck.known_answer(t, k, n, g)
+    y = vq.linear_qta8a_qga4w(x_q, xs, xz, wp, g, ws, wz, bias=bias, algorithm="reference")
+    np.testing.assert_array_equal(y, want)
+
+
+@pytest.fixture
+def fresh(device, tfile, monkeypatch):
+    """A device opened anew on an empty tuning file (no verdicts yet)."""
+    monkeypatch.delenv(selfcheck.WRONG_ENV, raising=False)
+    monkeypatch.delenv(selfcheck.SELF_CHECK_ENV, raising=False)
+    opened = []
+
+    def make():
+        dev = vq.Device(device.index)
+        opened.append(dev)
+        return dev
+    yield make
+    for dev in opened:
+        dev.close()
+
+
+def _layer(rng, t, k=256, n=96, g=32):
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    w = (rng.standard_normal((n, k)) * 0.1).astype(np.float32)
+    x_q, xs, xz = vq.quantize_per_token(x)
+    wp, ws, wz = vq.quantize_weights(w, g)
+    return x_q, xs, xz, vq.prepack(wp, g, ws, wz)
+
+
+@pytest.mark.parametrize("t", [1, 16])
+def test_a_variant_that_answers_wrong_is_never_used(fresh, monkeypatch, rng, t):
+    dev = fresh()
+    algorithm = "cooperative" if t <= tuning.auto_threshold(dev.info) else "tiled"
+    best = dev.caps.variants(algorithm)[0]
+    key = selfcheck.variant_key(algorithm, best)
+    monkeypatch.setenv(selfcheck.WRONG_ENV, key)
+    x_q, xs, xz, qw = _layer(rng, t)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        y = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, device=dev)
+        y2 = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, device=dev)
+    ours = [w for w in seen if "self-check" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in seen]
+    message = str(ours[0].message)
+    assert best.name in message and dev.info.driver_info in message
+    assert ours[0].filename == __file__          # pointed at the caller
+    used = vq.DeviceLinear.of(qw, dev).kernel("auto", t)
+    assert used.variant != best and used.variant == dev.caps.variants(algorithm)[0]
+    assert key in dev.wrong_variants() and best not in dev.caps.variants(algorithm)
+    ref = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm="reference")
+    for out in (y, y2):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max())
+    # a verdict of the test hook stays in the process
+    assert key not in tuning.self_checks(dev.info)
+    # forcing the wrong variant is refused by name, and the next valid call is right
+    with pytest.raises(ValueError, match="self-check"):
+        vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm=algorithm, variant=best.name,
+                              device=dev)
+    np.testing.assert_array_equal(vq.linear_qta8a_qga4w(x_q, xs, xz, qw, device=dev), y)
+
+
+def test_verdicts_are_kept_per_driver_and_read_back(fresh, monkeypatch, rng, tfile):
+    dev = fresh()
+    x_q, xs, xz, qw = _layer(rng, 16)
+    vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm="tiled", device=dev)
+    best = dev.caps.variants("tiled")[0]
+    stored = json.loads(tfile.read_text())["devices"][tuning.device_key(dev.info)]
+    assert stored["self_check"][f"tiled/{best.name}"] == {"ok": True, "detail": "exact"}
+
+    def no_check(*a, **k):
+        raise AssertionError("checked again although the tuning file has the verdict")
+    run_check = selfcheck.run_check
+    monkeypatch.setattr(selfcheck, "run_check", no_check)
+    again = fresh()
+    x_q, xs, xz, qw = _layer(rng, 16)
+    vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm="tiled", device=again)
+    monkeypatch.setattr(selfcheck, "run_check", run_check)
+    # a stored wrong verdict takes the variant away as soon as a device opens
+    tuning.store_self_check(again.info, f"tiled/{best.name}", {"ok": False, "detail": "t"})
+    third = fresh()
+    assert best not in third.caps.variants("tiled")
+    assert third.wrong_variants() == {f"tiled/{best.name}": "t"}
+    assert vq.DeviceLinear.of(qw, third).kernel("tiled", 16).variant != best
+
+
+def test_the_self_check_can_be_turned_off(fresh, monkeypatch):
+    monkeypatch.setenv(selfcheck.SELF_CHECK_ENV, "0")
+    dev = fresh()
+    monkeypatch.setattr(selfcheck, "run_check", lambda *a: pytest.fail("ran"))
+    kernel = vq.DeviceLinear.of(_layer(np.random.default_rng(0), 1)[3], dev).kernel("auto", 1)
+    assert dev.verify(kernel)
+    monkeypatch.setenv(selfcheck.SELF_CHECK_ENV, "maybe")
+    with pytest.raises(ValueError, match=selfcheck.SELF_CHECK_ENV):
+        fresh()
+
+
+def test_every_variant_the_device_allows_passes_its_self_check(fresh):
+    from vkqlinear import conformance
+    dev = fresh()
+    rows = conformance.self_checked_variants(dev)
+    assert {a for a, _, _ in rows} == set(KERNEL_ALGORITHMS)
+    assert [(a, v.name, w) for a, v, w in rows if w is not None] == []
+
+
+def test_conformance_reports_and_stops_a_failing_variant(fresh, monkeypatch, capsys):
+    from vkqlinear import conformance
+    from vkqlinear.__main__ import main
+    dev = fresh()
+    bad = ("tiled", dev.caps.variants("tiled")[-1])
+    dropped = selfcheck.variant_key("cooperative", dev.caps.variants("cooperative")[0])
+    monkeypatch.setenv(selfcheck.WRONG_ENV, dropped)
+    real, all_cases = conformance.run_case, conformance.cases
+    calls = []
+
+    def run_case(case, algorithm, device, variant):
+        if (algorithm, variant) == bad:
+            calls.append(case.name)
+            return False, "made to fail"
+        return real(case, algorithm, device, variant)
+    monkeypatch.setattr(conformance, "run_case", run_case)
+    monkeypatch.setattr(conformance, "cases", lambda quick=False: all_cases(quick=True)[:4])
+    assert main(["conformance", "--device", str(dev.index)]) == 1
+    out = capsys.readouterr().out
+    assert len(calls) == conformance.MAX_FAILURES
+    table = out[out.index("algorithm "):]
+    assert f"tiled        {bad[1].name:22s}        0     3      4  FAIL" in table
+    assert "stopped after 3 failures" in table
+    assert "NOT USED" in table and "self-check answered wrong" in table
+    row = next(line for line in table.splitlines() if "NOT USED" in line)
+    assert row.split()[:2] == dropped.split("/")
+    assert table.count("PASS") == len(conformance.kernel_variants(dev)) - 2
