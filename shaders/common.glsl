@@ -1,6 +1,6 @@
 // common.glsl: interface and conventions shared by every linear_qta8a_qga4w kernel.
 //
-// Contract (the host side is vkqlinear/dispatch.py, the layouts vkqlinear/weights.py):
+// Contract (the host side is vkqlinear/dispatch.py, the layouts vkqlinear/layout.py):
 //
 // Bindings (std430 storage buffers; 32-bit words unless a variant below says otherwise,
 // which keeps the portable variant valid on every Vulkan 1.1 device; with TEXEL_LOADS,
@@ -280,7 +280,10 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
     }
 }
 
-// docs/spec.md's per-token int8 requantization: clamp(roundEven(y / scale) + zp, -128, 127).
+#include "rounding.glsl"
+
+// docs/spec.md's per-token int8 requantization: clamp(round half to even(y / scale) + zp,
+// -128, 127).
 int requantize(float y, float scale, int zp) {
-    return int(clamp(roundEven(y / scale) + float(zp), -128.0, 127.0));
+    return int(clamp(round_even(y / scale) + float(zp), -128.0, 127.0));
 }

@@ -6,7 +6,8 @@
 // COOPERATIVE GEMV for linear_qta8a_qga4w (docs/spec.md): the workers of a workgroup split K
 // for the same output channels (worker w takes weight groups w, w + W, w + 2W, ...) and
 // their partial sums are reduced. The weights are read once per TM tokens, not once per
-// token. One block of 8 channels per invocation (the host keeps CB = 1). Grid: x = channel
+// token. One block of 8 channels per invocation (TILE_CB 1; the CB constant is not read).
+// Grid: x = channel
 // blocks / blocks per workgroup, y = token tiles of TM tokens from p.token_base. Two code
 // shapes (#define):
 //
@@ -20,6 +21,7 @@
 //                    another subgroup size than the one it reports; the kernel checks, and
 //                    then reduces each row through shared memory instead (slower, right).
 #include "common.glsl"
+#define TILE_CB 1u
 #include "tile.glsl"
 
 #ifdef SUBGROUP_REDUCE

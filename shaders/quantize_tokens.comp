@@ -1,4 +1,5 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
 #ifdef SUBGROUP_REDUCE
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #endif
@@ -45,6 +46,7 @@ layout(constant_id = 0) const uint LOCAL_X = 64;   // power of two
 layout(constant_id = 1) const uint CONVENTION = 0;  // 0: the contract's, 1: torchao's
 layout(constant_id = 2) const uint EPS_BITS = 0x34000000u;  // eps: 2^-23 by default
 layout(local_size_x_id = 0, local_size_y = 1, local_size_z = 1) in;
+#include "rounding.glsl"
 
 layout(push_constant) uniform Params {
     uint T;           // tokens
@@ -110,21 +112,6 @@ float div_rn(float a, float b) {
     if ((q & 1u) != 0u && (r != 0u || (sig & 1u) != 0u)) sig += 1u;
     float mag = ldexp(float(sig), e - 23);
     return (abits & 0x80000000u) != 0u ? -mag : mag;
-}
-
-// Round half to even, by the correctly rounded addition of 1.5 * 2^23 (exact for |y| <
-// 2^22; larger values stay larger than the clamps after). Not roundEven(): lavapipe
-// (Mesa 22.3) rounded ties away from zero with it in some code shapes of this shader.
-float round_even(float y) {
-    precise float m = y + 12582912.0;
-    precise float r = m - 12582912.0;
-    return r;
-}
-
-vec4 round_even(vec4 y) {
-    precise vec4 m = y + 12582912.0;
-    precise vec4 r = m - 12582912.0;
-    return r;
 }
 
 // The row's qparams from its min and max (0 folded in): scale, 1 / scale and the zero

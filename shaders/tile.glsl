@@ -7,28 +7,33 @@
 // writes the finished outputs (float or int8) of its blocks and of tokens t0 .. t0 + TM - 1
 // that exist. The activations of a group are read once for all CB blocks.
 
-float tile_total[CB][TM][8];   // sum over finished blocks of groups
-float tile_block[CB][TM][8];   // sum over the current block of groups
+// Channel blocks per invocation: the CB specialization constant, or what the including
+// shader fixes (the COOPERATIVE kernel reduces one block: TILE_CB 1).
+#ifndef TILE_CB
+#define TILE_CB CB
+#endif
+float tile_total[TILE_CB][TM][8];   // sum over finished blocks of groups
+float tile_block[TILE_CB][TM][8];   // sum over the current block of groups
 uint tile_row[TM];             // activation row of each token (clamped to T - 1)
 int tile_zp[TM];               // its zero point
 uint tile_v;                   // the invocation's index along the channels
-uint tile_b[CB];               // its channel blocks, clamped to the last one (for loads)
+uint tile_b[TILE_CB];               // its channel blocks, clamped to the last one (for loads)
 
 // Block j of invocation v: at each j, LANES neighbouring invocations take LANES
 // neighbouring blocks, which the layout keeps side by side (CB = 1: block v).
 uint tile_block_of(uint v, uint j) {
-    return (v / LANES) * CB * LANES + j * LANES + v % LANES;
+    return (v / LANES) * TILE_CB * LANES + j * LANES + v % LANES;
 }
 
 void tile_begin(uint v, uint t0) {
     tile_v = v;
-    [[unroll]] for (uint j = 0u; j < CB; j++) tile_b[j] = min(tile_block_of(v, j), p.NP / 8u - 1u);
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) tile_b[j] = min(tile_block_of(v, j), p.NP / 8u - 1u);
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         uint t = min(t0 + i, p.T - 1u);
         tile_row[i] = t * (p.K / 4u);
         tile_zp[i] = XZ[t];
     }
-    [[unroll]] for (uint j = 0u; j < CB; j++) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
                 tile_total[j][i][c] = 0.0;
@@ -39,7 +44,7 @@ void tile_begin(uint v, uint t0) {
 }
 
 void tile_flush() {
-    [[unroll]] for (uint j = 0u; j < CB; j++) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
                 tile_total[j][i][c] += tile_block[j][i][c];
@@ -50,10 +55,10 @@ void tile_flush() {
 }
 
 // Zeroes a group's integer sums (group_sums' outputs).
-void sums_zero(out int P[CB][TM][8], out int sx[TM]) {
+void sums_zero(out int P[TILE_CB][TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
-        [[unroll]] for (uint j = 0u; j < CB; j++) {
+        [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
             [[unroll]] for (uint c = 0u; c < 8u; c++) P[j][i][c] = 0;
         }
     }
@@ -61,8 +66,8 @@ void sums_zero(out int P[CB][TM][8], out int sx[TM]) {
 
 // The first weight unit of group g of each of the invocation's blocks; `stride` as in
 // weight_unit.
-void tile_units(uint g, uint G, out uint wi[CB], out uint stride) {
-    [[unroll]] for (uint j = 0u; j < CB; j++) wi[j] = weight_unit(tile_b[j], g, G, stride);
+void tile_units(uint g, uint G, out uint wi[TILE_CB], out uint stride) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) wi[j] = weight_unit(tile_b[j], g, G, stride);
 }
 
 #ifdef DOT_PRODUCT
@@ -70,9 +75,9 @@ void tile_units(uint g, uint G, out uint wi[CB], out uint stride) {
 // Weight word c of an octet holds channel c's nibbles u(8o + m) in the low and u(8o + 4 + m)
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
 // the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot.
-void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
-    uint stride, wi[CB];
+    uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint o = 0u; o < GROUP_SIZE / 8u; o++) {
@@ -82,7 +87,7 @@ void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
             x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
             sx[i] += dot4(x0[i], 0x01010101u) + dot4(x1[i], 0x01010101u);
         }
-        [[unroll]] for (uint j = 0u; j < CB; j++) {
+        [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
             uint at = 2u * (wi[j] + o * stride);
             uvec4 wv[2] = uvec4[2](W[at], W[at + 1u]);
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
@@ -107,8 +112,8 @@ void swar_madd(uint w, int xv[TM], inout int acc[TM][4]) {
     }
 }
 
-void swar_zero(out int acc[CB][TM][4]) {
-    [[unroll]] for (uint j = 0u; j < CB; j++) {
+void swar_zero(out int acc[TILE_CB][TM][4]) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint h = 0u; h < 4u; h++) acc[j][i][h] = 0;
         }
@@ -116,8 +121,8 @@ void swar_zero(out int acc[CB][TM][4]) {
 }
 
 // Adds the two halves of each SWAR accumulator of a finished chunk into P.
-void swar_flush(int acc[CB][TM][4], inout int P[CB][TM][8]) {
-    [[unroll]] for (uint j = 0u; j < CB; j++) {
+void swar_flush(int acc[TILE_CB][TM][4], inout int P[TILE_CB][TM][8]) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             [[unroll]] for (uint h = 0u; h < 4u; h++) {
                 ivec2 v = swar_split(acc[j][i][h]);
@@ -138,19 +143,19 @@ u64vec2 x_chunk(uint word) {
 }
 
 // As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
-void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
-    uint stride, wi[CB];
+    uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[CB][TM][4];
+        int acc[TILE_CB][TM][4];
         swar_zero(acc);
         u64vec2 xs[TM];
         [[unroll]] for (uint i = 0u; i < TM; i++) xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
         [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
-            u64vec4 wq[CB];
-            [[unroll]] for (uint j = 0u; j < CB; j++) wq[j] = w_unit(wi[j] + ((c0 + k8) / 8u) * stride);
+            u64vec4 wq[TILE_CB];
+            [[unroll]] for (uint j = 0u; j < TILE_CB; j++) wq[j] = w_unit(wi[j] + ((c0 + k8) / 8u) * stride);
             uvec2 xw[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xw[i] = unpack32(xs[i][k8 / 8u]);
             [[unroll]] for (uint kk = 0u; kk < 8u; kk++) {
@@ -159,7 +164,7 @@ void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
                     xv[i] = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
                     sx[i] += xv[i];
                 }
-                [[unroll]] for (uint j = 0u; j < CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j]);
+                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j]);
             }
         }
         swar_flush(acc, P);
@@ -168,13 +173,13 @@ void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
 #else
 // P[j][i][c] = sum x * u over group g of block j and sx[i] = sum x, two channels per int32
 // multiply (SWAR, see common.glsl).
-void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
-    uint stride, wi[CB];
+    uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[CB][TM][4];
+        int acc[TILE_CB][TM][4];
         swar_zero(acc);
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
             ivec4 xq[TM];
@@ -185,7 +190,7 @@ void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
                     xv[i] = xq[i][kk];
                     sx[i] += xv[i];
                 }
-                [[unroll]] for (uint j = 0u; j < CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j]);
+                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j]);
             }
         }
         swar_flush(acc, P);
@@ -196,12 +201,12 @@ void group_sums(uint g, uint G, out int P[CB][TM][8], out int sx[TM]) {
 
 // Adds group g of the invocation's blocks: exact integer sums, then s * A + o * S.
 void tile_group(uint g, uint G) {
-    int P[CB][TM][8];
+    int P[TILE_CB][TM][8];
     int sx[TM];
     group_sums(g, G, P, sx);
     int S[TM];
     [[unroll]] for (uint i = 0u; i < TM; i++) S[i] = sx[i] - tile_zp[i] * int(GROUP_SIZE);
-    [[unroll]] for (uint j = 0u; j < CB; j++) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         vec4 s[2], o[2];
         ivec4 su[2];
         group_data(group_base(tile_b[j], g, G), s, o, su);
@@ -244,7 +249,7 @@ void tile_store_row(uint b, uint t, float sums[8]) {
 }
 
 void tile_store(uint t0) {
-    [[unroll]] for (uint j = 0u; j < CB; j++) {
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         uint b = tile_block_of(tile_v, j);
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             if (b < p.NP / 8u && t0 + i < p.T) tile_store_row(b, t0 + i, tile_total[j][i]);

@@ -438,3 +438,29 @@ def test_host_record_names_the_cpu_and_its_vector_extensions(tmp_path):
     h = host_record(str(tmp_path / "missing"))
     assert h["simd"] == [] and h["cpus"] >= 1 and set(h) == {
         "machine", "cpu", "simd", "cpus", "python", "numpy"}
+
+
+@pytest.mark.parametrize("fail_in", ["compile_shader", "algorithm"])
+def test_a_failed_read_calibration_leaves_no_texel_formats(device, monkeypatch, fail_in):
+    """read_kernel sets kp's thread-local texel formats for its algorithm; when making it
+    fails, the next algorithm made on the thread must not inherit them."""
+    import kp
+
+    from vkqlinear import calibrate
+    pending = []
+    monkeypatch.setattr(kp.Algorithm, "set_next_texel_formats",
+                        staticmethod(lambda formats: pending.__setitem__(
+                            slice(None), list(formats))))
+
+    def boom(*a, **k):
+        raise RuntimeError("made to fail")
+    if fail_in == "compile_shader":
+        monkeypatch.setattr(calibrate, "compile_shader", boom)
+    else:
+        class Manager:                       # the device's manager, failing to make one
+            def __getattr__(self, name):
+                return boom if name == "algorithm" else getattr(device._mgr, name)
+        monkeypatch.setattr(type(device), "manager", property(lambda self: Manager()))
+    with pytest.raises(RuntimeError, match="made to fail"):
+        calibrate.read_kernel(device, 1 << 16, texel=True)
+    assert pending == []

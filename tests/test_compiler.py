@@ -225,3 +225,18 @@ def test_shipped_shaders_are_found():
     d = compiler.shader_dir()
     assert (d / "common.glsl").is_file() and (d / "gemm_tiled.comp").is_file()
     assert not (stat.S_IWOTH & d.stat().st_mode)
+
+
+def test_every_shader_rounds_through_one_helper():
+    """Round half to even lives in shaders/rounding.glsl: no shader calls GLSL's
+    roundEven() (lavapipe mis-rounded ties with it in some code shapes), and the shaders
+    that round include the helper."""
+    import re
+
+    from vkqlinear.compiler import shader_dir
+    root = shader_dir()
+    for path in sorted(root.glob("*.*")):
+        code = "\n".join(line.split("//")[0] for line in path.read_text().splitlines())
+        assert not re.search(r"\broundEven\s*\(", code), f"{path.name} calls roundEven()"
+    for name in ("common.glsl", "quantize_tokens.comp"):
+        assert '#include "rounding.glsl"' in (root / name).read_text()

@@ -183,6 +183,48 @@ def test_threads_share_a_device(rng, device):
     _in_threads(check)
 
 
+def test_threads_evict_recorded_calls(rng, device):
+    """More token counts from several threads than a layer keeps recorded calls: calls are
+    dropped (least recently used) while other threads look them up."""
+    d = make_layer(rng, 1, 64, 16, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    dl = vq.DeviceLinear.of(qw, device)
+    inputs = [make_layer(np.random.default_rng(t), t, 64, 16, 32) for t in range(1, 13)]
+    refs = [vq.linear_qta8a_qga4w(e["x_q"], e["x_scale"], e["x_zero_point"], qw,
+                                  algorithm="reference") for e in inputs]
+    assert len(inputs) > dl.MAX_CALLS
+
+    def check(i):
+        for j in range(len(inputs)):
+            e = inputs[(i * 5 + j) % len(inputs)]
+            y = vq.linear_qta8a_qga4w(e["x_q"], e["x_scale"], e["x_zero_point"], qw,
+                                      algorithm="tiled", device=device)
+            np.testing.assert_allclose(y, refs[(i * 5 + j) % len(inputs)], rtol=1e-5,
+                                       atol=1e-5)
+    _in_threads(check, repeat=3)
+    assert len(dl.calls) <= dl.MAX_CALLS
+
+
+def test_a_call_dropped_between_lookup_and_reuse_is_still_run(rng, device):
+    """The interleaving the threads above may hit: the least-recently-used trim of another
+    thread removes the entry right after this thread found it."""
+    from collections import OrderedDict
+    d = make_layer(rng, 2, 64, 16, 32)
+    qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+    dl = vq.DeviceLinear.of(qw, device)
+    args = (d["x_q"], d["x_scale"], d["x_zero_point"], qw)
+    want = vq.linear_qta8a_qga4w(*args, algorithm="tiled", device=device)
+
+    class TrimmedMeanwhile(OrderedDict):
+        def get(self, key, default=None):
+            hit = super().get(key, default)
+            self.pop(key, None)             # another thread's trim, just now
+            return hit
+    dl._calls = TrimmedMeanwhile(dl._calls)
+    np.testing.assert_array_equal(vq.linear_qta8a_qga4w(*args, algorithm="tiled",
+                                                        device=device), want)
+
+
 @pytest.mark.usefixtures("device")
 def test_threads_on_two_device_objects(rng):
     """Two Device objects (here on the same physical device) used from 4 threads."""

@@ -45,6 +45,28 @@ def test_kernels_respect_device_limits(caps, t):
             assert x * y * k.tm * 8 * 4 <= caps.max_shared_memory
 
 
+@pytest.mark.parametrize("caps", [LAVAPIPE, GPU32, SMALL])
+def test_the_default_tiled_workgroup_has_no_idle_token_tiles(caps):
+    """Below 8 x TM tokens the default tiled workgroup has only the token tiles T fills."""
+    for t in range(1, 80):
+        k = K.choose_kernel("tiled", t, 32, False, caps)
+        tiles = k.local_size[1]
+        # at most the rounding to a power of two: fewer than half the tiles idle
+        assert tiles < 2 * -(-t // k.tm), (t, k.describe())
+        assert tiles == min(64 // k.lanes, caps.max_invocations // k.lanes,
+                            K.token_tiles(t, k.tm)) or tiles == 1
+
+
+def test_only_the_tiled_kernel_takes_more_channel_blocks():
+    coop = K.choose_kernel("cooperative", 1, 32, False, LAVAPIPE)
+    with pytest.raises(ValueError, match="cb"):
+        K.Kernel(coop.algorithm, coop.shader, coop.variant, coop.local_size, coop.tm,
+                 coop.lanes, 32, False, cb=2)
+    tiled = K.choose_kernel("tiled", 8, 32, False, LAVAPIPE)
+    assert K.Kernel(tiled.algorithm, tiled.shader, tiled.variant, tiled.local_size,
+                    tiled.tm, tiled.lanes, 32, False, cb=2).cb == 2
+
+
 def test_int8_output_is_a_spec_constant():
     a = K.choose_kernel("tiled", 8, 32, False, LAVAPIPE)
     b = K.choose_kernel("tiled", 8, 32, True, LAVAPIPE)

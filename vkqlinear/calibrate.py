@@ -79,11 +79,15 @@ def read_kernel(device, nbytes, texel=False):
                                    np.zeros(wgs * local, np.uint32)], "a read calibration")
         mgr.sequence().eval(kp.OpTensorSyncDevice([src]))
         push = np.array([words, chunk], np.uint32)
-        defines = {"TEXEL_LOADS": 1} if texel else {}
+        spirv = compile_shader("calib_read.comp", {"TEXEL_LOADS": 1} if texel else {})
         if texel:
             kp.Algorithm.set_next_texel_formats([R32G32B32A32_UINT, 0])
-        algo = mgr.algorithm([src, dst], compile_shader("calib_read.comp", defines),
-                             (wgs, 1, 1), np.array([local], np.uint32), push)
+        try:
+            algo = mgr.algorithm([src, dst], spirv, (wgs, 1, 1), np.array([local], np.uint32),
+                                 push)
+        finally:       # a thread-local of kp's: never left for the next algorithm made here
+            if texel:
+                kp.Algorithm.set_next_texel_formats([])
     return Calibration(device, algo, push, words * 16, (src, dst))
 
 

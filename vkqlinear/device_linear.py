@@ -219,7 +219,10 @@ class DeviceLinear:
         key = (algorithm, t, out_int8, variant, kind)
         hit = self._calls.get(key)
         if hit is not None and hit[0] == stamp:
-            self._calls.move_to_end(key)
+            try:                 # outside the lock: another thread's trim may drop it now,
+                self._calls.move_to_end(key)
+            except KeyError:     # which leaves the call itself valid (this thread holds it)
+                pass
             return hit[1]
         kernel = algorithm if isinstance(algorithm, Kernel) else \
             self.kernel(algorithm, t, out_int8, variant)

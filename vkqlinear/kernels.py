@@ -188,6 +188,9 @@ class Kernel:
     cb: int = 1             # channel blocks (of 8) per invocation: TILED only
 
     def __post_init__(self):
+        if self.cb != 1 and self.algorithm != "tiled":
+            raise ValueError(f"cb: the {self.algorithm} kernel computes one channel block an "
+                             f"invocation, got cb={self.cb}")
         # Kernels key the recorded-call caches: hash the fields once, not on every lookup
         object.__setattr__(self, "_hash",
                            hash(tuple(getattr(self, f.name) for f in fields(self))))
@@ -263,6 +266,12 @@ def token_tile(t, limit):
     return tm
 
 
+def token_tiles(t, tm):
+    """Token tiles of ``tm`` tokens that ``t`` tokens fill, rounded up to a power of two
+    (workgroup sizes are powers of two)."""
+    return 1 << (-(-max(t, 1) // tm) - 1).bit_length()
+
+
 def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, variant=None):
     """The :class:`Kernel` for ``algorithm`` (``"tiled"``, ``"cooperative"`` or
     ``"auto"``, which takes the cooperative kernel for ``t <= threshold``) at ``t`` tokens
@@ -287,7 +296,8 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
                          f"{', '.join(v.name for v in possible)})")
     if algorithm == "tiled":
         tm = token_tile(t, GEMM_TM_TEXEL if variant.texel else GEMM_TM)
-        local_y = max(1, min(64 // lanes, caps.max_invocations // lanes))
+        # no more token tiles than t fills: the others' invocations would only idle
+        local_y = max(1, min(64 // lanes, caps.max_invocations // lanes, token_tiles(t, tm)))
         return Kernel("tiled", "gemm_tiled.comp", variant, (lanes, local_y), tm, lanes,
                       group_size, bool(out_int8))
     tm = token_tile(t, COOP_MAX_TM)
@@ -343,9 +353,12 @@ def kernel_from_config(config, t, group_size, out_int8, caps):
         return None
     lanes = caps.subgroup_size if algorithm == "cooperative" and variant.subgroup \
         else lanes_for(caps)
-    kernel = Kernel(algorithm, "gemm_tiled.comp" if algorithm == "tiled" else
-                    "gemv_coop.comp", variant, (x, y), tm, lanes, group_size, bool(out_int8),
-                    cb)
+    try:
+        kernel = Kernel(algorithm, "gemm_tiled.comp" if algorithm == "tiled" else
+                        "gemv_coop.comp", variant, (x, y), tm, lanes, group_size,
+                        bool(out_int8), cb)
+    except ValueError:            # an entry no kernel can be made of
+        return None
     return kernel if fits(kernel, caps) else None
 
 
@@ -381,7 +394,7 @@ def candidates(algorithm, t, group_size, out_int8, caps):
     cbs = TILED_CB if algorithm == "tiled" else (1,)
     for variant in caps.variants(algorithm):
         for tm in sorted({token_tile(t, m) for m in tms}):
-            tiles = 1 << (-(-t // tm) - 1).bit_length()     # token tiles t needs, pow 2
+            tiles = token_tiles(t, tm)
             for cb in cbs:
                 for other in LOCAL_SIZES:
                     if algorithm == "tiled" and other > tiles:
