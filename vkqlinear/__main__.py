@@ -158,7 +158,7 @@ def main(argv=None):
     for name, fn, help_ in (("info", cmd_info, "list devices, limits and features"),
                             ("demo", cmd_demo, "a small worked example of both ops"),
                             ("conformance", cmd_conformance,
-                             "check every kernel on a device against docs/spec.md")):
+                             "check every kernel variant of a device against the contract")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--device", type=int, default=None, help="device index (see info)")
         if name == "conformance":

@@ -5,7 +5,7 @@ Location: ``$VKQLINEAR_TUNING_FILE``, else ``$XDG_CACHE_HOME/vkqlinear/tuning.js
 ``~/.cache/vkqlinear/tuning.json``. The file is versioned (:data:`VERSION`)::
 
     {"version": 2, "devices": {"<device name> | <driver name> <driver version>": {
-        "kernel_generation": 2,
+        "kernel_generation": 4,                    # kernels.KERNEL_GENERATION
         "auto_threshold": 0,                       # optional: bench --tune's crossover
         "self_check": {"tiled/int64": {"ok": true, "detail": "exact"}},   # selfcheck.py
         "configs": {"4096x4096 g32 float T1": {"config": {...}, "kernel_s": ..., ...}}}}}
