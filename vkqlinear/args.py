@@ -135,12 +135,14 @@ def check_int8_range(a, name):
                          f"got [{a.min()}, {a.max()}]")
 
 
-def check_group_size(group_size, k):
+def check_group_size(group_size, k, multiple=8):
+    """``group_size`` as an int: a positive multiple of ``multiple`` (8 for the ops'
+    contract; ExecuTorch's layouts allow 4) that divides ``k``; else the error, by name."""
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
         raise TypeError(f"group_size: expected an int, got {type(group_size).__name__}")
     g = int(group_size)
-    if g <= 0 or g % 8:
-        raise ValueError(f"group_size: expected a positive multiple of 8, got {g}")
+    if g <= 0 or g % multiple:
+        raise ValueError(f"group_size: expected a positive multiple of {multiple}, got {g}")
     if g > k or k % g:
         raise ValueError(f"group_size: expected a divisor of K={k}, got {g}")
     return g

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import args
+
 __all__ = [
     "EPS",
     "CONVENTIONS",
@@ -128,11 +130,7 @@ def _groups(w, group_size):
     if w.ndim != 2:
         raise ValueError(f"w: expected shape [N, K], got {w.shape}")
     n, k = w.shape
-    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool):
-        raise TypeError(f"group_size: expected an int, got {type(group_size).__name__}")
-    if group_size <= 0 or group_size % 8 or k % group_size:
-        raise ValueError(f"group_size: expected a positive multiple of 8 dividing K={k}, "
-                         f"got {group_size}")
+    group_size = args.check_group_size(group_size, k)
     if not np.all(np.isfinite(w)):
         raise ValueError("w: expected finite values")
     return w.reshape(n, k // group_size, group_size)

@@ -51,15 +51,6 @@ def _weights(q, group_size, scales, offsets=None, zeros=None):
                             np.ascontiguousarray(offsets, np.float64), zeros)
 
 
-def _check_group(group_size, k, multiple=8):
-    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
-        raise TypeError(f"group_size: expected an int, got {type(group_size).__name__}")
-    if group_size <= 0 or group_size % multiple or k % group_size:
-        raise ValueError(f"group_size: expected a positive multiple of {multiple} dividing "
-                         f"K={k}, got {group_size}")
-    return int(group_size)
-
-
 # -- torchao -----------------------------------------------------------------------------
 def _torch_array(t, name):
     """A CPU torch tensor as a numpy array (float types widened to float32, exactly)."""
@@ -118,7 +109,7 @@ def from_torchao(obj):
         raise ValueError(f"qdata: expected int8 [N, K], got {qdata.dtype} {list(qdata.shape)}")
     if qdata.size and (qdata.min() < -8 or qdata.max() > 7):
         raise ValueError("qdata: expected 4-bit values in [-8, 7]")
-    group_size = _check_group(group_size, qdata.shape[1])
+    group_size = args.check_group_size(group_size, qdata.shape[1])
     if zero_point.dtype.kind == "f" and np.array_equal(zero_point, np.rint(zero_point)) and \
             (zero_point.size == 0 or np.abs(zero_point).max() <= 128):
         zero_point = zero_point.astype(np.int32)      # integral float zero points
@@ -154,7 +145,7 @@ def executorch_q(weights, group_size, in_features, out_features):
     if w.shape != (n, _ceil(k, 8) // 2):
         raise ValueError(f"weights: expected uint8 [out_features, ceil8(in_features)/2] = "
                          f"[{n}, {_ceil(k, 8) // 2}], got {list(w.shape)}")
-    group_size = _check_group(group_size, k, multiple=4)
+    group_size = args.check_group_size(group_size, k, multiple=4)
     q = unpack_int4(w, "low_first")
     if np.any(q[:, k:]):
         raise ValueError(f"weights: the padding past in_features={k} must hold q = 0 "
