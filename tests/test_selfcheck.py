@@ -148,3 +148,46 @@ def test_conformance_reports_and_stops_a_failing_variant(fresh, monkeypatch, cap
     row = next(line for line in table.splitlines() if "NOT USED" in line)
     assert row.split()[:2] == dropped.split("/")
     assert table.count("PASS") == len(conformance.kernel_variants(dev)) - 2
+
+
+RAW_DRIVER = """
+import os, sys
+import vkqlinear as vq
+from vkqlinear import conformance as C
+dev = vq.Device(int(sys.argv[1]))
+variants = [v for v in dev.caps.variants("tiled") if v.texel]
+if sys.argv[2] == "self-check":
+    verdicts = [v for a, v, wrong in C.self_checked_variants(dev) if v.texel and wrong]
+    print("wrong" if verdicts else "right")
+else:
+    cases = [c for c in C.cases(quick=True) if c.out == "float"][:6]
+    ok = all(C.run_case(c, "tiled", dev, v)[0] for v in variants for c in cases)
+    print("right" if ok else "wrong")
+"""
+
+
+def _raw_driver(device, mode, **env):
+    import os
+    import subprocess
+    import sys
+    environ = dict(os.environ, VKQLINEAR_DRIVER_QUIRKS="ignore", **env)
+    proc = subprocess.run([sys.executable, "-c", RAW_DRIVER, str(device.index), mode],
+                          capture_output=True, text=True, timeout=600, env=environ)
+    if proc.returncode < 0:               # a faulty driver may crash the process
+        return "wrong"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()[-1]
+
+
+def test_the_self_check_catches_what_conformance_finds_on_the_raw_driver(device, tmp_path):
+    """With the quirk table off, the texel variants' self-check and their conformance
+    cases agree: on Mesa 25's lavapipe both find them wrong at some vector widths (the
+    quirk of vkqlinear.policy), on other drivers both find them right."""
+    import kp
+    if not (device.info.supports("texelBufferLoads") and device.enabled("shaderInt64")
+            and hasattr(kp.Algorithm, "set_next_texel_formats")):
+        pytest.skip("no texel variants on this device")
+    checked = _raw_driver(device, "self-check",
+                          VKQLINEAR_TUNING_FILE=str(tmp_path / "tuning.json"))
+    cases = _raw_driver(device, "cases", VKQLINEAR_SELF_CHECK="0")
+    assert checked == cases
