@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from .device import Device
+from .device import check_device
 from .kernels import ALGORITHMS
 
 _ALGORITHM_SET = frozenset(ALGORITHMS)
@@ -192,10 +192,18 @@ def activations(x_q, x_scale, x_zero_point):
 
 def packed_weights(w_packed, k):
     w = as_array(w_packed, "w_packed", (np.uint8,))
-    if w.ndim != 2 or w.shape[1] * 2 != k or w.shape[0] == 0:
+    if w.ndim != 2 or w.shape[0] == 0:
         raise ValueError(f"w_packed: expected shape [N, K/2] = [N, {k // 2}] with N > 0 "
                          f"(K={k} from x_q), got {list(w.shape)}")
+    check_weights_k(2 * w.shape[1], k, w.shape[0])
     return w
+
+
+def check_weights_k(k_weights, k, n):
+    """The weights' K against the activations' (``x_q [..., K]``)."""
+    if k_weights != k:
+        raise ValueError(f"w_packed: expected shape [N, K/2] = [{n}, {k // 2}] to match "
+                         f"x_q's K={k}, got K={k_weights}")
 
 
 def output_qparams(out_scale, out_zero_point, lead, t):
@@ -206,10 +214,17 @@ def output_qparams(out_scale, out_zero_point, lead, t):
     return os_, _int32(oz)
 
 
-def bias_vector(bias, n):
+def bias_vector(bias, n, padded=None):
+    """``bias [n]`` float32, or ``None``; ``padded``: a longer length also accepted (its
+    first ``n`` values are the bias)."""
     if bias is None:
         return None
     b = as_array(bias, "bias", (np.float32,))
+    if padded is not None and b.ndim == 1 and b.shape[0] == padded:
+        return np.ascontiguousarray(b[:n])
+    if padded is not None and (b.ndim != 1 or b.shape[0] != n):
+        raise ValueError(f"bias: expected [{n}] (or padded to [{padded}]), got "
+                         f"{list(b.shape)}")
     check_shape(b, "bias", (n,))
     return b
 
@@ -226,7 +241,4 @@ def algorithm_name(algorithm):
 
 def device_arg(device):
     """``device``: a :class:`~vkqlinear.Device` or ``None``."""
-    if device is not None and not isinstance(device, Device):
-        raise TypeError(f"device: expected a vkqlinear.Device or None, "
-                        f"got {type(device).__name__}")
-    return device
+    return check_device(device)

@@ -610,12 +610,17 @@ def default_device():
         return _default
 
 
-def resolve(device):
-    """``device`` argument of the ops: ``None`` (default device) or a :class:`Device`."""
-    if device is None:
-        return default_device()
-    if not isinstance(device, Device):
+def check_device(device):
+    """``device`` as an argument: a :class:`Device` or ``None``, else ``TypeError``."""
+    if device is not None and not isinstance(device, Device):
         raise TypeError(f"device: expected a vkqlinear.Device or None, "
                         f"got {type(device).__name__}")
+    return device
+
+
+def resolve(device):
+    """``device`` argument of the ops: ``None`` (default device) or a :class:`Device`."""
+    if check_device(device) is None:
+        return default_device()
     device.check_open()
     return device

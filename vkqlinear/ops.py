@@ -58,9 +58,7 @@ def _weights(w_packed, group_size, k, w_scales=None, w_zeros=None, scales_and_ze
             if value is not None:
                 raise ValueError(f"{name}: not expected with prepacked QuantizedWeights "
                                  "(they already hold it)")
-        if w_packed.K != k:
-            raise ValueError(f"w_packed: expected shape [N, K/2] = [{w_packed.N}, {k // 2}] "
-                             f"to match x_q's K={k}, got K={w_packed.K}")
+        args.check_weights_k(w_packed.K, k, w_packed.N)
         return w_packed
     if group_size is None:
         raise TypeError("group_size: required with raw w_packed")
@@ -219,13 +217,7 @@ def linear_dq8ca_q4gsw(input, input_scales, input_zp, weights, weight_sums, weig
     if sums.shape != want.shape or not np.array_equal(sums, want):
         raise ValueError(f"weight_sums: do not match the weights (expected int32 "
                          f"{list(want.shape)}, the per-group sums of q, zero padded)")
-    b = None
-    if bias is not None:
-        b = args.as_array(bias, "bias", (np.float32,))
-        if b.ndim != 1 or b.shape[0] not in (qw.N, -(-qw.N // 4) * 4):
-            raise ValueError(f"bias: expected [{qw.N}] (or padded to a multiple of 4), got "
-                             f"{list(b.shape)}")
-        b = np.ascontiguousarray(b[:qw.N])
+    b = args.bias_vector(bias, qw.N, padded=-(-qw.N // 4) * 4)
     x_q = quantize_with_qparams(x.reshape(t, k), xs, xz, "torchao")
     return _linear(input, x_q, xs, xz.astype(np.int32), lead, qw, b, None, None, algorithm,
                    device, variant)

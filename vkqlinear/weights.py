@@ -53,7 +53,7 @@ class QuantizedWeights:
 
 
 def prepack(w_packed, group_size, w_scales=None, w_zeros=None, *, scales_and_zeros=None,
-            w_offsets=None, device=None, _k=None):
+            w_offsets=None, device=None):
     """Check 4-bit weights once and return a reusable :class:`QuantizedWeights`.
 
     Give the per-group parameters in one of three forms:
@@ -71,9 +71,6 @@ def prepack(w_packed, group_size, w_scales=None, w_zeros=None, *, scales_and_zer
     if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
         raise ValueError(f"w_packed: expected shape [N, K/2] with N, K > 0, got {list(w.shape)}")
     k = 2 * w.shape[1]
-    if _k is not None and k != _k:   # the ops know K from x_q: name w_packed first
-        raise ValueError(f"w_packed: expected shape [N, K/2] = [N, {_k // 2}] to match "
-                         f"x_q's K={_k}, got {list(w.shape)}")
     gs = args.check_group_size(group_size, k)
     n, g = w.shape[0], k // gs
     zeros = None
