@@ -13,6 +13,8 @@ with numpy copies around ``Sequence.eval`` on a stock kp.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .compiler import compile_shader
@@ -84,6 +86,21 @@ def _shader_barrier(kp, tensors):
                               STAGE_COMPUTE_SHADER, STAGE_COMPUTE_SHADER)
 
 
+@dataclass
+class _Piece:
+    """One piece of a layer's channels in a recorded call: channels ``n0 .. n1 - 1``
+    padded to ``np_``, its bias and output tensors, its linear kernel's algorithm, and its
+    grid's rows (``gy``) dispatched ``n_dispatch`` times."""
+    n0: int
+    n1: int
+    np_: int
+    bias: object
+    y: object
+    algo: object
+    gy: int
+    n_dispatch: int
+
+
 class RecordedCall:
     """Tensors, pipelines and sequence for one (kernel, T, K) on one layer's weights.
 
@@ -100,7 +117,6 @@ class RecordedCall:
 
     def __init__(self, device, kernel, weight_buffers, t, k, n, timed=False, float_input=None,
                  download=True, act_quant="spec", group=None):
-        import kp
         pieces = weight_buffers.pieces
         if not download and len(pieces) > 1:
             raise ValueError(f"output: 'device' needs the layer's output in one buffer; this "
@@ -115,110 +131,135 @@ class RecordedCall:
         device.check_binding(x_words * 4, "x_q")
         spirv = compile_shader(kernel.shader, dict(kernel.defines))
         limits = device.info.limits["max_workgroup_count"]
-        mgr = device.manager
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
         self.x, self.xs, self.xz, self.os, self.oz = device.io_tensors(
             [np.zeros(x_words, np.uint32), np.zeros(t, np.float32), np.zeros(t, np.int32),
              np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
-        spec = np.array(kernel.spec_constants + (int(weight_buffers.offsets),), np.uint32)
-        self._pieces = []          # (n0, n1, NP, bias tensor, output tensor, algorithm, grid)
         self.pipelines = []        # what keeps the algorithms' pipelines (Device.algorithm)
-        for n0, n1, np_, wt in pieces:
-            out_words = t * np_ // 4 if kernel.out_int8 else t * np_
-            device.check_binding(out_words * 4, "output")
-            bias, y = device.io_tensors(
-                [np.zeros(np_, np.float32),
-                 np.zeros(out_words, np.uint32 if kernel.out_int8 else np.float32)],
-                f"a recorded call at T={t}")
-            tensors = [self.x, self.xs, self.xz] + wt + [bias, self.os, self.oz, y]
-            texel = None
-            if kernel.variant.texel:  # X and the weight tensors as texel buffers (kp patch)
-                texel = [R32G32B32A32_UINT if any(u is v for v in [self.x] + wt) else 0
-                         for u in tensors]
-            gx, gy, n_disp = kernel.grid(t, np_, limits)
-            pipe = device.algorithm(tensors, spirv, (gx, gy, 1), spec,
-                                    self._push(n1 - n0, np_, 0), texel)
-            self.pipelines.append(pipe)
-            self._pieces.append((n0, n1, np_, bias, y, pipe.algo, (gy, n_disp)))
-        self.n_dispatch = sum(p[6][1] for p in self._pieces)
+        self._pieces = [self._make_piece(piece, spirv, limits, weight_buffers.offsets)
+                        for piece in pieces]
+        self.n_dispatch = sum(p.n_dispatch for p in self._pieces)
         # one piece (the common case): its output is the call's, readable by a next layer
-        self.y, self.np_ = (self._pieces[0][4], self._pieces[0][2]) if len(pieces) == 1 \
+        self.y, self.np_ = (self._pieces[0].y, self._pieces[0].np_) if len(pieces) == 1 \
             else (None, None)
-        biases = [p[3] for p in self._pieces]
         self.source = float_input if isinstance(float_input, RecordedCall) else None
-        n_quant = 0
+        biases = [p.bias for p in self._pieces]
         if float_input is None:
-            inputs = [self.x, self.xs, self.xz] + biases + [self.os, self.oz]
+            inputs, n_quant = [self.x, self.xs, self.xz] + biases + [self.os, self.oz], 0
         else:
-            # the float rows hold K_in = k / g_out * g_in values; the quantizer pads each
-            # group of g_in to the kernel's g_out (both multiples of 4) with the zero point
-            g_in, g_out = group or (kernel.group_size, kernel.group_size)
-            k_in = k // g_out * g_in
-            if self.source is not None:      # the producer's padded float output rows
-                xf, stride = self.source.y, self.source.np_
-                inputs = biases + [self.os, self.oz]
-            else:
-                (xf,), stride = device.io_tensors([np.zeros(t * k_in, np.float32)],
-                                               f"float activations at T={t}"), k_in
-                self._xf_in = xf.data().reshape(t, k_in)     # see the views below
-                inputs = [xf] + biases + [self.os, self.oz]
-            # the quantizer's non-finite flag: cleared with the inputs, read after the run
-            (self.nf,) = device.io_tensors([np.zeros(1, np.uint32)], "a recorded call's flag")
-            inputs.append(self.nf)
-            qgy = min(t, limits[1])
-            n_quant = -(-t // qgy)
-            self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
-                                                dtype=np.uint32)
-            defines, local_x = quantizer_shape(device.caps)
-            pipe = device.algorithm(
-                [xf, self.x, self.xs, self.xz, self.nf],
-                compile_shader("quantize_tokens.comp", defines), (1, qgy, 1),
-                quantizer_constants(act_quant, local_x), self._qpush(0))
-            self.pipelines.append(pipe)
-            self.qalgo = pipe.algo
+            inputs, n_quant = self._make_quantizer(biases, group, act_quant, limits)
+        self._record(inputs, n_quant, float_input is not None, download, timed)
+        self._make_views(float_input is not None)
+
+    def _make_piece(self, piece, spirv, limits, offsets):
+        """The bias and output tensors and the linear kernel's algorithm of one piece of
+        the layer's channels (``piece``: ``(n0, n1, NP, weight tensors)``)."""
+        n0, n1, np_, wt = piece
+        device, kernel, t = self.device, self.kernel, self.t
+        out_words = t * np_ // 4 if kernel.out_int8 else t * np_
+        device.check_binding(out_words * 4, "output")
+        bias, y = device.io_tensors(
+            [np.zeros(np_, np.float32),
+             np.zeros(out_words, np.uint32 if kernel.out_int8 else np.float32)],
+            f"a recorded call at T={t}")
+        tensors = [self.x, self.xs, self.xz] + wt + [bias, self.os, self.oz, y]
+        texel = None
+        if kernel.variant.texel:  # X and the weight tensors as texel buffers (kp patch)
+            texel = [R32G32B32A32_UINT if any(u is v for v in [self.x] + wt) else 0
+                     for u in tensors]
+        gx, gy, n_disp = kernel.grid(t, np_, limits)
+        spec = np.array(kernel.spec_constants + (int(offsets),), np.uint32)
+        pipe = device.algorithm(tensors, spirv, (gx, gy, 1), spec,
+                                self._push(n1 - n0, np_, 0), texel)
+        self.pipelines.append(pipe)
+        return _Piece(n0, n1, np_, bias, y, pipe.algo, gy, n_disp)
+
+    def _make_quantizer(self, biases, group, act_quant, limits):
+        """The on-device activation quantizer and its float input; returns the tensors to
+        upload before a run and the quantizer's dispatch count."""
+        device, kernel, t, k = self.device, self.kernel, self.t, self.k
+        # the float rows hold K_in = k / g_out * g_in values; the quantizer pads each
+        # group of g_in to the kernel's g_out (both multiples of 4) with the zero point
+        g_in, g_out = group or (kernel.group_size, kernel.group_size)
+        k_in = k // g_out * g_in
+        if self.source is not None:      # the producer's padded float output rows
+            xf, stride = self.source.y, self.source.np_
+            inputs = biases + [self.os, self.oz]
+        else:
+            (xf,), stride = device.io_tensors([np.zeros(t * k_in, np.float32)],
+                                              f"float activations at T={t}"), k_in
+            self._xf_in = xf.data().reshape(t, k_in)     # see _make_views
+            inputs = [xf] + biases + [self.os, self.oz]
+        # the quantizer's non-finite flag: cleared with the inputs, read after the run
+        (self.nf,) = device.io_tensors([np.zeros(1, np.uint32)], "a recorded call's flag")
+        inputs.append(self.nf)
+        self._qgy = min(t, limits[1])
+        self._qpush = lambda base: np.array([t, k_in, stride, base, g_in // 4, g_out // 4],
+                                            dtype=np.uint32)
+        defines, local_x = quantizer_shape(device.caps)
+        pipe = device.algorithm(
+            [xf, self.x, self.xs, self.xz, self.nf],
+            compile_shader("quantize_tokens.comp", defines), (1, self._qgy, 1),
+            quantizer_constants(act_quant, local_x), self._qpush(0))
+        self.pipelines.append(pipe)
+        self.qalgo = pipe.algo
+        return inputs, -(-t // self._qgy)
+
+    def _record(self, inputs, n_quant, float_input, download, timed):
+        """Record the sequence: uploads, the quantizer (``n_quant`` dispatches), barriers,
+        the linear kernel of every piece, the downloads."""
+        import kp
+        device, kernel = self.device, self.kernel
         ops = [kp.OpTensorSyncDevice(inputs)]
-        if float_input is not None:
+        if float_input:
             if not device.unified_memory:   # the flag's clearing copy, then the atomic
                 ops.append(kp.OpMemoryBarrier([self.nf], ACCESS_TRANSFER_WRITE,
                                               ACCESS_SHADER_READ | ACCESS_SHADER_WRITE,
                                               STAGE_TRANSFER, STAGE_COMPUTE_SHADER))
             if self.source is not None:
                 ops.append(_shader_barrier(kp, [self.source.y]))
-            ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * qgy)) for i in range(n_quant)]
+            ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * self._qgy))
+                    for i in range(n_quant)]
             ops.append(_shader_barrier(kp, [self.x, self.xs, self.xz]))
         self._first_linear = len(ops)     # timestamp i is taken after op i - 1
         self.timed = timed
+        mgr = device.manager
         self.seq = mgr.sequence(0, len(ops) + self.n_dispatch + 2) if timed else \
             mgr.sequence()
         for op in ops:
             self.seq.record(op)
-        for n0, n1, np_, _, _, algo, (gy, n_disp) in self._pieces:
-            rows = gy * kernel.tokens_per_row
-            for i in range(n_disp):
-                self.seq.record(kp.OpAlgoDispatch(algo, self._push(n1 - n0, np_, i * rows)))
+        for p in self._pieces:
+            rows = p.gy * kernel.tokens_per_row
+            for i in range(p.n_dispatch):
+                self.seq.record(kp.OpAlgoDispatch(p.algo, self._push(p.n1 - p.n0, p.np_,
+                                                                      i * rows)))
         self._download = download
-        back = ([p[4] for p in self._pieces] if download else []) + \
-            ([self.nf] if float_input is not None else [])
+        back = ([p.y for p in self._pieces] if download else []) + \
+            ([self.nf] if float_input else [])
         if back:
             self.seq.record(kp.OpTensorSyncLocal(back))
             self.seq.record(_host_barrier(kp, back))
+
+    def _make_views(self, float_input):
+        """Numpy views of the tensors' host memory, made once: each kp data() call costs
+        microseconds. The memory stays mapped as long as the device is open, and every use
+        goes through device.check_open first."""
+        import kp
+        t, k = self.t, self.k
         self._has_bias = False
-        # Numpy views of the tensors' host memory, made once: each kp data() call costs
-        # microseconds. The memory stays mapped as long as the device is open, and every
-        # use goes through device.check_open first.
         self._x_in = self.x.data().view(np.int8)[:t * k].reshape(t, k)
         self._xs_in, self._xz_in = self.xs.data(), self.xz.data()
         self._os_in, self._oz_in = self.os.data(), self.oz.data()
-        self._bias_in = [p[3].data()[:p[1] - p[0]] for p in self._pieces]
+        self._bias_in = [p.bias.data()[:p.n1 - p.n0] for p in self._pieces]
         self._y_outs = []
-        for n0, n1, np_, _, y, _, _ in self._pieces:
-            y = y.data()
-            self._y_outs.append((y.view(np.int8) if kernel.out_int8 else y)
-                                .reshape(t, np_)[:, :n1 - n0])
+        for p in self._pieces:
+            y = p.y.data()
+            self._y_outs.append((y.view(np.int8) if self.kernel.out_int8 else y)
+                                .reshape(t, p.np_)[:, :p.n1 - p.n0])
         self._y_out = self._y_outs[0] if len(self._pieces) == 1 else None
-        self._bias_slices = [slice(p[0], p[1]) for p in self._pieces]
+        self._bias_slices = [slice(p.n0, p.n1) for p in self._pieces]
         self._int8_views = [self._x_in, self._xs_in, self._xz_in]
-        self._nf = self.nf.data() if float_input is not None else None
+        self._nf = self.nf.data() if float_input else None
         # the patched kp's one-call round trip (copies, eval, copy out, and the wait the
         # device asks for); None on a stock kp, or one built before the patch's item 8
         self._eval_io = self.seq.eval_io if _kp_eval_io(kp) else None
