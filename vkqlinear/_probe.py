@@ -21,104 +21,106 @@ def _version(v):
 
 
 def probe():
+    """Every physical device as a JSON-ready dict (the fields of ``DeviceInfo``)."""
     import vulkan as vk
 
-    s = vk.ffi.string
     app = vk.VkApplicationInfo(pApplicationName="vkqlinear-probe",
                                apiVersion=vk.VK_MAKE_VERSION(1, 1, 0))
     inst = vk.vkCreateInstance(vk.VkInstanceCreateInfo(pApplicationInfo=app), None)
-    out = []
     try:
-        for index, pd in enumerate(vk.vkEnumeratePhysicalDevices(inst)):
-            exts = sorted(e.extensionName if isinstance(e.extensionName, str)
-                          else s(e.extensionName).decode()
-                          for e in vk.vkEnumerateDeviceExtensionProperties(pd, None))
-            has = set(exts).__contains__
-            base = vk.vkGetPhysicalDeviceProperties(pd)
-            api = base.apiVersion
-            # Chain only the structs the device knows (core in 1.2 or exposed extension).
-            sg = vk.VkPhysicalDeviceSubgroupProperties()
-            head = sg
-            dotp = None
-            if has("VK_KHR_shader_integer_dot_product"):
-                dotp = vk.VkPhysicalDeviceShaderIntegerDotProductProperties(pNext=head)
-                head = dotp
-            drv = None
-            if api >= vk.VK_MAKE_VERSION(1, 2, 0) or has("VK_KHR_driver_properties"):
-                drv = vk.VkPhysicalDeviceDriverProperties(pNext=head)
-                head = drv
-            p2 = vk.VkPhysicalDeviceProperties2(pNext=head)
-            vk.vkGetPhysicalDeviceProperties2(pd, p2)
-            p = p2.properties
-            lim = p.limits
-
-            f8 = fi8 = fdot = None
-            fhead = vk.ffi.NULL
-            if has("VK_KHR_8bit_storage"):
-                f8 = vk.VkPhysicalDevice8BitStorageFeatures(pNext=fhead)
-                fhead = f8
-            if has("VK_KHR_shader_float16_int8"):
-                fi8 = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=fhead)
-                fhead = fi8
-            if has("VK_KHR_shader_integer_dot_product"):
-                fdot = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=fhead)
-                fhead = fdot
-            f2 = vk.VkPhysicalDeviceFeatures2(pNext=fhead)
-            vk.vkGetPhysicalDeviceFeatures2(pd, f2)
-
-            mem = vk.vkGetPhysicalDeviceMemoryProperties(pd)
-            heaps = [int(mem.memoryHeaps[i].size) for i in range(mem.memoryHeapCount)]
-            local = [bool(mem.memoryHeaps[i].flags & vk.VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
-                     for i in range(mem.memoryHeapCount)]
-            qfs = vk.vkGetPhysicalDeviceQueueFamilyProperties(pd)
-            compute_q = [q for q in qfs if q.queueFlags & vk.VK_QUEUE_COMPUTE_BIT]
-            ops = int(sg.supportedOperations)
-            out.append({
-                "index": index,
-                "name": s(p.deviceName).decode(),
-                "type": _TYPES.get(int(p.deviceType), "other"),
-                "vendor_id": int(p.vendorID),
-                "device_id": int(p.deviceID),
-                "api_version": _version(int(api)),
-                "driver_version": int(p.driverVersion),
-                "driver_name": s(drv.driverName).decode() if drv is not None else "",
-                "driver_info": s(drv.driverInfo).decode() if drv is not None else "",
-                "limits": {
-                    "max_workgroup_size": [int(lim.maxComputeWorkGroupSize[i]) for i in range(3)],
-                    "max_workgroup_count": [int(lim.maxComputeWorkGroupCount[i])
-                                            for i in range(3)],
-                    "max_workgroup_invocations": int(lim.maxComputeWorkGroupInvocations),
-                    "max_shared_memory": int(lim.maxComputeSharedMemorySize),
-                    "max_storage_buffer_range": int(lim.maxStorageBufferRange),
-                    "max_texel_buffer_elements": int(lim.maxTexelBufferElements),
-                    "max_push_constants_size": int(lim.maxPushConstantsSize),
-                    "timestamp_period_ns": float(lim.timestampPeriod),
-                    "timestamp_compute_and_graphics": bool(lim.timestampComputeAndGraphics),
-                    "timestamp_valid_bits": int(compute_q[0].timestampValidBits)
-                    if compute_q else 0,
-                },
-                "memory_heaps": heaps,
-                "device_local_heaps": local,
-                "subgroup": {
-                    "size": int(sg.subgroupSize),
-                    "compute": bool(sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT),
-                    "operations": [n for b, n in _SUBGROUP_OPS.items() if ops & b],
-                },
-                "features": {
-                    "storageBuffer8BitAccess": bool(f8 and f8.storageBuffer8BitAccess),
-                    "shaderInt8": bool(fi8 and fi8.shaderInt8),
-                    "shaderIntegerDotProduct": bool(fdot and fdot.shaderIntegerDotProduct),
-                    "shaderInt64": bool(f2.features.shaderInt64),
-                },
-                "extensions": exts,
-                "properties": {
-                    "integer_dot_4x8_packed_accelerated": bool(
-                        dotp and dotp.integerDotProduct4x8BitPackedSignedAccelerated),
-                },
-            })
+        return [_device(vk, index, pd)
+                for index, pd in enumerate(vk.vkEnumeratePhysicalDevices(inst))]
     finally:
         vk.vkDestroyInstance(inst, None)
-    return out
+
+
+def _device(vk, index, pd):
+    s = vk.ffi.string
+    exts = sorted(e.extensionName if isinstance(e.extensionName, str)
+                  else s(e.extensionName).decode()
+                  for e in vk.vkEnumerateDeviceExtensionProperties(pd, None))
+    has = set(exts).__contains__
+    p, sg, dotp, drv = _properties(vk, pd, has)
+    mem = vk.vkGetPhysicalDeviceMemoryProperties(pd)
+    qfs = vk.vkGetPhysicalDeviceQueueFamilyProperties(pd)
+    compute_q = [q for q in qfs if q.queueFlags & vk.VK_QUEUE_COMPUTE_BIT]
+    ops = int(sg.supportedOperations)
+    return {
+        "index": index,
+        "name": s(p.deviceName).decode(),
+        "type": _TYPES.get(int(p.deviceType), "other"),
+        "vendor_id": int(p.vendorID),
+        "device_id": int(p.deviceID),
+        "api_version": _version(int(p.apiVersion)),
+        "driver_version": int(p.driverVersion),
+        "driver_name": s(drv.driverName).decode() if drv is not None else "",
+        "driver_info": s(drv.driverInfo).decode() if drv is not None else "",
+        "limits": _limits(p.limits, compute_q),
+        "memory_heaps": [int(mem.memoryHeaps[i].size) for i in range(mem.memoryHeapCount)],
+        "device_local_heaps": [bool(mem.memoryHeaps[i].flags &
+                                    vk.VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+                               for i in range(mem.memoryHeapCount)],
+        "subgroup": {
+            "size": int(sg.subgroupSize),
+            "compute": bool(sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT),
+            "operations": [n for b, n in _SUBGROUP_OPS.items() if ops & b],
+        },
+        "features": _features(vk, pd, has),
+        "extensions": exts,
+        "properties": {
+            "integer_dot_4x8_packed_accelerated": bool(
+                dotp and dotp.integerDotProduct4x8BitPackedSignedAccelerated),
+        },
+    }
+
+
+def _properties(vk, pd, has):
+    """``(properties, subgroup, integer dot product or None, driver or None)``, chaining
+    only the structs the device knows (core in 1.2 or an exposed extension)."""
+    api = vk.vkGetPhysicalDeviceProperties(pd).apiVersion
+    sg = vk.VkPhysicalDeviceSubgroupProperties()
+    head, dotp, drv = sg, None, None
+    if has("VK_KHR_shader_integer_dot_product"):
+        dotp = head = vk.VkPhysicalDeviceShaderIntegerDotProductProperties(pNext=head)
+    if api >= vk.VK_MAKE_VERSION(1, 2, 0) or has("VK_KHR_driver_properties"):
+        drv = head = vk.VkPhysicalDeviceDriverProperties(pNext=head)
+    p2 = vk.VkPhysicalDeviceProperties2(pNext=head)
+    vk.vkGetPhysicalDeviceProperties2(pd, p2)
+    return p2.properties, sg, dotp, drv
+
+
+def _features(vk, pd, has):
+    f8 = fi8 = fdot = None
+    head = vk.ffi.NULL
+    if has("VK_KHR_8bit_storage"):
+        f8 = head = vk.VkPhysicalDevice8BitStorageFeatures(pNext=head)
+    if has("VK_KHR_shader_float16_int8"):
+        fi8 = head = vk.VkPhysicalDeviceShaderFloat16Int8Features(pNext=head)
+    if has("VK_KHR_shader_integer_dot_product"):
+        fdot = head = vk.VkPhysicalDeviceShaderIntegerDotProductFeatures(pNext=head)
+    f2 = vk.VkPhysicalDeviceFeatures2(pNext=head)
+    vk.vkGetPhysicalDeviceFeatures2(pd, f2)
+    return {
+        "storageBuffer8BitAccess": bool(f8 and f8.storageBuffer8BitAccess),
+        "shaderInt8": bool(fi8 and fi8.shaderInt8),
+        "shaderIntegerDotProduct": bool(fdot and fdot.shaderIntegerDotProduct),
+        "shaderInt64": bool(f2.features.shaderInt64),
+    }
+
+
+def _limits(lim, compute_q):
+    return {
+        "max_workgroup_size": [int(lim.maxComputeWorkGroupSize[i]) for i in range(3)],
+        "max_workgroup_count": [int(lim.maxComputeWorkGroupCount[i]) for i in range(3)],
+        "max_workgroup_invocations": int(lim.maxComputeWorkGroupInvocations),
+        "max_shared_memory": int(lim.maxComputeSharedMemorySize),
+        "max_storage_buffer_range": int(lim.maxStorageBufferRange),
+        "max_texel_buffer_elements": int(lim.maxTexelBufferElements),
+        "max_push_constants_size": int(lim.maxPushConstantsSize),
+        "timestamp_period_ns": float(lim.timestampPeriod),
+        "timestamp_compute_and_graphics": bool(lim.timestampComputeAndGraphics),
+        "timestamp_valid_bits": int(compute_q[0].timestampValidBits) if compute_q else 0,
+    }
 
 
 def main():
