@@ -607,7 +607,7 @@ def plot(points, crossovers, path):
     return path
 
 
-def main(argv=None):
+def _parser():
     ap = argparse.ArgumentParser(prog="python -m vkqlinear bench", description=__doc__
                                  .splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
@@ -648,9 +648,57 @@ def main(argv=None):
     ap.add_argument("--big-layer", action="store_true",
                     help="with --model: also time one layer larger than a binding "
                          "(4096 x 128256)")
+    return ap
+
+
+def main(argv=None):
+    ap = _parser()
     a = ap.parse_args(argv)
     if a.model:
         return model_main(a)
+    shapes, tokens, gsizes, runs, budget, resolve_s = _settings(ap, a)
+    dev = Device(a.device, wait=a.wait)
+    rng = np.random.default_rng(0)
+    print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
+          f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
+    read_bytes = _read_bytes(shapes, gsizes)
+    if a.tune:                       # first: the calibration belongs with the sweep
+        tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
+        print(f"tuned {len(tuned['points'])} points in {tuned['seconds']:.0f} s")
+    calib, alu, read_cal = _calibrate(dev, read_bytes, a.warm_up)
+    weights, points = _sweep(dev, shapes, tokens, gsizes, runs, budget, resolve_s, rng, alu,
+                             read_cal)
+    # The limits are the fastest the device (and the host) was seen to go: calibrated again
+    # after the sweep, and the headline points' in-round calibrations count too (a
+    # calibration of a fraction of a second can fall in one of the host's slow spells)
+    alu_again, at_again = fastest_alu(dev)
+    calib_limits(calib, points, fastest_read(dev, read_bytes, 20)[0],
+                 alu_again.work / at_again.median)
+    if "host_read_bytes_per_s" in calib:
+        calib["host_read_bytes_per_s"] = max(calib["host_read_bytes_per_s"],
+                                             host_read_bandwidth(read_bytes))
+    if not a.no_baselines:
+        prog = Progress(len(points))
+        for p in points:
+            prog.step(f"baselines K={p['K']} N={p['N']} g={p['group_size']} T={p['T']}")
+            measure_baselines(weights[(p["K"], p["N"], p["group_size"])], p, rng)
+    crossovers = derive(points, calib)
+    figures = headline(points, calib)
+    print_table(points, crossovers, calib, figures)
+    doc = _write_report(a.out, dev, calib, crossovers, figures, points)
+    if a.tune:
+        vals = [v for v in crossovers.values() if v is not None]
+        # auto uses the cooperative kernel for T <= threshold: just below the crossover.
+        threshold = int(np.median([v - 1 for v in vals])) if vals else max(tokens)
+        path = store_threshold(dev.info, threshold, {"measured": doc["date"],
+                                                     "crossovers": crossovers})
+        print(f"tuned: auto threshold T <= {threshold} -> cooperative, stored in {path}")
+    return 0
+
+
+def _settings(ap, a):
+    """``(shapes, tokens, group sizes, runs, budget, resolve seconds)`` from the command
+    line and the defaults of ``--quick`` / ``--full``."""
     shapes = a.shapes or (
         SHAPE_SETS["llama-7b"] + SHAPE_SETS["minilm"] if a.full else SHAPE_SETS["quick"])
     tokens = a.tokens or TOKENS
@@ -668,21 +716,24 @@ def main(argv=None):
     for name, v in (("--budget", budget), ("--resolve", resolve_s)):
         if v < 0:
             ap.error(f"{name} is seconds, at least 0 (got {v})")
-    dev = Device(a.device, wait=a.wait)
-    rng = np.random.default_rng(0)
-    print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
-          f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
-    # The read calibration covers the bytes one call moves at the headline point (4096 x
-    # 4096, g = 32, T = 1) when it is in the sweep, else at the biggest layer's T = 1
+    return shapes, tokens, gsizes, runs, budget, resolve_s
+
+
+def _read_bytes(shapes, gsizes):
+    """The bytes the read calibration covers: what one call moves at the headline point
+    (4096 x 4096, g = 32, T = 1) when it is in the sweep, else at the biggest layer's
+    T = 1."""
     k0, n0 = (4096, 4096) if (4096, 4096) in shapes else max(shapes, key=lambda s: s[0] * s[1])
     g0 = 32 if k0 % 32 == 0 else gsizes[0]
-    read_bytes = call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
-                                             np.zeros((n0, k0 // g0), np.float32),
-                                             np.ones((n0, k0 // g0))), 1)
-    if a.tune:                       # first: the calibration belongs with the sweep
-        tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
-        print(f"tuned {len(tuned['points'])} points in {tuned['seconds']:.0f} s")
-    warm_up(read_kernel(dev, read_bytes), a.warm_up)
+    return call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
+                                       np.zeros((n0, k0 // g0), np.float32),
+                                       np.ones((n0, k0 // g0))), 1)
+
+
+def _calibrate(dev, read_bytes, warm_up_s):
+    """The device's read and arithmetic rates before the sweep: ``(calibration record,
+    the fastest arithmetic kernel, read kernels by byte count)``."""
+    warm_up(read_kernel(dev, read_bytes), warm_up_s)
     bw, how = fastest_read(dev, read_bytes, 20)
     # read calibration kernels of the fastest kind, by byte count, made once
     read_cal = functools.cache(
@@ -693,6 +744,11 @@ def main(argv=None):
              "alu_madd_per_s": alu.work / at.median}
     if dev.info.type == "cpu":       # the physical limit under a CPU device
         calib["host_read_bytes_per_s"] = host_read_bandwidth(read_bytes)
+    return calib, alu, read_cal
+
+
+def _sweep(dev, shapes, tokens, gsizes, runs, budget, resolve_s, rng, alu, read_cal):
+    """Every point timed, in turns: ``({(K, N, g): weights}, [point records])``."""
     configs = [(k, n, g) for k, n in shapes for g in gsizes if k % g == 0]
     weights = {}
     for k, n, g in configs:      # every layer stays resident: the points take turns
@@ -728,24 +784,12 @@ def main(argv=None):
             if added:
                 sys.stderr.write("\n")
         points += [tm.finish() for tm in timers]
-    # The limits are the fastest the device (and the host) was seen to go: calibrated again
-    # after the sweep, and the headline points' in-round calibrations count too (a
-    # calibration of a fraction of a second can fall in one of the host's slow spells)
-    alu_again, at_again = fastest_alu(dev)
-    calib_limits(calib, points, fastest_read(dev, read_bytes, 20)[0],
-                 alu_again.work / at_again.median)
-    if "host_read_bytes_per_s" in calib:
-        calib["host_read_bytes_per_s"] = max(calib["host_read_bytes_per_s"],
-                                             host_read_bandwidth(read_bytes))
-    if not a.no_baselines:
-        prog = Progress(len(points))
-        for p in points:
-            prog.step(f"baselines K={p['K']} N={p['N']} g={p['group_size']} T={p['T']}")
-            measure_baselines(weights[(p["K"], p["N"], p["group_size"])], p, rng)
-    crossovers = derive(points, calib)
-    figures = headline(points, calib)
-    print_table(points, crossovers, calib, figures)
-    out = Path(a.out)
+    return weights, points
+
+
+def _write_report(out_dir, dev, calib, crossovers, figures, points):
+    """The sweep's JSON and plot in ``out_dir``; returns the JSON document."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -760,14 +804,7 @@ def main(argv=None):
     print(f"\nJSON: {jpath}")
     ppath = plot(points, crossovers, out / f"bench-{stamp}.png")
     print(f"plot: {ppath}" if ppath else "plot: skipped (pip install matplotlib)")
-    if a.tune:
-        vals = [v for v in crossovers.values() if v is not None]
-        # auto uses the cooperative kernel for T <= threshold: just below the crossover.
-        threshold = int(np.median([v - 1 for v in vals])) if vals else max(tokens)
-        path = store_threshold(dev.info, threshold, {"measured": doc["date"],
-                                                     "crossovers": crossovers})
-        print(f"tuned: auto threshold T <= {threshold} -> cooperative, stored in {path}")
-    return 0
+    return doc
 
 
 def model_main(a):
