@@ -164,6 +164,50 @@ def _cpu_baselines(shapes, rng, tokens, log):
     return out
 
 
+def _phase(label, layers, shapes, t, steps, rng, bw, how, log):
+    """One phase (decode or prefill) of ``layers`` at ``t`` tokens: its report entry."""
+    inputs = [rng.standard_normal((t, k)).astype(np.float32) for _, k, _ in shapes]
+    wall, timed_wall, kern = _alternate(layers, inputs, t, steps)
+    nbytes = sum(call_bytes(layer.weights, t) for layer in layers)
+    res = {"T": t, "steps": steps, "wall_s": wall, "timed_wall_s": timed_wall,
+           "kernel_s": kern, "tokens_per_s": t / wall, "tokens_per_s_kernels": t / kern,
+           "host_share": timed_wall / kern,
+           "timestamp_cost_s_per_call": (timed_wall - wall) / len(layers),
+           "bytes_read": nbytes,
+           "read_roofline_fraction": nbytes / bw / kern}
+    log(f"  {label} T={t}: {wall * 1e3:.1f} ms a pass end to end ({res['tokens_per_s']:.2f} "
+        f"tokens/s); with timestamps {timed_wall * 1e3:.1f} ms "
+        f"({res['timestamp_cost_s_per_call'] * 1e6:+.0f} us a call), of it kernels "
+        f"{kern * 1e3:.1f} ms ({res['tokens_per_s_kernels']:.2f} tokens/s), host share "
+        f"{res['host_share']:.3f}; {nbytes / 2**20:.0f} MiB read, "
+        f"{res['read_roofline_fraction']:.2f} of the fastest calibrated read "
+        f"({bw / 1e9:.2f} GB/s, {how})")
+    return res
+
+
+def _big_layer(device, rng, log):
+    """One layer larger than a binding (:data:`BIG_LAYER`): its report entry."""
+    k, n = BIG_LAYER
+    qw = random_weights(rng, k, n)
+    layer = QLinear(qw, device=device)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    y = layer(x)
+    ref = layer(x, algorithm="reference")
+    err = float(np.abs(y - ref).max() / np.abs(ref).max())
+    wall, _, kern = _alternate([layer], [x], 1, 5)
+    calls = DeviceLinear.of(qw, device).calls
+    b = {"K": k, "N": n, "packed_bytes": qw.w_packed.nbytes,
+         "pieces": max(c.pieces for c in calls), "max_binding": device.max_binding,
+         "wall_s": wall, "kernel_s": kern, "max_rel_error_vs_reference": err}
+    log(f"  one layer past the binding limit: {k} x {n} ({b['packed_bytes'] / 2**20:.0f} "
+        f"MiB packed, {b['pieces']} pieces of at most {device.max_binding / 2**20:.0f} "
+        f"MiB): {b['wall_s'] * 1e3:.1f} ms end to end, kernel {b['kernel_s'] * 1e3:.1f} "
+        f"ms; max |y - reference| / max |reference| = {err:.1e}")
+    del layer, qw, calls
+    gc.collect()
+    return b
+
+
 def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
               baselines=True, big_layer=False, log=print, seed=0):
     """The decoder benchmark on ``device`` (see the module doc); returns the report."""
@@ -198,23 +242,7 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
     report["read_bandwidth_bytes_per_s"], report["read_how"] = bw, how
 
     def phase(label, layers, t, steps):
-        inputs = [rng.standard_normal((t, k)).astype(np.float32) for _, k, _ in shapes]
-        wall, timed_wall, kern = _alternate(layers, inputs, t, steps)
-        nbytes = sum(call_bytes(layer.weights, t) for layer in layers)
-        res = {"T": t, "steps": steps, "wall_s": wall, "timed_wall_s": timed_wall,
-               "kernel_s": kern, "tokens_per_s": t / wall, "tokens_per_s_kernels": t / kern,
-               "host_share": timed_wall / kern,
-               "timestamp_cost_s_per_call": (timed_wall - wall) / len(layers),
-               "bytes_read": nbytes,
-               "read_roofline_fraction": nbytes / bw / kern}
-        log(f"  {label} T={t}: {wall * 1e3:.1f} ms a pass end to end ({res['tokens_per_s']:.2f} "
-            f"tokens/s); with timestamps {timed_wall * 1e3:.1f} ms "
-            f"({res['timestamp_cost_s_per_call'] * 1e6:+.0f} us a call), of it kernels "
-            f"{kern * 1e3:.1f} ms ({res['tokens_per_s_kernels']:.2f} tokens/s), host share "
-            f"{res['host_share']:.3f}; {nbytes / 2**20:.0f} MiB read, "
-            f"{res['read_roofline_fraction']:.2f} of the fastest calibrated read "
-            f"({bw / 1e9:.2f} GB/s, {how})")
-        return res
+        return _phase(label, layers, shapes, t, steps, rng, bw, how, log)
 
     report["decode"] = phase("decode", layers, 1, decode_steps)
     report["prefill"] = phase("prefill", layers, prefill_tokens, prefill_steps)
@@ -222,27 +250,7 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
     del layers
     gc.collect()
     if big_layer:
-        k, n = BIG_LAYER
-        qw = random_weights(rng, k, n)
-        layer = QLinear(qw, device=device)
-        x = rng.standard_normal((1, k)).astype(np.float32)
-        y = layer(x)
-        ref = layer(x, algorithm="reference")
-        err = float(np.abs(y - ref).max() / np.abs(ref).max())
-        wall, _, kern = _alternate([layer], [x], 1, 5)
-        calls = DeviceLinear.of(qw, device).calls
-        report["big_layer"] = {"K": k, "N": n, "packed_bytes": qw.w_packed.nbytes,
-                               "pieces": max(c.pieces for c in calls),
-                               "max_binding": device.max_binding,
-                               "wall_s": wall, "kernel_s": kern,
-                               "max_rel_error_vs_reference": err}
-        b = report["big_layer"]
-        log(f"  one layer past the binding limit: {k} x {n} ({b['packed_bytes'] / 2**20:.0f} "
-            f"MiB packed, {b['pieces']} pieces of at most {device.max_binding / 2**20:.0f} "
-            f"MiB): {b['wall_s'] * 1e3:.1f} ms end to end, kernel {b['kernel_s'] * 1e3:.1f} "
-            f"ms; max |y - reference| / max |reference| = {err:.1e}")
-        del layer, qw, calls
-        gc.collect()
+        report["big_layer"] = _big_layer(device, rng, log)
     report["host_bytes_peak"] = _peak_host_bytes()
     if baselines:
         report["cpu"] = _cpu_baselines(shapes, rng, (1, prefill_tokens), log)
