@@ -213,11 +213,13 @@ def kp_has_eval_io(kp):
     return getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
 
 
+# Pipelines a device keeps compiled without a recorded call using them (Device.algorithm)
+PIPELINE_TEMPLATES = 64
+
+
 class Pipeline:
     """A kp algorithm as :meth:`Device.algorithm` made it (``algo``), and whether it shares
-    an earlier one's pipeline (``shared``). Kept by the recorded call that binds it; the
-    device's table of pipelines refers to it weakly, so that a dropped call's tensors are
-    not kept alive by the pipelines they were bound with."""
+    a template's pipeline (``shared``). Kept by the recorded call that binds it."""
     __slots__ = ("algo", "shared", "__weakref__")
 
     def __init__(self, algo):
@@ -269,7 +271,8 @@ class Device:
         self._kp_yields = kp_has_eval_io(kp)
         self._kp_storage = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_STORAGE
         self._kp_shares = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_SHARED_PIPELINE
-        self._pipelines = {}  # (shader, constants, bindings) -> weakref to a Pipeline
+        self._templates = {}  # (shader, constants, bindings) -> kp algorithm, oldest first
+        self._placeholder = None
         self._tuning_memo = None    # (until, tuning writes, tuning state)
         self.wait = wait
         self.lock = threading.RLock()
@@ -291,7 +294,6 @@ class Device:
         self.caps = DeviceCaps.from_info(self.info, self.enabled)
         #: the self-check verdicts known here: {"tiled/int64": (ok, detail)}
         self.verdicts = {}
-        self._checked_calls = {}
         self._check_lock = threading.RLock()
         try:
             self._self_check = selfcheck.enabled()
@@ -323,9 +325,7 @@ class Device:
             with self._check_lock:
                 verdict = self.verdicts.get(key)
                 if verdict is None or (hooked and verdict[0]):
-                    ok, detail, _, call = selfcheck.run_check(self, kernel)
-                    if call is not None:      # its pipeline, for the call that follows
-                        self._checked_calls[key] = call
+                    ok, detail, _ = selfcheck.run_check(self, kernel)
                     if not selfcheck.forced_wrong():     # the test hook's verdicts stay here
                         tuning.store_self_check(self.info, key, {"ok": ok, "detail": detail})
                     self._record_verdict(key, ok, detail, True)
@@ -516,32 +516,48 @@ class Device:
 
     def algorithm(self, tensors, spirv, workgroup, spec, push, texel_formats=None):
         """A :class:`Pipeline` (a kp algorithm binding ``tensors``; ``texel_formats``: the
-        tensors' texel formats, 0 for a storage buffer) that shares its pipeline with a
-        live one of the same SPIR-V, constants and bindings where kp can (patch item 10):
-        a kernel's pipeline is compiled once, not for every recorded call (tens of
-        milliseconds each on lavapipe, a new token count in a model's prefill). The
-        device refers to its pipelines weakly: keep the returned object."""
-        import kp
+        tensors' texel formats, 0 for a storage buffer) that shares its pipeline where kp
+        can (patch item 10): a kernel's pipeline is compiled once a process, not for every
+        recorded call (tens of milliseconds to a second each on lavapipe: a new token
+        count in a model's prefill, every layer of a test suite). The pipelines live in
+        templates, algorithms bound to placeholder tensors, of which the device keeps the
+        :data:`PIPELINE_TEMPLATES` most recently used; keep the returned object."""
         key = (spirv, bytes(np.asarray(spec, np.uint32)), np.asarray(push).nbytes, len(tensors),
                tuple(bool(f) for f in texel_formats or ()))
         with self.lock:
-            ref = self._pipelines.get(key) if self._kp_shares else None
-            source = ref() if ref is not None else None
+            source = self._template(key, spirv, spec, push, texel_formats) \
+                if self._kp_shares else None
+            return Pipeline(self._make_algorithm(tensors, spirv, workgroup, spec, push,
+                                                 texel_formats, source))
+
+    def _make_algorithm(self, tensors, spirv, workgroup, spec, push, texel_formats, source):
+        import kp
+        if texel_formats is not None:
+            kp.Algorithm.set_next_texel_formats(list(texel_formats))
+        if source is not None:
+            kp.Algorithm.set_next_pipeline_source(source)
+        try:
+            return self.manager.algorithm(tensors, spirv, workgroup, spec, push)
+        finally:              # consumed by the algorithm, unless it was never made
             if texel_formats is not None:
-                kp.Algorithm.set_next_texel_formats(list(texel_formats))
+                kp.Algorithm.set_next_texel_formats([])
             if source is not None:
-                kp.Algorithm.set_next_pipeline_source(source.algo)
-            try:
-                algo = self.manager.algorithm(tensors, spirv, workgroup, spec, push)
-            finally:              # consumed by the algorithm, unless it was never made
-                if texel_formats is not None:
-                    kp.Algorithm.set_next_texel_formats([])
-                if source is not None:
-                    kp.Algorithm.set_next_pipeline_source(None)
-            pipeline = Pipeline(algo)
-            if self._kp_shares and source is None:
-                self._pipelines[key] = weakref.ref(pipeline)
-            return pipeline
+                kp.Algorithm.set_next_pipeline_source(None)
+
+    def _template(self, key, spirv, spec, push, texel_formats):
+        """The kp algorithm holding the pipeline of ``key``, made (and the pipeline
+        compiled) on first use; the least recently used ones go past
+        :data:`PIPELINE_TEMPLATES`."""
+        template = self._templates.pop(key, None)
+        if template is None:
+            if self._placeholder is None:    # one 16-byte buffer (a texel) for every binding
+                self._placeholder = self.manager.tensor_t(np.zeros(4, np.uint32))
+            template = self._make_algorithm([self._placeholder] * key[3], spirv, (1, 1, 1),
+                                            spec, push, texel_formats, None)
+        self._templates[key] = template               # now the most recently used
+        while len(self._templates) > PIPELINE_TEMPLATES:
+            self._templates.pop(next(iter(self._templates)))
+        return template
 
     def upload(self, arrays, what):
         """Device tensors holding ``arrays``, copied to the device now, for data that stays
@@ -571,6 +587,7 @@ class Device:
         return resident
 
     # -- lifetime ----------------------------------------------------------------------
+
     def close(self):
         """Release every buffer, pipeline and sequence made on this device, then the device."""
         with self.lock:
@@ -578,6 +595,8 @@ class Device:
                 return
             self.closed = True
             mgr, self._mgr = self._mgr, None
+            self._templates.clear()
+            self._placeholder = None
             mgr.destroy()
             with self._memory_lock:
                 self._memory = 0

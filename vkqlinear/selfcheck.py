@@ -76,9 +76,9 @@ def known_answer(t, k, n, group_size, seed=0):
 
 def run_check(device, kernel):
     """Run ``kernel`` (a :class:`~vkqlinear.kernels.Kernel`) once on the known-answer
-    layer for its group size and lanes on ``device``; returns ``(ok, detail, seconds,
-    call)``, ``call`` the recorded call that ran it (or ``None``): whoever keeps it keeps
-    its compiled pipeline, which the first real call of the same kernel then shares."""
+    layer for its group size and lanes on ``device``; returns ``(ok, detail, seconds)``.
+    Its pipeline stays compiled on the device for the real call that follows
+    (:meth:`vkqlinear.Device.algorithm`)."""
     from .device_linear import DeviceLinear
     from .weights import prepack
     start = time.perf_counter()
@@ -87,17 +87,17 @@ def run_check(device, kernel):
     x_q, xs, xz, w_packed, ws, wz, bias, want = known_answer(t, k, n, kernel.group_size)
     weights = prepack(w_packed, kernel.group_size, ws, wz)
     try:
-        got, call = DeviceLinear.of(weights, device).run(kernel, x_q, xs, xz, bias)
+        got, _ = DeviceLinear.of(weights, device).run(kernel, x_q, xs, xz, bias)
     except Exception as e:          # a variant that cannot even run is not usable either
-        return False, f"{type(e).__name__}: {e}", time.perf_counter() - start, None
+        return False, f"{type(e).__name__}: {e}", time.perf_counter() - start
     if variant_key(kernel.algorithm, kernel.variant) in forced_wrong():
         got = got + np.float32(1)
     seconds = time.perf_counter() - start
     if got.shape != want.shape:
-        return False, f"output of shape {got.shape}, want {want.shape}", seconds, None
+        return False, f"output of shape {got.shape}, want {want.shape}", seconds
     bad = np.argwhere(got != want)      # NaN is wrong too
     if not len(bad):
-        return True, "exact", seconds, call
+        return True, "exact", seconds
     i, j = bad[0]
     return False, (f"{len(bad)} of {want.size} outputs wrong; at [{i}, {j}] got "
-                   f"{float(got[i, j])!r}, want {float(want[i, j])!r}"), seconds, None
+                   f"{float(got[i, j])!r}, want {float(want[i, j])!r}"), seconds
