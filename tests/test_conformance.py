@@ -69,3 +69,12 @@ def test_tiled_kernels_with_more_channel_blocks_conform(out, device):
                               *extra)
                 ok, msg = C.check(y, dict(d, w_offsets=None))
                 assert ok, f"{kernel.describe()}: {msg}"
+
+
+def test_conformance_cli_of_the_default_variants(device, capsys):
+    from vkqlinear.__main__ import main
+    assert main(["conformance", "--quick", "--defaults-only", "--device",
+                 str(device.index)]) == 0
+    table = capsys.readouterr().out.split("algorithm ")[1].splitlines()[1:]
+    rows = [line.split()[:2] for line in table if line.strip()]
+    assert rows == [[a, device.caps.variants(a)[0].name] for a in ("tiled", "cooperative")]

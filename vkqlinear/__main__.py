@@ -126,7 +126,8 @@ def cmd_conformance(args):
     dev = Device(args.device)
     print(f"conformance of vkqlinear on device {dev.index}: {dev.name} "
           f"({dev.info.driver_name} {dev.info.driver_info})", flush=True)
-    rows = run_suite(dev, quick=args.quick, report=lambda line: print(line, flush=True))
+    rows = run_suite(dev, quick=args.quick, report=lambda line: print(line, flush=True),
+                     defaults_only=args.defaults_only)
     print(f"\n{'algorithm':12s} {'variant':22s} {'passed':>8s} {'run':>5s} {'cases':>6s}  result")
     failed = False
     for alg, var, passed, run, total, note in rows:
@@ -163,6 +164,8 @@ def main(argv=None):
         p.add_argument("--device", type=int, default=None, help="device index (see info)")
         if name == "conformance":
             p.add_argument("--quick", action="store_true", help="a quick subset of cases")
+            p.add_argument("--defaults-only", action="store_true",
+                           help="only the variant each kernel uses by default on the device")
         p.set_defaults(fn=fn)
     for name, fn, help_ in (("bench", cmd_bench, "GEMM versus GEMV benchmark (see --help)"),
                             ("tune", cmd_tune, "find the fastest kernels on this device "

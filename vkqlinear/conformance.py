@@ -51,14 +51,20 @@ def self_checked_variants(device):
     return out
 
 
-def run_suite(device, quick=False, max_failures=MAX_FAILURES, report=print):
-    """Every case through every variant the device runs; a variant stops after
-    ``max_failures`` failed cases. ``report(line)`` gets each failure as it happens.
-    Returns ``[(algorithm, Variant, passed, run, total, note)]``; ``note`` says why a
-    variant was not run (its self-check) or stopped."""
+def run_suite(device, quick=False, max_failures=MAX_FAILURES, report=print,
+              defaults_only=False):
+    """Every case through every variant the device runs (``defaults_only``: the variant
+    each kernel uses by default on it); a variant stops after ``max_failures`` failed
+    cases. ``report(line)`` gets each failure as it happens. Returns ``[(algorithm,
+    Variant, passed, run, total, note)]``; ``note`` says why a variant was not run (its
+    self-check) or stopped."""
     cs = cases(quick=quick)
     rows = []
-    for alg, var, wrong in self_checked_variants(device):
+    variants = self_checked_variants(device)
+    if defaults_only:
+        variants = [(a, v, w) for a, v, w in variants
+                    if w is None and v == device.caps.variants(a)[0]]
+    for alg, var, wrong in variants:
         if wrong is not None:
             rows.append((alg, var, 0, 0, len(cs), f"its self-check answered wrong: {wrong}"))
             continue
