@@ -97,3 +97,14 @@ def test_a_quirk_removes_the_variants_that_need_its_feature(device, monkeypatch)
         dev.close()
     # and not outside its versions
     assert not replace(quirk, before=(1, 0, 0)).applies(dev.info)
+
+
+def test_the_policy_holds_the_untuned_defaults():
+    """auto's threshold by driver and the wait mode by device type live in the policy."""
+    from vkqlinear import tuning
+    from vkqlinear.device import Device
+    assert tuning.BUILTIN_THRESHOLDS is policy.AUTO_THRESHOLDS
+    assert policy.builtin_wait(_info()) == "yield"
+    gpu = replace(_info(driver_name="radv"), type="discrete-gpu")
+    assert policy.builtin_wait(gpu) == "block"
+    assert Device.builtin_wait.fget(type("D", (), {"info": gpu})()) == "block"

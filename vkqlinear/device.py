@@ -380,7 +380,7 @@ class Device:
     def builtin_wait(self):
         """What ``"auto"`` means before the tuner has measured: ``"yield"`` on a CPU
         device, ``"block"`` on any other."""
-        return "yield" if self.info.type == "cpu" else "block"
+        return policy.builtin_wait(self.info)
 
     @property
     def wait_setting(self):

@@ -1,4 +1,10 @@
-"""Driver policy: what vkqlinear avoids on a driver known to get it wrong.
+"""Device policy: the choices that depend on which driver or kind of device runs the
+kernels, where no measurement of the device (the tuning file) says otherwise.
+
+* :data:`AUTO_THRESHOLDS`: ``auto``'s crossover (the cooperative kernel for ``T <=``
+  it) by driver, else :data:`~vkqlinear.kernels.DEFAULT_AUTO_THRESHOLD`;
+* :func:`builtin_wait`: how a call waits, by device type;
+* :data:`QUIRKS`: what vkqlinear avoids on a driver known to get it wrong (below).
 
 Each :class:`Quirk` names a driver, the versions it applies to, the optional feature
 (:data:`vkqlinear.device.FEATURES`) vkqlinear then does not use there, and why. A device
@@ -17,9 +23,19 @@ import os
 import re
 from dataclasses import dataclass
 
-__all__ = ["Quirk", "QUIRKS", "mesa_version", "quirks", "avoided", "QUIRKS_ENV"]
+__all__ = ["Quirk", "QUIRKS", "mesa_version", "quirks", "avoided", "QUIRKS_ENV",
+           "AUTO_THRESHOLDS", "builtin_wait"]
 
 QUIRKS_ENV = "VKQLINEAR_DRIVER_QUIRKS"
+# Measured with `python -m vkqlinear bench --quick` where the file has no entry, by driver:
+# on lavapipe the tiled kernel was fastest from T = 1 on every quick shape.
+AUTO_THRESHOLDS = {"llvmpipe": 0}
+
+
+def builtin_wait(info):
+    """How a call waits before the tuner has measured: ``"yield"`` on a CPU device (its
+    worker threads share the host's cores with the caller), ``"block"`` on any other."""
+    return "yield" if info.type == "cpu" else "block"
 
 
 @dataclass(frozen=True)

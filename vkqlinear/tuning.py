@@ -31,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
+from . import policy
 from .kernels import DEFAULT_AUTO_THRESHOLD, KERNEL_GENERATION
 
 __all__ = ["tuning_file", "device_key", "point_key", "token_bucket", "auto_threshold",
@@ -39,9 +40,7 @@ __all__ = ["tuning_file", "device_key", "point_key", "token_bucket", "auto_thres
            "BUILTIN_THRESHOLDS", "RECHECK_S", "VERSION"]
 
 VERSION = 2
-# Measured with `python -m vkqlinear bench --quick` where the file has no entry, by driver:
-# on lavapipe the tiled kernel was fastest from T = 1 on every quick shape.
-BUILTIN_THRESHOLDS = {"llvmpipe": 0}
+BUILTIN_THRESHOLDS = policy.AUTO_THRESHOLDS     # the device policy's, by driver
 # An op call asks for the tuned choice every time: the file is looked at (a stat) at most
 # this often, and at once after this process wrote it. A stat right after a kernel, with
 # the host's caches cold, costs tens of microseconds.
