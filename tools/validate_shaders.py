@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vkqlinear.compiler import DEFAULT_TARGET_ENV, compile_shader
 from vkqlinear.dispatch import quantizer_constants
-from vkqlinear.kernels import DeviceCaps, choose_kernel
+from vkqlinear.kernels import DeviceCaps, candidates, choose_kernel
 from vkqlinear.quant import CONVENTIONS
 
 DEVICES = {
@@ -44,10 +44,15 @@ GROUP_SIZES = (8, 32, 128, 4376)      # 4376: nibble sums past 16 bits (32-bit s
 
 
 def variants():
-    """``{(shader, defines): {spec_constants, ...}}`` over everything choose_kernel makes."""
+    """``{(shader, defines): {spec_constants, ...}}`` over everything choose_kernel makes
+    and every candidate the tuner may try (kernels.candidates: every TM, workgroup shape
+    and CB; at one group size and output kind, which only set other constants)."""
     out = {}
     for caps in DEVICES.values():
         for alg in ("tiled", "cooperative"):
+            for t in TOKENS:
+                for k in candidates(alg, t, 32, False, caps):
+                    out.setdefault((k.shader, k.defines), set()).add(k.spec_constants + (1,))
             for variant in caps.variants(alg):
                 for t in TOKENS:
                     for g in GROUP_SIZES:
