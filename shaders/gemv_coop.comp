@@ -31,19 +31,27 @@ const uint WORKERS = LOCAL_X;
 shared float row_sum[LOCAL_Y][LOCAL_X];
 
 // tile_total summed over the workers of each block through shared memory, one value at a
-// time (call in uniform control flow: every invocation of the workgroup).
+// time (call in uniform control flow: every invocation of the workgroup). The loops stay
+// loops: every barrier a CPU driver meets in the code is a split point of the shader
+// (lavapipe turns barriers into coroutines), and unrolled, TM x 8 x (log2 LOCAL_X + 2)
+// of them took LLVM minutes to compile in Mesa 25's lavapipe.
 void reduce_rows_shared(uint w, uint lb) {
+    float v[TM * 8u];
     [[unroll]] for (uint i = 0u; i < TM; i++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) {
-            row_sum[lb][w] = tile_total[0][i][c];
-            barrier();
-            for (uint s = LOCAL_X / 2u; s > 0u; s >>= 1u) {
-                if (w < s) row_sum[lb][w] += row_sum[lb][w + s];
-                barrier();
-            }
-            tile_total[0][i][c] = row_sum[lb][0];
+        [[unroll]] for (uint c = 0u; c < 8u; c++) v[i * 8u + c] = tile_total[0][i][c];
+    }
+    [[dont_unroll]] for (uint j = 0u; j < TM * 8u; j++) {
+        row_sum[lb][w] = v[j];
+        barrier();
+        [[dont_unroll]] for (uint s = LOCAL_X / 2u; s > 0u; s >>= 1u) {
+            if (w < s) row_sum[lb][w] += row_sum[lb][w + s];
             barrier();
         }
+        v[j] = row_sum[lb][0];
+        barrier();
+    }
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) tile_total[0][i][c] = v[i * 8u + c];
     }
 }
 #else
@@ -91,7 +99,7 @@ void main() {
         [[unroll]] for (uint c = 0u; c < 8u; c++) partial[w][(lb * TM + i) * 8u + c] = tile_total[0][i][c];
     }
     barrier();
-    for (uint s = LOCAL_Y / 2u; s > 0u; s >>= 1u) {
+    [[dont_unroll]] for (uint s = LOCAL_Y / 2u; s > 0u; s >>= 1u) {   // one barrier site
         if (w < s) {
             [[unroll]] for (uint i = 0u; i < TM * 8u; i++) partial[w][lb * TM * 8u + i] += partial[w + s][lb * TM * 8u + i];
         }
