@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -279,15 +279,12 @@ class Device:
         self.closed = False
         self._memory = 0                 # bytes of the buffers the library holds here
         self._memory_lock = threading.Lock()
-        try:
+        try:                # the settings from the environment, each refused by name
             #: the largest buffer one binding holds (``$VKQLINEAR_MAX_BINDING_BYTES``)
             self.max_binding = binding_limit(self.info)
-        except ValueError:
-            self._mgr.destroy()
-            raise
-        try:
             #: the :class:`~vkqlinear.policy.Quirk` s of this device's driver
             self.quirks = tuple(policy.quirks(self.info))
+            self._self_check = selfcheck.enabled()
         except ValueError:
             self._mgr.destroy()
             raise
@@ -295,11 +292,6 @@ class Device:
         #: the self-check verdicts known here: {"tiled/int64": (ok, detail)}
         self.verdicts = {}
         self._check_lock = threading.RLock()
-        try:
-            self._self_check = selfcheck.enabled()
-        except ValueError:
-            self._mgr.destroy()
-            raise
         if self._self_check:             # verdicts of earlier processes on this driver
             for key, v in tuning.self_checks(self.info).items():
                 self._record_verdict(key, bool(v["ok"]), str(v.get("detail", "")), False)
@@ -333,9 +325,6 @@ class Device:
         return verdict[0]
 
     def _record_verdict(self, key, ok, detail, warn):
-        from dataclasses import replace
-
-        from .kernels import Variant
         self.verdicts[key] = (ok, detail)
         if ok:
             return
