@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import vkqlinear as vq
-from vkqlinear.model_bench import random_weights
+from vkqlinear.measure.model_bench import random_weights
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@
 """
 import sys
 
-from vkqlinear.bench import main
+from vkqlinear.measure.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

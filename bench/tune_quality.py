@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How good is the tuner's search? The points tuned as `python -m vkqlinear tune` tunes
-them (vkqlinear.tuner.tune: each point's search with the tuner's share of budget, then
+them (vkqlinear.measure.tuner.tune: each point's search with the tuner's share of budget, then
 the recheck of the tuned choices; into a temporary tuning file), then every candidate
 of each point timed (exhaustive), in one process; then, in a fresh process, the tuned
 choice and the exhaustive search's fastest few timed again in alternation (a single
@@ -25,16 +25,15 @@ import numpy as np
 
 import vkqlinear as vq
 from vkqlinear.kernels import candidates, kernel_config, kernel_from_config
-from vkqlinear.model_bench import random_weights
-from vkqlinear.tuner import (
+from vkqlinear.measure.common import int_list, shape_list
+from vkqlinear.measure.model_bench import random_weights
+from vkqlinear.measure.tuner import (
     RECHECK_SHARE,
     VISIT_RUNS,
-    Point,
-    int_list,
+    Trials,
     keeping_calls_of,
     paired_visits,
     search_point,
-    shape_list,
     tune,
 )
 
@@ -91,7 +90,7 @@ def search(a):
 
 def retime(points, rounds):
     """Chosen / best per point: each kernel over the chosen one, visit by visit in
-    alternation (:func:`vkqlinear.tuner.paired_visits`; this process is fresh), the points
+    alternation (:func:`vkqlinear.measure.tuner.paired_visits`; this process is fresh), the points
     taking turns a round at a time: the host's states last seconds and can rank the
     kernels differently, so each point's rounds are spread over the whole re-timing."""
     dev = vq.Device()
@@ -104,7 +103,7 @@ def retime(points, rounds):
         kernels = [kernel_from_config(c, p["T"], dl.kernel_group_size, False, dev.caps)
                    for c in p["configs"]]
         others_then_chosen = kernels[1:] + kernels[:1]
-        jobs.append((p, Point(dl, p["T"], rng), others_then_chosen,
+        jobs.append((p, Trials(dl, p["T"], rng), others_then_chosen,
                      [[] for _ in kernels]))
     with keeping_calls_of((point.dl, len(ks)) for _, point, ks, _ in jobs):
         for i in range(rounds):

@@ -19,9 +19,9 @@ import numpy as np
 
 import vkqlinear as vq
 from vkqlinear import conformance
-from vkqlinear.bench import warm_up
-from vkqlinear.calibrate import read_kernel
 from vkqlinear.device import Device
+from vkqlinear.measure.bench import warm_up
+from vkqlinear.measure.calibrate import read_kernel
 from vkqlinear.quant import quantize_per_token, quantize_weights
 from vkqlinear.weights import prepack
 
@@ -49,7 +49,6 @@ def run(a, dev):
     qw = prepack(w_packed, a.group_size, w_scales, w_zeros, device=dev)
     x_q, xs, xz = quantize_per_token(rng.standard_normal((a.tokens, k)).astype(np.float32))
     dl = vq.DeviceLinear.of(qw, dev)
-    period = dev.info.limits["timestamp_period_ns"] * 1e-9
     spec = dict(x_q=x_q, x_scale=xs, x_zero_point=xz, w_packed=w_packed, group_size=a.group_size,
                 w_scales=w_scales, w_zeros=w_zeros, w_offsets=None, bias=None)
     warm_up(read_kernel(dev, k * n // 2))
@@ -64,7 +63,7 @@ def run(a, dev):
             t0 = time.perf_counter()
             y = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm=a.algorithm, device=dev)
             e2e = time.perf_counter() - t0
-            runs[mode][0].append(call.kernel_ns(1.0) * period)
+            runs[mode][0].append(call.kernel_seconds())
             runs[mode][1].append(e2e)
             if i < 2:
                 ok, msg = conformance.check(y, spec)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vkqlinear import DeviceLinear, bench, prepack, tuning
+from vkqlinear import DeviceLinear, prepack, tuning
+from vkqlinear.measure import bench
 from vkqlinear.quant import quantize_weights
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
@@ -45,7 +46,7 @@ def test_derived_figures_and_headline_ratios():
     points = [_point(1, 2e-3, 1e-3, 1.2e-3, calib=("read", 0.8e-3, 4096 * 4096 // 2)),
               _point(2, 2e-3, 3e-3, 3e-3),
               _point(512, 0.5, 0.6, 0.5, calib=("alu", 0.01, 2.5e8))]
-    cross = bench.derive(points, calib)
+    cross = bench.analyse(points, calib)
     assert cross == {"4096x4096 g32": 2}                 # first T where tiled wins
     assert [p["best"] for p in points] == ["cooperative", "tiled", "tiled"]
     assert points[0]["auto_regret"] == pytest.approx(1.2)
@@ -212,7 +213,7 @@ def test_wait_ab_script(capsys, device):
 def test_decoder_benchmark_tiny(tmp_path, capsys, device):
     """bench --model tiny: every Linear of the tiny decoder resident, decode and prefill
     measured, memory reported, CPU baselines, one layer split past a lowered binding."""
-    from vkqlinear import model_bench
+    from vkqlinear.measure import model_bench
     shapes = model_bench.linear_shapes(model_bench.MODELS["tiny"])
     assert len(shapes) == 2 * 7 + 1 and shapes[-1] == ("lm_head", 256, 4096)
     llama = model_bench.linear_shapes(model_bench.MODELS["llama-3.2-1b"])
@@ -237,7 +238,7 @@ def test_decoder_benchmark_tiny(tmp_path, capsys, device):
 def test_arithmetic_calibration_takes_the_fastest_chain_count(device, monkeypatch):
     """The ALU calibration times each chain count and keeps the fastest rate; every count
     does the same multiply-adds."""
-    from vkqlinear import calibrate
+    from vkqlinear.measure import calibrate
     made = []
     real = calibrate.alu_kernel
 
@@ -377,10 +378,9 @@ def test_a_round_reads_the_timestamps_of_the_call_that_ran(device):
     qw = prepack(w_packed, 32, w_scales, w_zeros)
     timers = [bench.PointTimer(device, qw, t, 1, rng, 0.0) for t in (1, 2, 3, 4, 5)]
     assert DeviceLinear.of(qw, device).MAX_CALLS < bench.PointTimer.CALLS * len(timers)
-    period = device.info.limits["timestamp_period_ns"] * 1e-9
     for tm in timers:
         tm.round()
-        ran = {c.kernel_ns(1.0) * period for c in DeviceLinear.of(qw, device).calls
+        ran = {c.kernel_seconds() for c in DeviceLinear.of(qw, device).calls
                if c.timed}
         for alg in tm.turns:
             assert tm.point["kernels"][alg]["runs_kernel"][-1] in ran
@@ -423,7 +423,7 @@ def test_a_sweep_larger_than_the_room_runs_in_groups(tmp_path, monkeypatch, caps
 
 
 def test_host_record_names_the_cpu_and_its_vector_extensions(tmp_path):
-    from vkqlinear.calibrate import host_record
+    from vkqlinear.measure.common import host_record
     x86 = tmp_path / "x86"
     x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
                    "model\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
@@ -446,7 +446,7 @@ def test_a_failed_read_calibration_leaves_no_texel_formats(device, monkeypatch, 
     fails, the next algorithm made on the thread must not inherit them."""
     import kp
 
-    from vkqlinear import calibrate
+    from vkqlinear.measure import calibrate
     pending = []
     monkeypatch.setattr(kp.Algorithm, "set_next_texel_formats",
                         staticmethod(lambda formats: pending.__setitem__(

@@ -201,19 +201,20 @@ def test_info_cli_names_device_and_features(capsys):
 
 
 def test_auto_asks_the_tuning_file_at_most_once_a_recheck(device, tfile, monkeypatch):
-    """auto asks for the tuning state on every call; the device looks it up at most once
-    in RECHECK_S, and at once after this process writes the file."""
+    """auto asks for the tuning state on every call; the file is looked at (a stat) at
+    most once in RECHECK_S, and at once after this process writes it."""
     from vkqlinear import tuning
     looked = []
-    real = tuning.state
-    monkeypatch.setattr(tuning, "state", lambda info: looked.append(1) or real(info))
+    real = tuning._stamp
+    monkeypatch.setattr(tuning, "_stamp", lambda path: looked.append(1) or real(path))
     monkeypatch.setattr(tuning, "RECHECK_S", 3600.0)
-    monkeypatch.setattr(device, "_tuning_memo", None)
+    tuning._memo.clear()
     first = device.tuning_state()
     assert device.tuning_state() == first and len(looked) == 1
     tuning.store_threshold(device.info, 5)
-    assert device.tuning_state() != first and len(looked) == 2
-    later = devmod.time.monotonic() + 3601.0               # the recheck is due: looks again
-    monkeypatch.setattr(devmod.time, "monotonic", lambda: later)
+    n = len(looked)                                      # the store found the file too
+    assert device.tuning_state() != first and len(looked) == n + 1
+    later = tuning.time.monotonic() + 3601.0               # the recheck is due: looks again
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: later)
     device.tuning_state()
-    assert len(looked) == 3
+    assert len(looked) == n + 2

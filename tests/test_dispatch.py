@@ -307,10 +307,10 @@ def test_host_round_trip_paths(rng, device, monkeypatch, eval_io, wait):
             y = vq.linear_qta8a_qga4w(*x, qw, bias=bias, algorithm=alg, device=device)
             np.testing.assert_allclose(y, _ref(d, bias=bias), rtol=1e-5, atol=1e-5,
                                        err_msg=f"{alg} bias={bias is not None}")
-        os_, oz = np.full(3, 0.05, np.float32), np.array([-3, 0, 7], np.int32)
-        y8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=os_, out_zero_point=oz,
+        out_scales, out_zps = np.full(3, 0.05, np.float32), np.array([-3, 0, 7], np.int32)
+        y8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=out_scales, out_zero_point=out_zps,
                                          algorithm=alg, device=device)
-        r8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=os_, out_zero_point=oz,
+        r8 = vq.linear_qta8a_qga4w_qta8o(*x, qw, out_scale=out_scales, out_zero_point=out_zps,
                                          algorithm="reference")
         assert y8.dtype == np.int8 and np.abs(y8.astype(int) - r8).max() <= 1, alg
     layer = vq.QLinear(qw, bias=b, device=device)
@@ -362,36 +362,39 @@ def test_every_form_of_the_arguments_gives_the_same_result(rng, device):
     (converted by vkqlinear.args, never misread) give the same result."""
     d = make_layer(rng, 4, 64, 16, 32)
     qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
-    x, xs, xz = d["x_q"], d["x_scale"], d["x_zero_point"]
-    os_, oz = np.full(4, 0.05, np.float32), np.array([-3, 0, 7, 1], np.int32)
+    x, x_scales, x_zps = d["x_q"], d["x_scale"], d["x_zero_point"]
+    out_scales, out_zps = np.full(4, 0.05, np.float32), np.array([-3, 0, 7, 1], np.int32)
 
     def run(*a, **k):
-        q8 = dict(out_scale=k.pop("out_scale", os_), out_zero_point=k.pop("out_zero_point", oz))
+        q8 = dict(out_scale=k.pop("out_scale", out_scales),
+                  out_zero_point=k.pop("out_zero_point", out_zps))
         y = vq.linear_qta8a_qga4w(*a, qw, device=device, **k)
         y8 = vq.linear_qta8a_qga4w_qta8o(*a, qw, device=device, **q8, **k)
         return y, y8
-    want, want8 = run(x, xs, xz)
+    want, want8 = run(x, x_scales, x_zps)
     np.testing.assert_allclose(want, _ref(d), rtol=1e-5, atol=1e-5)
     big = np.dtype(">f4")
     for label, args, kw in [
-            ("Fortran x_q", (np.asfortranarray(x), xs, xz), {}),
-            ("strided x_scale", (x, np.repeat(xs, 2)[::2], xz), {}),
-            ("int8 zero points", (x, xs, xz.astype(np.int8)), {}),
-            ("big-endian scales", (x, xs.astype(big), xz), {}),
-            ("lists", (x.tolist(), xs.tolist(), xz.tolist()), {}),
-            ("3-D x_q", (x[None], xs[None], xz[None]), {}),
-            ("algorithm", (x, xs, xz), {"algorithm": "tiled"}),
-            ("int8 out_zero_point", (x, xs, xz), {"out_zero_point": oz.astype(np.int8)})]:
+            ("Fortran x_q", (np.asfortranarray(x), x_scales, x_zps), {}),
+            ("strided x_scale", (x, np.repeat(x_scales, 2)[::2], x_zps), {}),
+            ("int8 zero points", (x, x_scales, x_zps.astype(np.int8)), {}),
+            ("big-endian scales", (x, x_scales.astype(big), x_zps), {}),
+            ("lists", (x.tolist(), x_scales.tolist(), x_zps.tolist()), {}),
+            ("3-D x_q", (x[None], x_scales[None], x_zps[None]), {}),
+            ("algorithm", (x, x_scales, x_zps), {"algorithm": "tiled"}),
+            ("int8 out_zero_point", (x, x_scales, x_zps),
+             {"out_zero_point": out_zps.astype(np.int8)})]:
         y, y8 = run(*args, **kw)
         np.testing.assert_allclose(y.reshape(want.shape), want, rtol=1e-6, atol=1e-6,
                                    err_msg=label)
         np.testing.assert_array_equal(y8.reshape(want8.shape), want8, err_msg=label)
-    for bad, match in [((x, np.array([1, np.nan, 1, 1], np.float32), xz), "x_scale"),
-                       ((x, xs, np.array([0, 0, 300, 0], np.int32)), "x_zero_point")]:
+    for bad, match in [((x, np.array([1, np.nan, 1, 1], np.float32), x_zps), "x_scale"),
+                       ((x, x_scales, np.array([0, 0, 300, 0], np.int32)), "x_zero_point")]:
         with pytest.raises(ValueError, match=match):
             vq.linear_qta8a_qga4w(*bad, qw, device=device)
     with pytest.raises(ValueError, match="out_scale"):
-        vq.linear_qta8a_qga4w_qta8o(x, xs, xz, qw, out_scale=-os_, out_zero_point=oz,
+        vq.linear_qta8a_qga4w_qta8o(x, x_scales, x_zps, qw, out_scale=-out_scales,
+                                    out_zero_point=out_zps,
                                     device=device)
 
 

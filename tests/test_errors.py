@@ -201,7 +201,7 @@ def test_prepacked_weights_refuse_extra_arguments(layer):
                    scales_and_zeros=np.zeros((2, 16, 2), np.float32))
 
 
-@pytest.mark.parametrize("t", [1, 16, 17, 100])   # both sides of args.SMALL
+@pytest.mark.parametrize("t", [1, 16, 17, 100])   # both sides of args.PYTHON_CHECK_MAX
 @pytest.mark.parametrize("bad", [0.0, -0.0, -1.0, np.nan, np.inf, -np.inf])
 def test_one_bad_scale_among_many_is_found(t, bad):
     from vkqlinear import args
@@ -217,7 +217,8 @@ def test_one_bad_scale_among_many_is_found(t, bad):
     args.activations(x_q, xs, xz)
 
 
-@pytest.mark.parametrize("t", [1, 2, 16, 17])   # the one-pass path (T = 1), both sides of SMALL
+# the one-pass path (T = 1), both sides of PYTHON_CHECK_MAX
+@pytest.mark.parametrize("t", [1, 2, 16, 17])
 def test_extreme_valid_qparams_are_accepted(t):
     from vkqlinear import args
     x_q = np.zeros((t, 8), np.int8)
@@ -263,3 +264,25 @@ def test_check_finite_passes_the_largest_finite_values():
     args.check_finite(-big, "x")
     with pytest.raises(ValueError, match="^x: expected finite values"):
         args.check_finite(np.array([np.inf, -np.inf], np.float32), "x")
+
+
+@pytest.mark.parametrize("change, exc, name", [
+    (dict(w_packed=np.zeros((4, 16), np.int8)), TypeError, "w_packed"),
+    (dict(w_packed=np.zeros((0, 16), np.uint8)), ValueError, "w_packed"),
+    (dict(group_size=6), ValueError, "group_size"),
+    (dict(group_size=12), ValueError, "group_size"),      # not a divisor of K = 32
+    (dict(w_scales=np.ones((4, 2), np.float64)), TypeError, "w_scales"),
+    (dict(w_scales=np.ones((4, 3), np.float32)), ValueError, "w_scales"),
+    (dict(w_offsets64=np.full((4, 2), np.nan)), ValueError, "w_offsets"),
+    (dict(w_zeros=np.zeros((2, 4), np.int32)), ValueError, "w_zeros"),
+])
+def test_quantized_weights_check_their_parts(change, exc, name):
+    """CPU only: QuantizedWeights built from parts (the importers, the benchmark) checks
+    them as prepack does, naming the part."""
+    parts = dict(w_packed=np.zeros((4, 16), np.uint8), group_size=16,
+                 w_scales=np.ones((4, 2), np.float32), w_offsets64=np.zeros((4, 2)),
+                 w_zeros=None)
+    qw = vq.QuantizedWeights(**parts)
+    assert (qw.N, qw.K, qw.G, qw.has_offsets) == (4, 32, 2, False)
+    with pytest.raises(exc, match=name):
+        vq.QuantizedWeights(**dict(parts, **change))

@@ -206,7 +206,7 @@ def test_kernel_summary_names_its_choice():
 def test_channel_blocks_per_invocation_are_searched_for_the_tiled_kernel_only():
     for caps in (LAVAPIPE, GPU32, SMALL):
         tiled = K.candidates("tiled", 512, 32, False, caps)
-        assert {k.cb for k in tiled} == set(K.TILED_CB)
+        assert {k.cb for k in tiled} == set(K.SPECS["tiled"].cbs)
         assert all(k.tm * 8 * k.cb <= K.TILE_OUTPUTS for k in tiled)
         assert {k.cb for k in K.candidates("cooperative", 512, 32, False, caps)} == {1}
     k = K.kernel_from_config({"algorithm": "tiled", "variant": "portable", "tm": 2,

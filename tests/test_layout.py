@@ -26,8 +26,8 @@ def _weights(n, k, g, seed=0):
 def test_swar_layout(lanes, n):
     k, g = 64, 32
     q, packed, s, o = _weights(n, k, g)
-    words, ws, wo, wsu, np_ = device_layout(packed, g, s, o, lanes, "swar")
-    assert np_ % (8 * lanes) == 0 and np_ >= n and words.size == np_ * k // 8
+    words, ws, wo, wsu, n_padded = device_layout(packed, g, s, o, lanes, "swar")
+    assert n_padded % (8 * lanes) == 0 and n_padded >= n and words.size == n_padded * k // 8
     for ch in range(n):
         b, i = divmod(ch, 8)
         for kk in range(k):
@@ -53,9 +53,9 @@ def test_swar64_layout_octets_of_k(lanes):
 def test_dot_layout(lanes, n):
     k, g = 64, 32
     q, packed, s, o = _weights(n, k, g, seed=1)
-    words, ws, wo, wsu, np_ = device_layout(packed, g, s, o, lanes, "dot")
+    words, ws, wo, wsu, n_padded = device_layout(packed, g, s, o, lanes, "dot")
     wsu = _sums(wsu, g)
-    assert words.size == np_ * k // 8
+    assert words.size == n_padded * k // 8
     for ch in range(n):
         b, c = divmod(ch, 8)
         for j in range(k // 8):
@@ -97,8 +97,8 @@ def _unit_of(layout, b, kk, k, g, lanes, order):
 def test_every_layout_and_order(layout, order, k, g, lanes):
     n = 20
     q, packed, s, o = _weights(n, k, g, seed=3)
-    words, ws, wo, wsu, np_ = device_layout(packed, g, s, o, lanes, layout, order)
-    assert words.size == np_ * k // 8 and ws.size == np_ * (k // g)
+    words, ws, wo, wsu, n_padded = device_layout(packed, g, s, o, lanes, layout, order)
+    assert words.size == n_padded * k // 8 and ws.size == n_padded * (k // g)
     width = {"swar": 1, "swar64": 8, "dot": 8}[layout]
     seen = set()
     for ch in range(n):
@@ -138,10 +138,10 @@ def test_nibble_sums_are_16_bit_while_they_fit(g):
     n, k = 8, g * 2
     packed = np.full((n, k // 2), 0xFF, np.uint8)
     s = np.ones((n, 2), np.float32)
-    *_, wsu, np_ = device_layout(packed, g, s, np.zeros_like(s), 8)
+    *_, wsu, n_padded = device_layout(packed, g, s, np.zeros_like(s), 8)
     assert sums16(g) == (g <= 4369)
     assert wsu.dtype == (np.uint32 if sums16(g) else np.int32)
-    assert wsu.nbytes == np_ * 2 * (2 if sums16(g) else 4)
+    assert wsu.nbytes == n_padded * 2 * (2 if sums16(g) else 4)
     v = _sums(wsu, g)                     # padding channels sum to 0
     assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()
 

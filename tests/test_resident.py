@@ -25,8 +25,8 @@ def test_split_channels_covers_n_in_whole_blocks_that_fit():
         for n0, n1 in pieces[:-1]:
             assert n0 % blk == 0 and (n1 - n0) % blk == 0
         for n0, n1 in pieces:
-            np_ = -(-(n1 - n0) // blk) * blk
-            assert max(np_ * k // 2, np_ * (k // g) * 4, t * np_ * 4) <= limit
+            n_padded = -(-(n1 - n0) // blk) * blk
+            assert max(n_padded * k // 2, n_padded * (k // g) * 4, t * n_padded * 4) <= limit
     assert len(split_channels(128256, 4096, 32, 8, 1, 4, 1 << 27)) == 2   # 250 MiB of units
 
 
@@ -141,7 +141,7 @@ def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
             dl = vq.DeviceLinear.of(qw, dev)
             buf = dl.buffers(dl.kernel(algorithm, 3))
             held[name] = dev.memory_used() - before
-            np_ = buf.pieces[0][2]                  # channels padded to the layout's lanes
+            n_padded = buf.pieces[0][2]                  # channels padded to the layout's lanes
             assert buf.offsets == (name != "symmetric")
             out = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
                                         algorithm=algorithm, device=dev)
@@ -149,7 +149,7 @@ def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
             assert ok, f"{name}: {msg}"
             del dl, qw, buf
             gc.collect()
-        assert held["one zero point"] - held["symmetric"] == np_ * (k // g) * 4 - 16
+        assert held["one zero point"] - held["symmetric"] == n_padded * (k // g) * 4 - 16
 
 
 @pytest.mark.usefixtures("device")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import vkqlinear as vq
-from vkqlinear import kernels, tuner, tuning
-from vkqlinear.model_bench import random_weights
+from vkqlinear import kernels, tuning
+from vkqlinear.measure import tuner
+from vkqlinear.measure.model_bench import random_weights
 
 
 def search_space(dl, t, out_int8=False):
@@ -140,7 +141,7 @@ def test_the_final_comparison_confirms_the_search_fastest_few():
             point.timings[k] = layer_times[k]
             return layer_times[k]
         point.time = point.visit = visit
-        point.timings["default"] = layer_times["default"]
+        point.timings[K("default")] = layer_times["default"]
         return tuner._result(point, [K("a"), K("b"), K("c")], K("default"), point, None,
                              K("default"))["best"]
     # the search ranked a first, but on the layer b is the fastest
@@ -159,7 +160,7 @@ def test_the_final_comparison_pairs_visits_of_one_round():
     slow = iter([2.0] * 4 + [1.0] * 4 + [2.0] * 4 + [1.0] * 100)   # a factor a visit
     samples = {"a": [1.0] * 40, "default": [2.0] * 10}
     point = SimpleNamespace(wrong=set(), excluded={}, check=lambda k: True,
-                            timings={k: float(np.median(v)) for k, v in samples.items()})
+                            timings={K(k): float(np.median(v)) for k, v in samples.items()})
 
     def visit(k, runs):
         v = {"a": 1.05, "default": 1.0}[k] * next(slow)
@@ -258,7 +259,7 @@ def test_grids_that_leave_cores_idle_are_not_candidates_on_a_cpu(monkeypatch):
     units are unknown, so nothing is left out there."""
 
     def grid_of(w):
-        return SimpleNamespace(lanes=8, grid=lambda t, np_: (w, 1, 1))
+        return SimpleNamespace(lanes=8, grid=lambda t, n_padded: (w, 1, 1))
     assert [tuner.balanced(grid_of(w), 1, 64, 2) for w in (1, 3, 5, 6, 7, 64)] == \
         [False, False, False, True, True, True]
     assert tuner.balanced(grid_of(3), 1, 64, None) and tuner.balanced(grid_of(3), 1, 64, 1)
@@ -279,12 +280,12 @@ def test_a_long_point_is_searched_on_a_proxy_layer(tfile, device, monkeypatch):
     monkeypatch.setattr(tuner, "PROXY_RUN_S", 0.0)
     monkeypatch.setattr(tuner, "PROXY_MIN_N", 64)
     seen = []
-    real = tuner.Point
+    real = tuner.Trials
 
     def spy(dl, *a, **k):
         seen.append(dl.weights.N)
         return real(dl, *a, **k)
-    monkeypatch.setattr(tuner, "Point", spy)
+    monkeypatch.setattr(tuner, "Trials", spy)
     report = tuner.tune([(128, 512)], [2], [32], budget_s=10, device=device, log=None)
     (p,) = report["points"]
     assert p["proxy_N"] == 64 and seen[:2] == [512, 64]   # then the recheck's, if any
@@ -476,9 +477,9 @@ def test_a_visit_warms_the_timed_call_and_keeps_every_run(monkeypatch):
     class FakeLinear:
         def run(self, kernel, *x, timed=False):
             calls.append(timed)
-            return None, SimpleNamespace(kernel_ns=lambda period: next(times))
-    p = tuner.Point.__new__(tuner.Point)
-    p.dl, p.x, p.period, p.warm = FakeLinear(), (), 1.0, tuner.visit_warm(1e-3)
+            return None, SimpleNamespace(kernel_seconds=lambda: next(times))
+    p = tuner.Trials.__new__(tuner.Trials)
+    p.dl, p.x, p.warm = FakeLinear(), (), tuner.visit_warm(1e-3)
     p.timings, p.samples, p.excluded = {}, {}, {}
     p.right, p.wrong = set(), set()
     class Kernel:
@@ -489,7 +490,7 @@ def test_a_visit_warms_the_timed_call_and_keeps_every_run(monkeypatch):
     assert p.time(kernel, 2) == 3.0                # untimed runs, then 5 and 1
     assert p.time(kernel, 2) == 4.0                # then 3 and 9: median of all four
     assert calls == [True] * (2 * (tuner.VISIT_WARM + 2))
-    assert p.samples["k"] == [5.0, 1.0, 3.0, 9.0]
+    assert p.samples[kernel] == [5.0, 1.0, 3.0, 9.0]
 
 
 def test_keeping_calls_holds_more_recorded_calls_for_a_block(device):
@@ -536,14 +537,14 @@ def fake_search(monkeypatch, seconds, build=lambda first: 1.0):
             return float(np.mean(self.check_walls)) if self.check_walls else otherwise
 
         def time(self, k, runs):
-            if k.describe() not in self.samples:
+            if k not in self.samples:
                 wall = build(not self.samples)
                 clock.now += wall
                 self.check_walls.append(wall)
             clock.now += 0.01 * runs
-            self.samples.setdefault(k.describe(), []).append(seconds(k))
-            self.timings[k.describe()] = float(np.median(self.samples[k.describe()]))
-            return self.timings[k.describe()]
+            self.samples.setdefault(k, []).append(seconds(k))
+            self.timings[k] = float(np.median(self.samples[k]))
+            return self.timings[k]
     return Search(), clock
 
 

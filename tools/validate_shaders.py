@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vkqlinear.compiler import DEFAULT_TARGET_ENV, compile_shader
 from vkqlinear.dispatch import quantizer_constants
-from vkqlinear.kernels import DeviceCaps, candidates, choose_kernel
+from vkqlinear.kernels import KERNEL_ALGORITHMS, DeviceCaps, candidates, choose_kernel
 from vkqlinear.quant import CONVENTIONS
 
 DEVICES = {
@@ -49,7 +49,7 @@ def variants():
     and CB; at one group size and output kind, which only set other constants)."""
     out = {}
     for caps in DEVICES.values():
-        for alg in ("tiled", "cooperative"):
+        for alg in KERNEL_ALGORITHMS:
             for t in TOKENS:
                 for k in candidates(alg, t, 32, False, caps):
                     out.setdefault((k.shader, k.defines), set()).add(k.spec_constants + (1,))
@@ -64,8 +64,8 @@ def variants():
     # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
     out[("quantize_tokens.comp", ())] = {tuple(int(c) for c in quantizer_constants(name))
                                          for name in CONVENTIONS}
-    out[("calib_read.comp", ())] = set()
-    out[("calib_alu.comp", ())] = set()
+    out[("measure/calib_read.comp", ())] = set()
+    out[("measure/calib_alu.comp", ())] = set()
     return out
 
 

@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # The tuner and the measurement code behind it load on use, not with the package.
     if name == "tune":
-        from .tuner import tune
+        from .measure.tuner import tune
         return tune
     raise AttributeError(f"module 'vkqlinear' has no attribute {name!r}")
 

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from .kernels import KERNEL_ALGORITHMS
+
 
 def _fmt_bytes(n):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -54,7 +56,7 @@ def cmd_info(args):
                         print(f"      not used on this driver: {c['avoided']} "
                               f"(vkqlinear.policy)")
             caps = opened.caps
-            for alg in ("tiled", "cooperative"):
+            for alg in KERNEL_ALGORITHMS:
                 print(f"  {alg} variants (default first): "
                       f"{', '.join(v.name for v in caps.variants(alg))}")
             wrong = opened.wrong_variants()
@@ -94,7 +96,7 @@ def cmd_demo(args):
     print(f"device: {dev.name}")
     print(f"x [{t}, {k}] float32 -> x_q int8, per-token scale/zero point")
     print(f"w [{n}, {k}] float32 -> w_packed uint8 [{n}, {k // 2}], group size {g}")
-    for alg in ("tiled", "cooperative", "auto"):
+    for alg in KERNEL_ALGORITHMS + ("auto",):
         t0 = time.perf_counter()
         y = vq.linear_qta8a_qga4w(x_q, x_scale, x_zp, w_packed, g, w_scales, w_zeros,
                                   algorithm=alg, device=dev)
@@ -143,12 +145,12 @@ def cmd_conformance(args):
 
 
 def cmd_bench(args):
-    from .bench import main as bench_main
+    from .measure.bench import main as bench_main
     return bench_main(args.rest)
 
 
 def cmd_tune(args):
-    from .tuner import main as tune_main
+    from .measure.tuner import main as tune_main
     return tune_main(args.rest)
 
 

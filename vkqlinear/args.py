@@ -101,14 +101,14 @@ def per_token(x, name, dtypes, lead, t):
 # Vectors up to this size are checked element by element in Python: cheaper than numpy's
 # reductions for the few tokens of a decode step (an op call right after a kernel finds
 # the host's caches cold, where each numpy call costs several microseconds).
-SMALL = 16
+PYTHON_CHECK_MAX = 16
 
 
 def check_finite_positive(a, name):
     """Every element finite and > 0. Small vectors as a list with builtins: the least is
     > 0 (no -inf, no zero) and the sum is finite (a NaN or +inf anywhere makes it NaN or
     inf; 16 float32 values cannot overflow a float64 sum)."""
-    if a.size <= SMALL:
+    if a.size <= PYTHON_CHECK_MAX:
         v = a.tolist() if a.ndim == 1 else a.ravel().tolist()
         ok = not v or (0.0 < min(v) and math.isfinite(sum(v)))
     else:   # min and max propagate NaN, which fails both comparisons
@@ -125,7 +125,7 @@ def check_finite(a, name):
 
 def check_int8_range(a, name):
     """Every element in [-128, 127] (small vectors as a list with builtins)."""
-    if a.size <= SMALL:
+    if a.size <= PYTHON_CHECK_MAX:
         v = a.tolist() if a.ndim == 1 else a.ravel().tolist()
         ok = not v or (-128 <= min(v) and max(v) <= 127)
     else:
@@ -181,13 +181,13 @@ def activations(x_q, x_scale, x_zero_point):
         raise ValueError(f"x_q: K (last dimension) must be even and > 0, got K={k}")
     lead = shape[:-1]
     t = shape[0] if len(shape) == 2 else math.prod(lead)
-    xs = per_token(x_scale, "x_scale", _FLOAT32, lead, t)
-    check_finite_positive(xs, "x_scale")
-    xz = per_token(x_zero_point, "x_zero_point", _SIGNED_INTS, lead, t)
-    check_int8_range(xz, "x_zero_point")
-    if xz.dtype.type is not np.int32:
-        xz = xz.astype(np.int32)
-    return (x if len(shape) == 2 else x.reshape(t, k)), xs, xz, lead
+    x_scales = per_token(x_scale, "x_scale", _FLOAT32, lead, t)
+    check_finite_positive(x_scales, "x_scale")
+    x_zps = per_token(x_zero_point, "x_zero_point", _SIGNED_INTS, lead, t)
+    check_int8_range(x_zps, "x_zero_point")
+    if x_zps.dtype.type is not np.int32:
+        x_zps = x_zps.astype(np.int32)
+    return (x if len(shape) == 2 else x.reshape(t, k)), x_scales, x_zps, lead
 
 
 def packed_weights(w_packed, k):
@@ -207,11 +207,11 @@ def check_weights_k(k_weights, k, n):
 
 
 def output_qparams(out_scale, out_zero_point, lead, t):
-    os_ = per_token(out_scale, "out_scale", (np.float32,), lead, t)
-    check_finite_positive(os_, "out_scale")
-    oz = per_token(out_zero_point, "out_zero_point", _SIGNED_INTS, lead, t)
-    check_int8_range(oz, "out_zero_point")
-    return os_, _int32(oz)
+    out_scales = per_token(out_scale, "out_scale", (np.float32,), lead, t)
+    check_finite_positive(out_scales, "out_scale")
+    out_zps = per_token(out_zero_point, "out_zero_point", _SIGNED_INTS, lead, t)
+    check_int8_range(out_zps, "out_zero_point")
+    return out_scales, _int32(out_zps)
 
 
 def bias_vector(bias, n, padded=None):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import KERNEL_ALGORITHMS
+from .kernels import KERNEL_ALGORITHMS, SPECS
 from .ops import linear_qta8a_qga4w, linear_qta8a_qga4w_qta8o
 from .quant import offsets_to_scales_and_zeros, quantize_per_token, quantize_weights, unpack_int4
 from .weights import prepack
@@ -45,7 +45,7 @@ def self_checked_variants(device):
     out = []
     for a in KERNEL_ALGORITHMS:
         for v in caps.variants(a):
-            kernel = choose_kernel(a, 8 if a == "tiled" else 1, 32, False, caps, variant=v)
+            kernel = choose_kernel(a, SPECS[a].check_tokens, 32, False, caps, variant=v)
             ok = device.verify(kernel)
             out.append((a, v, None if ok else device.wrong_variants().get(f"{a}/{v.name}")))
     return out
@@ -192,9 +192,9 @@ def make_inputs(case):
              x_zero_point=x_zp.reshape(lead), w_packed=w_packed, group_size=g,
              w_scales=w_scales, w_zeros=w_zeros, w_offsets=w_offsets, bias=bias)
     if case.out == "int8":
-        os_, oz = covering_qparams(expected(d)[0])
-        d["out_scale"] = os_.reshape(lead)
-        d["out_zero_point"] = oz.reshape(lead)
+        out_scales, out_zps = covering_qparams(expected(d)[0])
+        d["out_scale"] = out_scales.reshape(lead)
+        d["out_zero_point"] = out_zps.reshape(lead)
     return d
 
 
@@ -203,9 +203,9 @@ def covering_qparams(y):
     row of ``y [T, N]`` and zero, so that the int8 values are meaningful."""
     lo = np.minimum(y.min(axis=1, initial=0), 0)
     hi = np.maximum(y.max(axis=1, initial=0), 0)
-    os_ = np.maximum((hi - lo) / 255.0, 1e-30).astype(np.float32)
-    oz = np.clip(np.rint(-128 - lo / os_), -128, 127).astype(np.int32)
-    return os_, oz
+    out_scales = np.maximum((hi - lo) / 255.0, 1e-30).astype(np.float32)
+    out_zps = np.clip(np.rint(-128 - lo / out_scales), -128, 127).astype(np.int32)
+    return out_scales, out_zps
 
 
 def _weights_f64(d):
@@ -226,12 +226,12 @@ def expected(d):
     k = d["x_q"].shape[-1]
     xq = np.asarray(d["x_q"], np.float64).reshape(-1, k)
     zp = np.asarray(d["x_zero_point"], np.float64).reshape(-1, 1)
-    xs = np.asarray(d["x_scale"], np.float64).reshape(-1, 1)
+    x_scales = np.asarray(d["x_scale"], np.float64).reshape(-1, 1)
     s, q, o = _weights_f64(d)
     xd = xq - zp
     w = s * q + o
-    y = xs * (xd @ w.T)
-    bound = np.abs(xs) * (np.abs(xd) @ (np.abs(s * q) + np.abs(o)).T)
+    y = x_scales * (xd @ w.T)
+    bound = np.abs(x_scales) * (np.abs(xd) @ (np.abs(s * q) + np.abs(o)).T)
     if d.get("bias") is not None:
         b = np.asarray(d["bias"], np.float64)
         y = y + b
@@ -248,9 +248,9 @@ def check(out, d, expect=None):
     if "out_scale" in d:
         if out.dtype != np.int8 or out.shape != tuple(lead) + (n,):
             return False, f"expected int8 {tuple(lead) + (n,)}, got {out.dtype} {out.shape}"
-        os_ = np.asarray(d["out_scale"], np.float64).reshape(-1, 1)
-        oz = np.asarray(d["out_zero_point"], np.float64).reshape(-1, 1)
-        ref = np.clip(np.rint(y / os_) + oz, -128, 127)
+        out_scales = np.asarray(d["out_scale"], np.float64).reshape(-1, 1)
+        out_zps = np.asarray(d["out_zero_point"], np.float64).reshape(-1, 1)
+        ref = np.clip(np.rint(y / out_scales) + out_zps, -128, 127)
         diff = np.abs(out.reshape(-1, n).astype(np.float64) - ref)
         worst = diff.max(initial=0)
         exact = float((diff == 0).mean()) if diff.size else 1.0

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import warnings
 import weakref
 from dataclasses import dataclass, field, replace
@@ -175,9 +174,13 @@ ACCESS_HOST_READ = 0x2000
 STAGE_COMPUTE_SHADER, STAGE_TRANSFER, STAGE_HOST = 0x800, 0x1000, 0x4000
 
 WAITS = ("auto", "block", "yield")
-KP_PATCH_YIELD = 8     # the kp patch item that adds Sequence.eval_io(..., yield_ns)
-KP_PATCH_STORAGE = 9   # the kp patch item that lets storage tensors be copied into
-KP_PATCH_SHARED_PIPELINE = 10   # the kp patch item that shares a pipeline between algorithms
+# The items of tools/kp-0.9.0-vkqlinear.patch that vkqlinear asks for by name (the patched
+# kp reports the last item it has as kp.vkqlinear_patch; tools/README.md lists them)
+KP_PATCH_ITEMS = {
+    "eval_io": 8,           # Sequence.eval_io(..., yield_ns): one call uploads, runs, reads
+    "storage_copy": 9,      # storage tensors can be copied into
+    "shared_pipeline": 10,  # algorithms share one pipeline
+}
 # Vulkan errors that mean "out of memory", as Kompute's exceptions name them
 _OUT_OF_MEMORY = ("outofdevicememory", "outofhostmemory", "out of memory",
                   "outofpoolmemory", "toomanyobjects")
@@ -207,10 +210,10 @@ def binding_limit(info, environ=os.environ):
 YIELD_NS = 2_000_000
 
 
-def kp_has_eval_io(kp):
-    """Whether ``kp`` has ``Sequence.eval_io`` with its ``yield_ns`` argument (the patch's
-    item 8)."""
-    return getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_YIELD
+def kp_has(kp, item):
+    """Whether the ``kp`` module has the patch's item ``item`` (a key of
+    :data:`KP_PATCH_ITEMS`)."""
+    return getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_ITEMS[item]
 
 
 # Pipelines a device keeps compiled without a recorded call using them (Device.algorithm)
@@ -268,12 +271,11 @@ class Device:
         texel = hasattr(getattr(kp, "Algorithm", None), "set_next_texel_formats")  # patched kp
         self.enabled_features = frozenset((get() if get else ())) | (
             {"texelBufferLoads"} if texel else set())
-        self._kp_yields = kp_has_eval_io(kp)
-        self._kp_storage = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_STORAGE
-        self._kp_shares = getattr(kp, "vkqlinear_patch", 0) >= KP_PATCH_SHARED_PIPELINE
+        self._kp_yields = kp_has(kp, "eval_io")
+        self._kp_storage = kp_has(kp, "storage_copy")
+        self._kp_shares = kp_has(kp, "shared_pipeline")
         self._templates = {}  # (shader, constants, bindings) -> kp algorithm, oldest first
         self._placeholder = None
-        self._tuning_memo = None    # (until, tuning writes, tuning state)
         self.wait = wait
         self.lock = threading.RLock()
         self.closed = False
@@ -346,18 +348,16 @@ class Device:
         return {k: v[1] for k, v in self.verdicts.items() if not v[0]}
 
     def tuning_state(self):
-        """:func:`vkqlinear.tuning.state` of this device, asked at most
-        :data:`~vkqlinear.tuning.RECHECK_S` apart, and at once after this process wrote the
-        tuning file: ``auto`` asks on every call, and the full lookup (the environment,
-        the file's path) takes tens of microseconds on a host whose caches a kernel has
-        just emptied."""
-        now = time.monotonic()
-        memo = self._tuning_memo
-        if memo is not None and now < memo[0] and memo[1] == tuning.writes():
-            return memo[2]
-        writes, st = tuning.writes(), tuning.state(self.info)
-        self._tuning_memo = (now + tuning.RECHECK_S, writes, st)
-        return st
+        """:func:`vkqlinear.tuning.state` of this device: a token that changes when its
+        tuned entries may have (the file looked at no more than
+        :data:`~vkqlinear.tuning.RECHECK_S` apart, and at once after this process wrote
+        it)."""
+        return tuning.state(self.info)
+
+    @property
+    def timestamp_period_s(self):
+        """Seconds per tick of this device's timestamps."""
+        return self.info.limits["timestamp_period_ns"] * 1e-9
 
     @property
     def wait(self):

@@ -58,7 +58,7 @@ class WeightBuffers:
         self.offsets = weights.has_offsets
         self.pieces = []
         for n0, n1 in split:
-            words, ws, wo, wsu, np_ = device_layout(
+            words, ws, wo, wsu, n_padded = device_layout(
                 packed[n0:n1], padded_group_size(g), weights.w_scales[n0:n1],
                 weights.w_offsets[n0:n1], lanes, layout, order)
             for name, a in (("w_packed (prepacked)", words), ("w_scales", ws)):
@@ -67,7 +67,7 @@ class WeightBuffers:
                 wo = np.zeros(4, np.float32)
             tensors = device.upload([words, ws, wo, wsu], f"the weights of an {weights.N} x "
                                     f"{weights.K} layer (channels {n0} to {n1 - 1})")
-            self.pieces.append((n0, n1, np_, tensors))
+            self.pieces.append((n0, n1, n_padded, tensors))
 
 
 class DeviceLinear:
@@ -254,21 +254,21 @@ class DeviceLinear:
             with self.device.lock:
                 self._trim_calls()
 
-    def run(self, algorithm, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None, *,
-            variant=None, timed=False):
-        """int8 activations ``x2d [T, K]`` with their per-token ``xs``, ``xz`` (checked,
+    def run(self, algorithm, x2d, x_scales, x_zps, bias=None, out_scale=None,
+            out_zero_point=None, *, variant=None, timed=False):
+        """int8 activations ``x2d [T, K]`` with their per-token ``x_scales``, ``x_zps`` (checked,
         canonical) through ``algorithm`` (a name, or a
         :class:`~vkqlinear.kernels.Kernel` to run that one); returns
         ``(out [T, N], recorded_call)``.
         ``timed`` records device timestamps around the kernel
-        (:meth:`~vkqlinear.dispatch.RecordedCall.kernel_ns`)."""
+        (:meth:`~vkqlinear.dispatch.RecordedCall.kernel_seconds`)."""
         t = x2d.shape[0]
         call = self.recorded_call(algorithm, t, out_scale is not None, variant,
                                   _INT8_KINDS[timed], timed)
         if self.kernel_K != x2d.shape[1]:   # padding adds (zp - zp) * 0 to the sums
-            x2d = pad_groups(x2d, self.group_size, xz.astype(np.int8))
+            x2d = pad_groups(x2d, self.group_size, x_zps.astype(np.int8))
         with self.device.lock:
-            out = call.run(x2d, xs, xz, bias, out_scale, out_zero_point)
+            out = call.run(x2d, x_scales, x_zps, bias, out_scale, out_zero_point)
         return out, call
 
     def run_float(self, algorithm, t, xf2d=None, source=None, bias=None, out_scale=None,

@@ -28,7 +28,7 @@ from .device import (
     STAGE_HOST,
     STAGE_TRANSFER,
     TEXEL_BYTES,
-    kp_has_eval_io,
+    kp_has,
 )
 from .quant import CONVENTIONS, check_convention
 
@@ -59,7 +59,7 @@ def quantizer_shape(caps):
 
 def _kp_eval_io(kp):
     """Whether the library may use this kp's ``Sequence.eval_io``."""
-    return EVAL_IO and kp_has_eval_io(kp)
+    return EVAL_IO and kp_has(kp, "eval_io")
 
 
 def evaluate(device, seq):
@@ -89,11 +89,11 @@ def _shader_barrier(kp, tensors):
 @dataclass
 class _Piece:
     """One piece of a layer's channels in a recorded call: channels ``n0 .. n1 - 1``
-    padded to ``np_``, its bias and output tensors, its linear kernel's algorithm, and its
+    padded to ``n_padded``, its bias and output tensors, its linear kernel's algorithm, and its
     grid's rows (``gy``) dispatched ``n_dispatch`` times."""
     n0: int
     n1: int
-    np_: int
+    n_padded: int
     bias: object
     y: object
     algo: object
@@ -132,7 +132,7 @@ class RecordedCall:
         spirv = compile_shader(kernel.shader, dict(kernel.defines))
         limits = device.info.limits["max_workgroup_count"]
         q = 1 if not kernel.out_int8 else t  # out qparams: dummies for float output
-        self.x, self.xs, self.xz, self.os, self.oz = device.io_tensors(
+        self.x, self.x_scales, self.x_zps, self.out_scales, self.out_zps = device.io_tensors(
             [np.zeros(x_words, np.uint32), np.zeros(t, np.float32), np.zeros(t, np.int32),
              np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
         self.pipelines = []        # what keeps the algorithms' pipelines (Device.algorithm)
@@ -140,12 +140,14 @@ class RecordedCall:
                         for piece in pieces]
         self.n_dispatch = sum(p.n_dispatch for p in self._pieces)
         # one piece (the common case): its output is the call's, readable by a next layer
-        self.y, self.np_ = (self._pieces[0].y, self._pieces[0].np_) if len(pieces) == 1 \
+        self.y, self.n_padded = (self._pieces[0].y, self._pieces[0].n_padded) if len(pieces) == 1 \
             else (None, None)
         self.source = float_input if isinstance(float_input, RecordedCall) else None
         biases = [p.bias for p in self._pieces]
         if float_input is None:
-            inputs, n_quant = [self.x, self.xs, self.xz] + biases + [self.os, self.oz], 0
+            inputs = [self.x, self.x_scales, self.x_zps] + biases + \
+                [self.out_scales, self.out_zps]
+            n_quant = 0
         else:
             inputs, n_quant = self._make_quantizer(biases, group, act_quant, limits)
         self._record(inputs, n_quant, float_input is not None, download, timed)
@@ -154,25 +156,26 @@ class RecordedCall:
     def _make_piece(self, piece, spirv, limits, offsets):
         """The bias and output tensors and the linear kernel's algorithm of one piece of
         the layer's channels (``piece``: ``(n0, n1, NP, weight tensors)``)."""
-        n0, n1, np_, wt = piece
+        n0, n1, n_padded, wt = piece
         device, kernel, t = self.device, self.kernel, self.t
-        out_words = t * np_ // 4 if kernel.out_int8 else t * np_
+        out_words = t * n_padded // 4 if kernel.out_int8 else t * n_padded
         device.check_binding(out_words * 4, "output")
         bias, y = device.io_tensors(
-            [np.zeros(np_, np.float32),
+            [np.zeros(n_padded, np.float32),
              np.zeros(out_words, np.uint32 if kernel.out_int8 else np.float32)],
             f"a recorded call at T={t}")
-        tensors = [self.x, self.xs, self.xz] + wt + [bias, self.os, self.oz, y]
+        tensors = [self.x, self.x_scales, self.x_zps] + wt + \
+            [bias, self.out_scales, self.out_zps, y]
         texel = None
         if kernel.variant.texel:  # X and the weight tensors as texel buffers (kp patch)
             texel = [R32G32B32A32_UINT if any(u is v for v in [self.x] + wt) else 0
                      for u in tensors]
-        gx, gy, n_disp = kernel.grid(t, np_, limits)
+        gx, gy, n_disp = kernel.grid(t, n_padded, limits)
         spec = np.array(kernel.spec_constants + (int(offsets),), np.uint32)
         pipe = device.algorithm(tensors, spirv, (gx, gy, 1), spec,
-                                self._push(n1 - n0, np_, 0), texel)
+                                self._push(n1 - n0, n_padded, 0), texel)
         self.pipelines.append(pipe)
-        return _Piece(n0, n1, np_, bias, y, pipe.algo, gy, n_disp)
+        return _Piece(n0, n1, n_padded, bias, y, pipe.algo, gy, n_disp)
 
     def _make_quantizer(self, biases, group, act_quant, limits):
         """The on-device activation quantizer and its float input; returns the tensors to
@@ -183,13 +186,13 @@ class RecordedCall:
         g_in, g_out = group or (kernel.group_size, kernel.group_size)
         k_in = k // g_out * g_in
         if self.source is not None:      # the producer's padded float output rows
-            xf, stride = self.source.y, self.source.np_
-            inputs = biases + [self.os, self.oz]
+            xf, stride = self.source.y, self.source.n_padded
+            inputs = biases + [self.out_scales, self.out_zps]
         else:
             (xf,), stride = device.io_tensors([np.zeros(t * k_in, np.float32)],
                                               f"float activations at T={t}"), k_in
             self._xf_in = xf.data().reshape(t, k_in)     # see _make_views
-            inputs = [xf] + biases + [self.os, self.oz]
+            inputs = [xf] + biases + [self.out_scales, self.out_zps]
         # the quantizer's non-finite flag: cleared with the inputs, read after the run
         (self.nf,) = device.io_tensors([np.zeros(1, np.uint32)], "a recorded call's flag")
         inputs.append(self.nf)
@@ -198,7 +201,7 @@ class RecordedCall:
                                             dtype=np.uint32)
         defines, local_x = quantizer_shape(device.caps)
         pipe = device.algorithm(
-            [xf, self.x, self.xs, self.xz, self.nf],
+            [xf, self.x, self.x_scales, self.x_zps, self.nf],
             compile_shader("quantize_tokens.comp", defines), (1, self._qgy, 1),
             quantizer_constants(act_quant, local_x), self._qpush(0))
         self.pipelines.append(pipe)
@@ -220,7 +223,7 @@ class RecordedCall:
                 ops.append(_shader_barrier(kp, [self.source.y]))
             ops += [kp.OpAlgoDispatch(self.qalgo, self._qpush(i * self._qgy))
                     for i in range(n_quant)]
-            ops.append(_shader_barrier(kp, [self.x, self.xs, self.xz]))
+            ops.append(_shader_barrier(kp, [self.x, self.x_scales, self.x_zps]))
         self._first_linear = len(ops)     # timestamp i is taken after op i - 1
         self.timed = timed
         mgr = device.manager
@@ -231,7 +234,7 @@ class RecordedCall:
         for p in self._pieces:
             rows = p.gy * kernel.tokens_per_row
             for i in range(p.n_dispatch):
-                self.seq.record(kp.OpAlgoDispatch(p.algo, self._push(p.n1 - p.n0, p.np_,
+                self.seq.record(kp.OpAlgoDispatch(p.algo, self._push(p.n1 - p.n0, p.n_padded,
                                                                       i * rows)))
         self._download = download
         back = ([p.y for p in self._pieces] if download else []) + \
@@ -248,17 +251,17 @@ class RecordedCall:
         t, k = self.t, self.k
         self._has_bias = False
         self._x_in = self.x.data().view(np.int8)[:t * k].reshape(t, k)
-        self._xs_in, self._xz_in = self.xs.data(), self.xz.data()
-        self._os_in, self._oz_in = self.os.data(), self.oz.data()
+        self._x_scales_in, self._x_zps_in = self.x_scales.data(), self.x_zps.data()
+        self._out_scales_in, self._out_zps_in = self.out_scales.data(), self.out_zps.data()
         self._bias_in = [p.bias.data()[:p.n1 - p.n0] for p in self._pieces]
         self._y_outs = []
         for p in self._pieces:
             y = p.y.data()
             self._y_outs.append((y.view(np.int8) if self.kernel.out_int8 else y)
-                                .reshape(t, p.np_)[:, :p.n1 - p.n0])
+                                .reshape(t, p.n_padded)[:, :p.n1 - p.n0])
         self._y_out = self._y_outs[0] if len(self._pieces) == 1 else None
         self._bias_slices = [slice(p.n0, p.n1) for p in self._pieces]
-        self._int8_views = [self._x_in, self._xs_in, self._xz_in]
+        self._int8_views = [self._x_in, self._x_scales_in, self._x_zps_in]
         self._nf = self.nf.data() if float_input else None
         # the patched kp's one-call round trip (copies, eval, copy out, and the wait the
         # device asks for); None on a stock kp, or one built before the patch's item 8
@@ -275,12 +278,13 @@ class RecordedCall:
         """Whether a run goes through the patched kp's ``Sequence.eval_io``."""
         return self._eval_io is not None
 
-    def _push(self, n, np_, token_base):
-        return np.array([self.t, self.k, n, np_, token_base], dtype=np.uint32)
+    def _push(self, n, n_padded, token_base):
+        return np.array([self.t, self.k, n, n_padded, token_base], dtype=np.uint32)
 
-    def run(self, x2d, xs, xz, bias=None, out_scale=None, out_zero_point=None):
+    def run(self, x2d, x_scales, x_zps, bias=None, out_scale=None, out_zero_point=None):
         """Write the int8 inputs, replay the sequence, return the output ``[T, N]``."""
-        return self._replay([x2d, xs, xz], self._int8_views, bias, out_scale, out_zero_point)
+        return self._replay([x2d, x_scales, x_zps], self._int8_views, bias, out_scale,
+                            out_zero_point)
 
     def run_float(self, xf2d=None, bias=None, out_scale=None, out_zero_point=None):
         """Float activations (``xf2d [T, K]``, or the source call's output on the device):
@@ -313,7 +317,7 @@ class RecordedCall:
             self._has_bias = False
         if self.kernel.out_int8:
             inputs = inputs + [out_scale, out_zero_point]
-            views = views + [self._os_in, self._oz_in]
+            views = views + [self._out_scales_in, self._out_zps_in]
         self.generation += 1
         if self._eval_io is not None:
             out = self._eval_io(inputs, views, self._y_out if self._download else None,
@@ -332,8 +336,8 @@ class RecordedCall:
     def quantized_activations(self):
         """The on-device quantizer's last result, ``(x_q [T, K], scale [T], zp [T])``
         (downloads them; for tests and debugging)."""
-        self._sync_local([self.x, self.xs, self.xz])
-        return self._x_in.copy(), self._xs_in.copy(), self._xz_in.copy()
+        self._sync_local([self.x, self.x_scales, self.x_zps])
+        return self._x_in.copy(), self._x_scales_in.copy(), self._x_zps_in.copy()
 
     def _sync_local(self, tensors):
         """Copy ``tensors`` from the device to their host memory, in a submission of its
@@ -352,11 +356,12 @@ class RecordedCall:
             return self._y_out.copy()
         return np.concatenate(self._y_outs, axis=1)
 
-    def kernel_ns(self, timestamp_period_ns, quantizer=False):
-        """Device time of the linear dispatches of the last run, in ns (``timed`` only);
-        with ``quantizer``, from the start of the on-device activation quantizer (float
-        input) to the end of the linear dispatches."""
+    def kernel_seconds(self, quantizer=False):
+        """Device time of the linear dispatches of the last run, in seconds (``timed``
+        only); with ``quantizer``, from the start of the on-device activation quantizer
+        (float input) to the end of the linear dispatches."""
         ts = self.seq.get_timestamps()
         first = self._first_linear
         start = 1 if quantizer else first    # timestamp 1: after the inputs' upload
-        return (int(ts[first + self.n_dispatch]) - int(ts[start])) * timestamp_period_ns
+        return (int(ts[first + self.n_dispatch]) - int(ts[start])) * \
+            self.device.timestamp_period_s

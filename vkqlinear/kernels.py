@@ -13,6 +13,11 @@ flag) runs on every Vulkan 1.1 device. :meth:`DeviceCaps.variants` lists what a 
 run, best first. Variant names (``"subgroup+texel+int64"``) are parsed only at the
 boundary: ``$VKQLINEAR_VARIANT`` and the command line (:meth:`Variant.parse`).
 
+Each kernel algorithm is one :class:`KernelSpec` in :data:`SPECS` (its shader, how its
+workgroup is laid out, what fits a device, its default and its tunable axes); the rest of
+the package iterates over the specs. Adding a kernel is a new spec and a new ``.comp``
+(docs/design.md has the checklist).
+
 The ``"auto"`` rule: the COOPERATIVE GEMV for ``T <= threshold``, the TILED GEMM above;
 the threshold comes from the tuning file (:mod:`vkqlinear.tuning`).
 """
@@ -21,18 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["ALGORITHMS", "KERNEL_ALGORITHMS", "Variant", "Kernel", "DeviceCaps",
-           "choose_kernel", "lanes_for", "token_tile", "DEFAULT_AUTO_THRESHOLD"]
-
-# Every value of the ops' ``algorithm`` argument, and the ones that run a kernel.
-ALGORITHMS = ("auto", "tiled", "cooperative", "reference")
-KERNEL_ALGORITHMS = ("tiled", "cooperative")
+__all__ = ["ALGORITHMS", "KERNEL_ALGORITHMS", "SPECS", "KernelSpec", "Variant", "Kernel",
+           "DeviceCaps", "choose_kernel", "lanes_for", "token_tile", "DEFAULT_AUTO_THRESHOLD"]
 
 DEFAULT_AUTO_THRESHOLD = 4
-GEMM_TM = 8              # tokens per invocation of the TILED GEMM with storage loads
-GEMM_TM_TEXEL = 4        # with texel loads, whose loads are cheap (4 beat 8 on lavapipe)
-COOP_WORKERS = 8         # workers splitting K in the shared-memory COOPERATIVE GEMV
-COOP_MAX_TM = 4
 
 
 @dataclass(frozen=True)
@@ -154,8 +151,8 @@ class DeviceCaps:
         See docs/design.md for the measurements behind the order. Variants that failed
         the device's self-check (``excluded``) are left out.
         """
-        reductions = [True, False] if algorithm == "cooperative" and self.subgroup_reduce \
-            else [False]
+        reductions = [True, False] if spec_for(algorithm).subgroup_reduction and \
+            self.subgroup_reduce else [False]
         maths = [{}]
         if self.int64:
             maths = ([dict(texel=True, int64=True)] if self.texel else []) + \
@@ -177,7 +174,7 @@ class Kernel:
     LANES, TM, OUT_INT8, CB (see ``shaders/common.glsl``); the weights add HAS_OFFSET
     (:class:`~vkqlinear.device_linear.WeightBuffers`).
     """
-    algorithm: str          # "tiled" | "cooperative"
+    algorithm: str          # a key of SPECS
     shader: str             # file in shaders/
     variant: Variant
     local_size: tuple       # (x, y)
@@ -188,8 +185,10 @@ class Kernel:
     cb: int = 1             # channel blocks (of 8) per invocation: TILED only
 
     def __post_init__(self):
-        if self.cb != 1 and self.algorithm != "tiled":
-            raise ValueError(f"cb: the {self.algorithm} kernel computes one channel block an "
+        spec = spec_for(self.algorithm)
+        if self.cb != 1 and self.cb not in spec.cbs:
+            raise ValueError(f"cb: the {self.algorithm} kernel computes "
+                             f"{' or '.join(map(str, spec.cbs))} channel blocks an "
                              f"invocation, got cb={self.cb}")
         # Kernels key the recorded-call caches: hash the fields once, not on every lookup
         object.__setattr__(self, "_hash",
@@ -215,11 +214,14 @@ class Kernel:
                                        else ())
 
     @property
+    def spec(self):
+        """Its algorithm's :class:`KernelSpec`."""
+        return SPECS[self.algorithm]
+
+    @property
     def blocks_per_workgroup(self):
         """Channel blocks (of 8) per workgroup: the local axis that is not workers."""
-        if self.algorithm == "cooperative" and self.variant.subgroup:
-            return self.local_size[1]
-        return self.local_size[0]
+        return self.spec.blocks_per_workgroup(self)
 
     @property
     def spec_constants(self):
@@ -229,15 +231,15 @@ class Kernel:
     @property
     def tokens_per_row(self):
         """Tokens covered by one workgroup row (grid y = 1)."""
-        return self.tm * (self.local_size[1] if self.algorithm == "tiled" else 1)
+        return self.spec.tokens_per_row(self)
 
-    def grid(self, t, np_, max_count=(65535, 65535, 65535)):
+    def grid(self, t, n_padded, max_count=(65535, 65535, 65535)):
         """``(gx, gy, n_dispatches)``: one grid of ``gx x gy`` workgroups, dispatched
         ``n_dispatches`` times with ``token_base`` advancing by ``gy * tokens_per_row``
         when the token rows exceed the device's ``maxComputeWorkGroupCount[1]``."""
-        gx = -(-(np_ // 8) // (self.blocks_per_workgroup * self.cb))
+        gx = -(-(n_padded // 8) // (self.blocks_per_workgroup * self.cb))
         if gx > max_count[0]:
-            raise ValueError(f"w_packed: N={np_} output channels need {gx} workgroups, "
+            raise ValueError(f"w_packed: N={n_padded} output channels need {gx} workgroups, "
                              f"more than this device's limit of {max_count[0]}")
         rows = -(-t // self.tokens_per_row)
         gy = min(rows, max_count[1])
@@ -272,19 +274,167 @@ def token_tiles(t, tm):
     return 1 << (-(-max(t, 1) // tm) - 1).bit_length()
 
 
+# Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
+# file's entries of another generation are ignored.
+KERNEL_GENERATION = 4
+# At most this many outputs (TM x 8 CB) an invocation: each is three registers (two float
+# sums, one int), and a GPU spills past about 256.
+TILE_OUTPUTS = 64
+LOCAL_SIZES = (1, 2, 4, 8, 16)       # token tiles, workers or blocks per workgroup
+
+
+def _pow2(v):
+    return v >= 1 and not v & (v - 1)
+
+
+class KernelSpec:
+    """One kernel algorithm: its shader and everything the choice needs to know about it.
+
+    A subclass per algorithm, one instance in :data:`SPECS`. The workgroup is
+    ``(x, y)``: ``x`` is always the weight layout's lanes (one lane per channel block, or
+    one subgroup); what ``y`` counts (token tiles, workers, blocks) is the spec's.
+    """
+    algorithm = ""              # the ops' ``algorithm`` value
+    shader = ""                 # file in shaders/
+    role = ""                   # one line for tables and the docs
+    check_tokens = 1            # a token count the kernel is made for (self-check, tests)
+    subgroup_reduction = False  # whether it has a subgroup-reduce variant
+    tms = (1,)                  # tunable tokens per invocation
+    cbs = (1,)                  # tunable channel blocks per invocation
+
+    def lanes(self, variant, caps):
+        """The weight layout's lanes (and the workgroup's x) for ``variant``."""
+        return lanes_for(caps)
+
+    def default(self, t, variant, group_size, out_int8, caps):
+        """The untuned :class:`Kernel` for ``t`` tokens."""
+        raise NotImplementedError
+
+    def blocks_per_workgroup(self, kernel):
+        """Channel blocks (of 8) a workgroup computes, before CB."""
+        return kernel.local_size[0]
+
+    def tokens_per_row(self, kernel):
+        """Tokens one workgroup row covers (grid y = 1)."""
+        return kernel.tm
+
+    def fits(self, kernel, caps):
+        """Whether the spec's own limits allow ``kernel`` on ``caps``' device (the
+        workgroup and CB rules common to all are in :func:`fits`)."""
+        return kernel.local_size[0] == kernel.lanes
+
+    def other_axes(self, t, tm):
+        """The candidate values of the workgroup's y at ``t`` tokens, ``tm`` per
+        invocation (:func:`candidates`)."""
+        return LOCAL_SIZES
+
+    def kernel(self, variant, local_size, tm, caps, group_size, out_int8, cb=1):
+        return Kernel(self.algorithm, self.shader, variant, tuple(local_size), tm,
+                      self.lanes(variant, caps), group_size, bool(out_int8), cb)
+
+
+class TiledSpec(KernelSpec):
+    """The TILED GEMM: an invocation computes TM tokens x CB channel blocks over all of
+    K; the workgroup is lanes channel blocks x token tiles."""
+    algorithm = "tiled"
+    shader = "gemm_tiled.comp"
+    role = "GEMM: TM tokens x CB channel blocks an invocation"
+    check_tokens = 8
+    tms = (1, 2, 4, 8)
+    cbs = (1, 2, 4)
+    TM = 8                # untuned tokens per invocation with storage loads
+    TM_TEXEL = 4          # with texel loads, whose loads are cheap (4 beat 8 on lavapipe)
+
+    def default(self, t, variant, group_size, out_int8, caps):
+        lanes = self.lanes(variant, caps)
+        tm = token_tile(t, self.TM_TEXEL if variant.texel else self.TM)
+        # no more token tiles than t fills: the others' invocations would only idle
+        tiles = max(1, min(64 // lanes, caps.max_invocations // lanes, token_tiles(t, tm)))
+        return self.kernel(variant, (lanes, tiles), tm, caps, group_size, out_int8)
+
+    def tokens_per_row(self, kernel):
+        return kernel.tm * kernel.local_size[1]
+
+    def other_axes(self, t, tm):
+        # more token tiles than t fills would only add idle invocations
+        return tuple(v for v in LOCAL_SIZES if v <= token_tiles(t, tm))
+
+
+class CooperativeSpec(KernelSpec):
+    """The COOPERATIVE GEMV: the workers of a channel block split K and reduce, through
+    shared memory (workgroup lanes x workers) or, with the ``subgroup`` variant, in one
+    subgroup (subgroup x blocks)."""
+    algorithm = "cooperative"
+    shader = "gemv_coop.comp"
+    role = "GEMV: workers split K, reduced in shared memory or a subgroup"
+    check_tokens = 1
+    subgroup_reduction = True
+    tms = (1, 2, 4)
+    WORKERS = 8           # untuned workers of the shared-memory reduction
+    MAX_TM = 4
+
+    def lanes(self, variant, caps):
+        # the subgroup kernel's workers are a subgroup's lanes: its layout interleave
+        return caps.subgroup_size if variant.subgroup else lanes_for(caps)
+
+    def default(self, t, variant, group_size, out_int8, caps):
+        tm = token_tile(t, self.MAX_TM)
+        lanes = self.lanes(variant, caps)
+        if variant.subgroup:
+            # the workers of a block read neighbouring groups of it ("groups" order)
+            blocks = 1
+            while blocks * 2 <= min(lanes, caps.max_invocations // lanes):
+                blocks *= 2
+            return self.kernel(variant, (lanes, blocks), tm, caps, group_size, out_int8)
+        workers = self.WORKERS
+        while workers > 1 and (lanes * workers > caps.max_invocations
+                               or self.shared_bytes(lanes, workers, tm) >
+                               caps.max_shared_memory):
+            workers //= 2
+        return self.kernel(variant, (lanes, workers), tm, caps, group_size, out_int8)
+
+    @staticmethod
+    def shared_bytes(lanes, workers, tm):
+        """The shared-memory reduction's size: a float per worker, token and channel."""
+        return lanes * workers * tm * 8 * 4
+
+    def blocks_per_workgroup(self, kernel):
+        return kernel.local_size[1] if kernel.variant.subgroup else kernel.local_size[0]
+
+    def fits(self, kernel, caps):
+        x, y = kernel.local_size
+        if kernel.variant.subgroup:
+            return x == caps.subgroup_size and y <= caps.subgroup_size
+        return x == kernel.lanes and \
+            self.shared_bytes(x, y, kernel.tm) <= caps.max_shared_memory
+
+
+# Every kernel algorithm, in the order tables list them.
+SPECS = {s.algorithm: s for s in (TiledSpec(), CooperativeSpec())}
+KERNEL_ALGORITHMS = tuple(SPECS)
+# Every value of the ops' ``algorithm`` argument.
+ALGORITHMS = ("auto",) + KERNEL_ALGORITHMS + ("reference",)
+
+
+def spec_for(algorithm):
+    """The :class:`KernelSpec` of a kernel algorithm, else ``ValueError``."""
+    try:
+        return SPECS[algorithm]
+    except (KeyError, TypeError):
+        raise ValueError(f"algorithm: expected 'auto' or one of {', '.join(SPECS)}, "
+                         f"got {algorithm!r}") from None
+
+
 def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, variant=None):
-    """The :class:`Kernel` for ``algorithm`` (``"tiled"``, ``"cooperative"`` or
-    ``"auto"``, which takes the cooperative kernel for ``t <= threshold``) at ``t`` tokens
-    on a device described by ``caps`` (:class:`DeviceCaps`). ``variant`` (a
-    :class:`Variant`) forces a code shape; it must be one the device runs for the kernel
-    chosen, else ``ValueError``. A pure function of its arguments."""
+    """The :class:`Kernel` for ``algorithm`` (a kernel algorithm of :data:`SPECS`, or
+    ``"auto"``, which takes the cooperative kernel for ``t <= threshold`` and the tiled one
+    above) at ``t`` tokens on a device described by ``caps`` (:class:`DeviceCaps`).
+    ``variant`` (a :class:`Variant`) forces a code shape; it must be one the device runs
+    for the kernel chosen, else ``ValueError``. A pure function of its arguments."""
     if algorithm == "auto":
         limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
         algorithm = "cooperative" if t <= limit else "tiled"
-    if algorithm not in KERNEL_ALGORITHMS:
-        raise ValueError(f"algorithm: expected 'tiled', 'cooperative' or 'auto', "
-                         f"got {algorithm!r}")
-    lanes = lanes_for(caps)
+    spec = spec_for(algorithm)
     possible = caps.variants(algorithm)
     if not possible:
         raise ValueError(f"algorithm: every variant of the {algorithm} kernel failed this "
@@ -294,40 +444,7 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
         raise ValueError(f"variant: {variant.name!r} is not available for the {algorithm} "
                          f"kernel on this device (available: "
                          f"{', '.join(v.name for v in possible)})")
-    if algorithm == "tiled":
-        tm = token_tile(t, GEMM_TM_TEXEL if variant.texel else GEMM_TM)
-        # no more token tiles than t fills: the others' invocations would only idle
-        local_y = max(1, min(64 // lanes, caps.max_invocations // lanes, token_tiles(t, tm)))
-        return Kernel("tiled", "gemm_tiled.comp", variant, (lanes, local_y), tm, lanes,
-                      group_size, bool(out_int8))
-    tm = token_tile(t, COOP_MAX_TM)
-    if variant.subgroup:
-        # The workers of a block are the lanes of a subgroup, reading neighbouring groups
-        # of one block: the weights in "groups" order, interleaved by the subgroup size.
-        sg = caps.subgroup_size
-        blocks = 1
-        while blocks * 2 <= min(sg, caps.max_invocations // sg):
-            blocks *= 2
-        return Kernel("cooperative", "gemv_coop.comp", variant, (sg, blocks), tm, sg,
-                      group_size, bool(out_int8))
-    workers = COOP_WORKERS
-    while workers > 1 and (lanes * workers > caps.max_invocations
-                           or lanes * workers * tm * 8 * 4 > caps.max_shared_memory):
-        workers //= 2
-    return Kernel("cooperative", "gemv_coop.comp", variant, (lanes, workers), tm, lanes,
-                  group_size, bool(out_int8))
-
-
-# Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
-# file's entries of another generation are ignored.
-KERNEL_GENERATION = 4
-TILED_TM = (1, 2, 4, 8)
-TILED_CB = (1, 2, 4)                 # channel blocks per invocation of the tiled kernel
-# At most this many outputs (TM x 8 CB) an invocation: each is three registers (two float
-# sums, one int), and a GPU spills past about 256.
-TILE_OUTPUTS = 64
-COOP_TM = (1, 2, 4)
-LOCAL_SIZES = (1, 2, 4, 8, 16)       # token tiles, workers or blocks per workgroup
+    return spec.default(t, variant, group_size, out_int8, caps)
 
 
 def kernel_config(kernel):
@@ -342,66 +459,48 @@ def kernel_from_config(config, t, group_size, out_int8, caps):
     ``t`` needs; ``None`` if the device cannot run it (another device's entry, a variant
     it lacks, limits)."""
     try:
-        algorithm = config["algorithm"]
+        spec = SPECS[config["algorithm"]]
         variant = Variant.parse(config["variant"])
         tm = token_tile(t, int(config["tm"]))
         x, y = (int(v) for v in config["local_size"])
         cb = int(config.get("cb", 1))
-    except (KeyError, TypeError, ValueError):
-        return None
-    if algorithm not in KERNEL_ALGORITHMS or variant not in caps.variants(algorithm):
-        return None
-    lanes = caps.subgroup_size if algorithm == "cooperative" and variant.subgroup \
-        else lanes_for(caps)
-    try:
-        kernel = Kernel(algorithm, "gemm_tiled.comp" if algorithm == "tiled" else
-                        "gemv_coop.comp", variant, (x, y), tm, lanes, group_size,
-                        bool(out_int8), cb)
-    except ValueError:            # an entry no kernel can be made of
+        if variant not in caps.variants(spec.algorithm):
+            return None
+        kernel = spec.kernel(variant, (x, y), tm, caps, group_size, out_int8, cb)
+    except (KeyError, TypeError, ValueError):   # an entry no kernel can be made of
         return None
     return kernel if fits(kernel, caps) else None
 
 
 def fits(kernel, caps):
-    """Whether ``caps``' device can run ``kernel``: its workgroup within the invocation
-    limit, the shared-memory reduction within the shared memory, the subgroup kernel's
-    rows one subgroup wide, the workgroup a whole number of layout lanes, and the tiled
-    kernel's channel blocks (the cooperative kernel has one) within :data:`TILE_OUTPUTS`."""
+    """Whether ``caps``' device can run ``kernel``: a power-of-two workgroup within the
+    invocation limit, a power-of-two CB where the spec tunes it with at most
+    :data:`TILE_OUTPUTS` outputs an invocation, and the spec's own rules
+    (:meth:`KernelSpec.fits`)."""
     x, y = kernel.local_size
-    if x * y > caps.max_invocations or x < 1 or y < 1 or y & (y - 1) or x & (x - 1):
+    if x * y > caps.max_invocations or not (_pow2(x) and _pow2(y)):
         return False
     cb = kernel.cb
-    if cb < 1 or cb & (cb - 1) or kernel.tm * 8 * cb > TILE_OUTPUTS or \
-            (cb > 1 and kernel.algorithm != "tiled"):
+    if not _pow2(cb) or kernel.tm * 8 * cb > TILE_OUTPUTS or \
+            cb not in kernel.spec.cbs + (1,):
         return False
-    if kernel.algorithm == "cooperative":
-        if kernel.variant.subgroup:
-            return x == caps.subgroup_size and y <= caps.subgroup_size
-        return x == kernel.lanes and x * y * kernel.tm * 8 * 4 <= caps.max_shared_memory
-    return x == kernel.lanes
+    return kernel.spec.fits(kernel, caps)
 
 
 def candidates(algorithm, t, group_size, out_int8, caps):
     """Every :class:`Kernel` of ``algorithm`` the device can run at ``t`` tokens: its
-    variants x tokens per invocation x the workgroup's other axis (token tiles for the
-    tiled kernel, workers or blocks for the cooperative one) x channel blocks per
-    invocation (tiled). The search space of :mod:`vkqlinear.tuner`; the first is the
-    default choice. Tiled workgroups with more token tiles than ``t`` tokens fill are left
-    out: their extra invocations idle, the work is that of the smaller workgroup."""
-    default = choose_kernel(algorithm, t, group_size, out_int8, caps)
-    out = [default]
-    tms = TILED_TM if algorithm == "tiled" else COOP_TM
-    cbs = TILED_CB if algorithm == "tiled" else (1,)
+    variants x the spec's tokens per invocation x the workgroup's other axis x its
+    channel blocks per invocation. The search space of :mod:`vkqlinear.measure.tuner`;
+    the first is the default choice."""
+    spec = spec_for(algorithm)
+    out = [choose_kernel(algorithm, t, group_size, out_int8, caps)]
     for variant in caps.variants(algorithm):
-        for tm in sorted({token_tile(t, m) for m in tms}):
-            tiles = token_tiles(t, tm)
-            for cb in cbs:
-                for other in LOCAL_SIZES:
-                    if algorithm == "tiled" and other > tiles:
-                        continue
+        x = spec.lanes(variant, caps)
+        for tm in sorted({token_tile(t, m) for m in spec.tms}):
+            for cb in spec.cbs:
+                for y in spec.other_axes(t, tm):
                     config = {"algorithm": algorithm, "variant": variant.name, "tm": tm,
-                              "local_size": [caps.subgroup_size if variant.subgroup else
-                                             lanes_for(caps), other], "cb": cb}
+                              "local_size": [x, y], "cb": cb}
                     k = kernel_from_config(config, t, group_size, out_int8, caps)
                     if k is not None and k not in out:
                         out.append(k)

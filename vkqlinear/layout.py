@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quant import unpack_int4
+
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
            "split_channels", "sums16", "group_data_bytes", "call_bytes"]
 
@@ -104,11 +106,10 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     n, k2 = w_packed.shape
     k = 2 * k2
     g = k // group_size
-    np_ = padded_channels(n, lanes)
-    nb = np_ // 8
-    u = np.zeros((np_, k), dtype=np.uint8)          # raw nibbles; padding channels are 0
-    u[:n, 0::2] = w_packed >> 4
-    u[:n, 1::2] = w_packed & 0x0F
+    n_padded = padded_channels(n, lanes)
+    nb = n_padded // 8
+    u = np.zeros((n_padded, k), dtype=np.uint8)          # raw nibbles; padding channels are 0
+    u[:n] = unpack_int4(w_packed) + 8
     # units[b][j][:]: the uint32 words one load of block b at k-unit j brings
     if layout in ("swar", "swar64"):
         ub = u.reshape(nb, 8, k)
@@ -118,7 +119,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         per = 1 if layout == "swar" else 8       # swar64: k .. k + 7 side by side
         units = words.reshape(nb, k // per, per)
     elif layout == "dot":
-        uo = u.reshape(np_, k // 8, 2, 4).astype(np.uint32)   # [channel][octet][half][m]
+        uo = u.reshape(n_padded, k // 8, 2, 4).astype(np.uint32)   # [channel][octet][half][m]
         byte = uo[:, :, 0, :] | (uo[:, :, 1, :] << np.uint32(4))
         words = (byte << (np.arange(4, dtype=np.uint32) * np.uint32(8))).sum(
             axis=2, dtype=np.uint32)                              # [channel][octet]
@@ -136,17 +137,17 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         raise ValueError(f"order: expected 'blocks' or 'groups', got {order!r}")
 
     def groups(a, dtype):
-        full = np.zeros((np_, g), dtype=dtype)
+        full = np.zeros((n_padded, g), dtype=dtype)
         full[:n] = a
         if order == "groups":   # [b][g][8]
             return full.reshape(nb, 8, g).transpose(0, 2, 1).ravel()
         return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
 
-    sum_u = u.reshape(np_, g, group_size).sum(axis=2, dtype=np.int32)
+    sum_u = u.reshape(n_padded, g, group_size).sum(axis=2, dtype=np.int32)
     sums = groups(sum_u[:n], np.int32) if not sums16(group_size) else \
         np.ascontiguousarray(groups(sum_u[:n], np.uint16)).view(np.uint32)
     return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
-            groups(w_offsets, np.float32), sums, np_)
+            groups(w_offsets, np.float32), sums, n_padded)
 
 
 def split_channels(n, k, group_size, lanes, t, out_bytes, limit):

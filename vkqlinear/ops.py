@@ -34,7 +34,7 @@ from .weights import QuantizedWeights, prepack
 __all__ = ["linear_qta8a_qga4w", "linear_qta8a_qga4w_qta8o", "linear_dq8ca_q4gsw"]
 
 
-def _front(algorithm, device):
+def _check_algorithm_and_device(algorithm, device):
     """The ``algorithm`` and ``device`` arguments, checked (every op's first step; the
     common values skip the calls)."""
     if type(algorithm) is not str or algorithm not in _ALGORITHMS:
@@ -65,29 +65,29 @@ def _weights(w_packed, group_size, k, w_scales=None, w_zeros=None, scales_and_ze
     return prepack(args.packed_weights(w_packed, k), group_size, **given)
 
 
-def _linear(x_q, x2d, xs, xz, lead, weights, bias, out_scale, out_zero_point, algorithm,
+def _linear(x_q, x2d, x_scales, x_zps, lead, weights, bias, out_scale, out_zero_point, algorithm,
             device, variant):
     """Both ops after the activations and weights: check the rest, run (on the weights'
     DeviceLinear, or the reference path), shape the result like ``x_q``."""
     b = None if bias is None else args.bias_vector(bias, weights.N)
-    os_ = oz = None
+    out_scales = out_zps = None
     if out_scale is not None or out_zero_point is not None:
-        os_, oz = args.output_qparams(out_scale, out_zero_point, lead, x2d.shape[0])
+        out_scales, out_zps = args.output_qparams(out_scale, out_zero_point, lead, x2d.shape[0])
     out = None
     if x2d.shape[0] == 0:
         if device is not None:
             device.check_open()
-        out = np.zeros((0, weights.N), np.int8 if os_ is not None else np.float32)
+        out = np.zeros((0, weights.N), np.int8 if out_scales is not None else np.float32)
     elif algorithm != "reference":
         try:
             out = DeviceLinear.of(weights, device).run(
-                algorithm, x2d, xs, xz, b, os_, oz, variant=variant)[0]
+                algorithm, x2d, x_scales, x_zps, b, out_scales, out_zps, variant=variant)[0]
         except (VulkanUnavailableError, CompilerNotFoundError) as e:
             fallback_or_raise(e, algorithm, device)
     elif device is not None:
         device.check_open()
     if out is None:
-        out = reference.run(x2d, xs, xz, weights, b, os_, oz)
+        out = reference.run(x2d, x_scales, x_zps, weights, b, out_scales, out_zps)
     if len(lead) != 1:
         out = out.reshape(tuple(lead) + (weights.N,))
     return out if type(x_q) is np.ndarray else args.like_input(out, x_q)
@@ -118,10 +118,10 @@ def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_
 
     Returns: float32 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
-    _front(algorithm, device)
-    x2d, xs, xz, lead = args.activations(x_q, x_scale, x_zero_point)
+    _check_algorithm_and_device(algorithm, device)
+    x2d, x_scales, x_zps, lead = args.activations(x_q, x_scale, x_zero_point)
     weights = _weights(w_packed, group_size, x2d.shape[1], w_scales=w_scales, w_zeros=w_zeros)
-    return _linear(x_q, x2d, xs, xz, lead, weights, bias, None, None, algorithm, device,
+    return _linear(x_q, x2d, x_scales, x_zps, lead, weights, bias, None, None, algorithm, device,
                    variant)
 
 
@@ -147,16 +147,16 @@ def linear_qta8a_qga4w_qta8o(x_q, x_scale, x_zero_point, w_packed, group_size=No
 
     Returns: int8 ``[..., N]`` (a torch tensor if ``x_q`` is one).
     """
-    _front(algorithm, device)
+    _check_algorithm_and_device(algorithm, device)
     if not isinstance(w_packed, QuantizedWeights) and scales_and_zeros is None:
         raise TypeError("scales_and_zeros: required with raw w_packed (float32 [G, N, 2])")
     if out_scale is None:
         raise TypeError("out_scale: required (float32 [T])")
     if out_zero_point is None:
         raise TypeError("out_zero_point: required (int32 [T])")
-    x2d, xs, xz, lead = args.activations(x_q, x_scale, x_zero_point)
+    x2d, x_scales, x_zps, lead = args.activations(x_q, x_scale, x_zero_point)
     weights = _weights(w_packed, group_size, x2d.shape[1], scales_and_zeros=scales_and_zeros)
-    return _linear(x_q, x2d, xs, xz, lead, weights, bias, out_scale, out_zero_point,
+    return _linear(x_q, x2d, x_scales, x_zps, lead, weights, bias, out_scale, out_zero_point,
                    algorithm, device, variant)
 
 
@@ -182,17 +182,17 @@ def linear_dq8ca_q4gsw(input, input_scales, input_zp, weights, weight_sums, weig
 
     Returns: float32 ``[..., N]`` (a torch tensor if ``input`` is one).
     """
-    _front(algorithm, device)
+    _check_algorithm_and_device(algorithm, device)
     x = args.as_array(input, "input", (np.float32,))
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"input: expected float32 [..., K] with K > 0, got {list(x.shape)}")
     args.check_finite(x, "input")
     lead, k = x.shape[:-1], x.shape[-1]
     t = math.prod(lead)
-    xs = args.per_token(_squeeze_last(input_scales), "input_scales", (np.float32,), lead, t)
-    args.check_finite_positive(xs, "input_scales")
-    xz = args.per_token(_squeeze_last(input_zp), "input_zp", (np.int8, np.int32), lead, t)
-    args.check_int8_range(xz, "input_zp")
+    x_scales = args.per_token(_squeeze_last(input_scales), "input_scales", (np.float32,), lead, t)
+    args.check_finite_positive(x_scales, "input_scales")
+    x_zps = args.per_token(_squeeze_last(input_zp), "input_zp", (np.int8, np.int32), lead, t)
+    args.check_int8_range(x_zps, "input_zp")
     if isinstance(weights, QuantizedWeights):
         qw = weights
         if qw.K != k or qw.group_size != group_size:
@@ -218,8 +218,8 @@ def linear_dq8ca_q4gsw(input, input_scales, input_zp, weights, weight_sums, weig
         raise ValueError(f"weight_sums: do not match the weights (expected int32 "
                          f"{list(want.shape)}, the per-group sums of q, zero padded)")
     b = args.bias_vector(bias, qw.N, padded=-(-qw.N // 4) * 4)
-    x_q = quantize_with_qparams(x.reshape(t, k), xs, xz, "torchao")
-    return _linear(input, x_q, xs, xz.astype(np.int32), lead, qw, b, None, None, algorithm,
+    x_q = quantize_with_qparams(x.reshape(t, k), x_scales, x_zps, "torchao")
+    return _linear(input, x_q, x_scales, x_zps.astype(np.int32), lead, qw, b, None, None, algorithm,
                    device, variant)
 
 

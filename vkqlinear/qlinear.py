@@ -164,9 +164,9 @@ class QLinear:
         if k != self.in_features:
             raise ValueError(f"x: expected last dimension K={self.in_features}, got {k}")
         t = math.prod(lead)     # (np.prod of a tuple makes an array: tens of us cold)
-        os_ = oz = None
+        out_scales = out_zps = None
         if out_scale is not None or out_zero_point is not None:
-            os_, oz = args.output_qparams(out_scale, out_zero_point, lead, t)
+            out_scales, out_zps = args.output_qparams(out_scale, out_zero_point, lead, t)
             if output == "device":
                 raise ValueError("output: 'device' holds float32 results only; leave "
                                  "out_scale / out_zero_point out")
@@ -183,7 +183,7 @@ class QLinear:
                 y, call = DeviceLinear.of(self.weights, device).run_float(
                     algorithm, t, xf2d=None if source is not None else xf.reshape(t, k),
                     source=source.call if source is not None else None, bias=self.bias,
-                    out_scale=os_, out_zero_point=oz, download=output == "host",
+                    out_scale=out_scales, out_zero_point=out_zps, download=output == "host",
                     variant=variant, act_quant=self.act_quant)
                 if output == "device":
                     return DeviceTensor(call, out_shape)
@@ -193,12 +193,12 @@ class QLinear:
             device.check_open()
         if y is None:
             x2d = (source.numpy() if source is not None else xf).reshape(t, k)
-            y = self._reference(x2d, os_, oz)
+            y = self._reference(x2d, out_scales, out_zps)
         return args.like_input(y.reshape(out_shape), x)
 
-    def _reference(self, x2d, os_, oz):
+    def _reference(self, x2d, out_scales, out_zps):
         if x2d.shape[0] == 0:
-            dtype = np.int8 if os_ is not None else np.float32
+            dtype = np.int8 if out_scales is not None else np.float32
             return np.zeros((0, self.out_features), dtype)
-        xq, xs, xz = quantize_per_token(x2d, self.act_quant)
-        return reference.run(xq, xs, xz, self.weights, self.bias, os_, oz)
+        xq, x_scales, x_zps = quantize_per_token(x2d, self.act_quant)
+        return reference.run(xq, x_scales, x_zps, self.weights, self.bias, out_scales, out_zps)

@@ -84,10 +84,10 @@ def run_check(device, kernel):
     start = time.perf_counter()
     t, k = kernel.tm, 2 * kernel.group_size
     n = 8 * kernel.lanes - 3                    # one block row, the last block partial
-    x_q, xs, xz, w_packed, ws, wz, bias, want = known_answer(t, k, n, kernel.group_size)
+    x_q, x_scales, x_zps, w_packed, ws, wz, bias, want = known_answer(t, k, n, kernel.group_size)
     weights = prepack(w_packed, kernel.group_size, ws, wz)
     try:
-        got, _ = DeviceLinear.of(weights, device).run(kernel, x_q, xs, xz, bias)
+        got, _ = DeviceLinear.of(weights, device).run(kernel, x_q, x_scales, x_zps, bias)
     except Exception as e:          # a variant that cannot even run is not usable either
         return False, f"{type(e).__name__}: {e}", time.perf_counter() - start
     if variant_key(kernel.algorithm, kernel.variant) in forced_wrong():

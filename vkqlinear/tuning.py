@@ -47,7 +47,9 @@ BUILTIN_THRESHOLDS = policy.AUTO_THRESHOLDS     # the device policy's, by driver
 RECHECK_S = 1.0
 
 _lock = threading.Lock()
-_memo = {}        # device key -> (entry, time of the check, file stamp, _writes then)
+# The one memo of the tuning state: device key -> (entry, time of the check, file stamp,
+# _writes then)
+_memo = {}
 _writes = 0       # this process's writes: seen at once
 _warned = set()
 

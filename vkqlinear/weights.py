@@ -30,17 +30,38 @@ class QuantizedWeights:
     """
 
     def __init__(self, w_packed, group_size, w_scales, w_offsets64, w_zeros=None):
-        self.w_packed = w_packed
-        self.group_size = group_size
-        self.w_scales = w_scales
-        self.w_offsets64 = w_offsets64
-        self.w_offsets = w_offsets64.astype(np.float32)
-        # False for symmetric weights: the kernels then neither hold nor read offsets
-        self.has_offsets = bool(np.any(self.w_offsets))
-        self.w_zeros = w_zeros
+        """The parts in their final form, checked: ``w_packed`` uint8 ``[N, K/2]``, a
+        group size (a multiple of 4, the least any accepted layout has) dividing K,
+        ``w_scales`` float32 and ``w_offsets64`` float64 ``[N, G]``, finite, and
+        ``w_zeros`` int32 ``[N, G]`` or ``None``. :func:`prepack` and the importers make
+        the parts from the accepted forms."""
+        w_packed = args.as_array(w_packed, "w_packed", (np.uint8,))
+        if w_packed.ndim != 2 or 0 in w_packed.shape:
+            raise ValueError(f"w_packed: expected shape [N, K/2] with N, K > 0, got "
+                             f"{list(w_packed.shape)}")
         self.N, k2 = w_packed.shape
         self.K = 2 * k2
-        self.G = self.K // group_size
+        self.group_size = args.check_group_size(group_size, self.K, multiple=4)
+        self.G = self.K // self.group_size
+        self.w_packed = w_packed
+        self.w_scales = args.as_array(w_scales, "w_scales", (np.float32,))
+        self.w_offsets64 = args.as_array(w_offsets64, "w_offsets", (np.float64,))
+        for a, name in ((self.w_scales, "w_scales"), (self.w_offsets64, "w_offsets")):
+            args.check_shape(a, name, (self.N, self.G))
+            args.check_finite(a, name)
+        if w_zeros is not None:
+            w_zeros = args.as_array(w_zeros, "w_zeros", (np.int32,))
+            args.check_shape(w_zeros, "w_zeros", (self.N, self.G))
+        self.w_zeros = w_zeros
+        self.w_offsets = self.w_offsets64.astype(np.float32)
+        # False for symmetric weights: the kernels then neither hold nor read offsets
+        self.has_offsets = bool(np.any(self.w_offsets))
+
+    def symmetric(self):
+        """The same nibbles and scales with every offset 0 (zero points 0)."""
+        return QuantizedWeights(self.w_packed, self.group_size, self.w_scales,
+                                np.zeros((self.N, self.G)), np.zeros((self.N, self.G),
+                                                                    np.int32))
 
     def __repr__(self):
         return (f"<vkqlinear.QuantizedWeights N={self.N} K={self.K} "
@@ -68,7 +89,7 @@ def prepack(w_packed, group_size, w_scales=None, w_zeros=None, *, scales_and_zer
     the layout of the device's default kernel); otherwise on first use.
     """
     w = args.as_array(w_packed, "w_packed", (np.uint8,))
-    if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
+    if w.ndim != 2 or 0 in w.shape:
         raise ValueError(f"w_packed: expected shape [N, K/2] with N, K > 0, got {list(w.shape)}")
     k = 2 * w.shape[1]
     gs = args.check_group_size(group_size, k)

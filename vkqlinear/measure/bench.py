@@ -34,48 +34,43 @@ import datetime as _dt
 import functools
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, args, conformance, ops
+from .. import __version__, args, conformance, ops
+from ..device import WAITS, Device
+from ..device_linear import DeviceLinear
+from ..kernels import KERNEL_ALGORITHMS, kernel_config
+from ..layout import call_bytes
+from ..quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
+from ..tuning import store_threshold
+from ..weights import QuantizedWeights, prepack
 from .calibrate import (
     SWAR_MACS_PER_MADD,
     fastest_alu,
     fastest_read,
     host_read_bandwidth,
-    host_record,
     read_kernel,
 )
-from .device import WAITS, Device
-from .device_linear import DeviceLinear
-from .kernels import kernel_config
-from .layout import call_bytes
+from .common import (
+    SHAPE_SETS,
+    TOKENS,
+    git_commit,
+    int_list,
+    provenance,
+    pyplot,
+    shape_list,
+    stats,
+    time_host,
+    torch_linear,
+)
 from .model_bench import MODELS, run_model
-from .quant import dequantize_per_token, dequantize_weights, quantize_per_token, quantize_weights
-from .tuner import check_points, int_list, keeping_calls_of, shape_list, tune
-from .tuning import store_threshold
-from .weights import QuantizedWeights, prepack
+from .tuner import check_points, keeping_calls_of, tune
 
-SHAPE_SETS = {
-    "quick": [(4096, 4096), (1536, 384)],
-    "llama-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
-    "minilm": [(384, 384), (384, 1536), (1536, 384)],
-}
-TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-KERNELS = ("tiled", "cooperative", "auto")
-
-
-def _git_commit():
-    try:
-        here = Path(__file__).resolve().parent.parent
-        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:
-        return ""
+KERNELS = KERNEL_ALGORITHMS + ("auto",)
 
 
 class Progress:
@@ -91,20 +86,6 @@ class Progress:
         sys.stderr.flush()
         if self.done == self.total:
             sys.stderr.write("\n")
-
-
-def _stats(xs):
-    return {"median": float(np.median(xs)), "min": float(min(xs))}
-
-
-def _time_host(fn, runs):
-    fn()  # warm-up
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return _stats(ts)
 
 
 def runs_for(rep_s, runs, budget_s):
@@ -129,13 +110,6 @@ def _inputs(qw, t, rng):
     return quantize_per_token(x)
 
 
-def symmetric_twin(qw):
-    """``qw``'s nibbles and scales with every offset 0 (symmetric weights: the kernels
-    read no offsets)."""
-    return QuantizedWeights(qw.w_packed, qw.group_size, qw.w_scales,
-                            np.zeros_like(qw.w_offsets64), np.zeros((qw.N, qw.G), np.int32))
-
-
 class PointTimer:
     """One point of the sweep: checked, warmed and sized when made, then timed a round
     at a time (:meth:`round`), its figures by :meth:`finish`. It runs :data:`CALLS`
@@ -145,7 +119,7 @@ class PointTimer:
     A round times every kernel once (device timestamps, after an untimed run) and end to
     end; ``calibrations`` (``{name: Calibration}``) are timed in every round too (the
     median of 3 warm dispatches each), so that the headline ratios can be taken round by
-    round. ``symmetric`` (:func:`symmetric_twin` of ``qw``): its auto kernel is checked
+    round. ``symmetric`` (``qw.symmetric()``): its auto kernel is checked
     and timed in every round too (``point["symmetric"]``). ``rounds`` is how many the
     point wants: at least ``runs``, more while they fit ``budget_s`` seconds."""
 
@@ -208,7 +182,7 @@ class PointTimer:
         of them alike, in an order rotated each round, so that a slow spell that starts
         mid-round does not always fall on the same kernel; the symmetric twin takes its
         turn too (it times no end-to-end call)."""
-        point, period = self.point, self.dev.info.limits["timestamp_period_ns"] * 1e-9
+        point = self.point
         t_round = time.perf_counter()
         i = self.done % len(self.turns)
         for alg in self.turns[i:] + self.turns[:i]:
@@ -219,11 +193,11 @@ class PointTimer:
             if alg == "symmetric":
                 self.sym.run("auto", *self.x2d, timed=True)
                 call = self.sym.run("auto", *self.x2d, timed=True)[1]
-                point["symmetric"]["runs_kernel"].append(call.kernel_ns(1.0) * period)
+                point["symmetric"]["runs_kernel"].append(call.kernel_seconds())
                 continue
             self.dl.run(alg, *self.x2d, timed=True)
             call = self.dl.run(alg, *self.x2d, timed=True)[1]
-            point["kernels"][alg]["runs_kernel"].append(call.kernel_ns(1.0) * period)
+            point["kernels"][alg]["runs_kernel"].append(call.kernel_seconds())
             t0 = time.perf_counter()
             self._e2e(alg)
             point["kernels"][alg]["runs_e2e"].append(time.perf_counter() - t0)
@@ -245,13 +219,13 @@ class PointTimer:
                 r: point["kernels"][self.same][r] for r in ("runs_kernel", "runs_e2e")})
         for alg in KERNELS:
             v = point["kernels"][alg]
-            v["kernel_s"], v["e2e_s"] = _stats(v["runs_kernel"]), _stats(v["runs_e2e"])
+            v["kernel_s"], v["e2e_s"] = stats(v["runs_kernel"]), stats(v["runs_e2e"])
             v["ops_per_s"] = 2 * t * self.qw.N * self.qw.K / v["kernel_s"]["median"]
             v["bytes_per_s"] = point["bytes"] / v["kernel_s"]["median"]
             chosen = self.dl.kernel(alg, t)
             v["chose"], v["config"] = chosen.describe(), kernel_config(chosen)
         if self.sym is not None:
-            point["symmetric"]["kernel_s"] = _stats(point["symmetric"]["runs_kernel"])
+            point["symmetric"]["kernel_s"] = stats(point["symmetric"]["runs_kernel"])
         return point
 
 
@@ -351,25 +325,15 @@ def measure_baselines(qw, point, rng):
     x_q, x_scale, x_zp = _inputs(qw, t, rng)
     w_deq = dequantize_weights(qw.w_packed, g, qw.w_scales, qw.w_offsets)
     xf = dequantize_per_token(x_q, x_scale, x_zp)
-    out = {"numpy_float32": _time_host(lambda: xf @ w_deq.T, r),
-           "reference_int8": _time_host(lambda: ops.linear_qta8a_qga4w(
+    out = {"numpy_float32": time_host(lambda: xf @ w_deq.T, r),
+           "reference_int8": time_host(lambda: ops.linear_qta8a_qga4w(
                x_q, x_scale, x_zp, qw, algorithm="reference"), r)}
-    try:
-        import warnings
-
+    qlin = torch_linear(k, n, w_deq, dynamic_int8=True)
+    if qlin is not None:
         import torch
-        lin = torch.nn.Linear(k, n, bias=False)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w_deq))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin),
-                                                          {torch.nn.Linear}, torch.qint8)
         xt = torch.from_numpy(xf)
         with torch.no_grad():
-            out["torch_dynamic_int8"] = _time_host(lambda: qlin(xt), r)
-    except ImportError:
-        pass
+            out["torch_dynamic_int8"] = time_host(lambda: qlin(xt), r)
     point["baselines"] = out
 
 
@@ -423,7 +387,7 @@ def calib_limits(calib, points, read_again, alu_again):
     calib["alu_madd_per_s"] = max(alus)
 
 
-def derive(points, calib):
+def analyse(points, calib):
     """Roofline fraction, best kernel, ratios (auto's regret, cooperative / best,
     end-to-end / kernel, and against the in-round calibrations), baselines, crossovers.
 
@@ -574,11 +538,8 @@ def print_table(points, crossovers, calib, figures):
 
 
 def plot(points, crossovers, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     keys = sorted({(p["K"], p["N"], p["group_size"]) for p in points})
     fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 8), squeeze=False)
@@ -660,7 +621,7 @@ def main(argv=None):
     dev = Device(a.device, wait=a.wait)
     rng = np.random.default_rng(0)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
-          f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
+          f"vkqlinear {__version__} {git_commit()}; calls wait: {dev.wait}")
     read_bytes = _read_bytes(shapes, gsizes)
     if a.tune:                       # first: the calibration belongs with the sweep
         tuned = tune(shapes, tokens, gsizes, a.tune_budget, device=dev)
@@ -682,7 +643,7 @@ def main(argv=None):
         for p in points:
             prog.step(f"baselines K={p['K']} N={p['N']} g={p['group_size']} T={p['T']}")
             measure_baselines(weights[(p["K"], p["N"], p["group_size"])], p, rng)
-    crossovers = derive(points, calib)
+    crossovers = analyse(points, calib)
     figures = headline(points, calib)
     print_table(points, crossovers, calib, figures)
     doc = _write_report(a.out, dev, calib, crossovers, figures, points)
@@ -772,7 +733,7 @@ def _sweep(dev, shapes, tokens, gsizes, runs, budget, resolve_s, rng, alu, read_
                 cals = {"read": read_cal(call_bytes(qw, 1))} if t == 1 else \
                     {"alu": alu} if t == 512 else {}
                 timers.append(PointTimer(dev, qw, t, runs, rng, budget, cals,
-                                         symmetric_twin(qw) if t == 1 else None))
+                                         qw.symmetric() if t == 1 else None))
             prog = Progress(max(tm.rounds for tm in timers))
             label = f"rounds of {len(timers)} points{of}"
             take_turns(timers, lambda j, n, prog=prog, label=label: prog.step(label))
@@ -792,13 +753,12 @@ def _write_report(out_dir, dev, calib, crossovers, figures, points):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    doc = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
+    doc = {**provenance(),
            "device": {"index": dev.index, "name": dev.name, "type": dev.info.type,
                       "driver": f"{dev.info.driver_name} {dev.info.driver_info}",
                       "api_version": dev.info.api_version, "wait": dev.wait},
-           "host": host_record(),
-           "vkqlinear": __version__, "commit": _git_commit(), "calibration": calib,
-           "crossovers": crossovers, "headline": figures, "points": points}
+           "calibration": calib, "crossovers": crossovers, "headline": figures,
+           "points": points}
     jpath = out / f"bench-{stamp}.json"
     jpath.write_text(json.dumps(doc, indent=1))
     print(f"\nJSON: {jpath}")
@@ -811,11 +771,9 @@ def model_main(a):
     """``bench --model``: the decoder benchmark, its report as JSON beside the sweep's."""
     dev = Device(a.device, wait=a.wait)
     print(f"device {dev.index}: {dev.name} ({dev.info.driver_name} {dev.info.driver_info}); "
-          f"vkqlinear {__version__} {_git_commit()}; calls wait: {dev.wait}")
+          f"vkqlinear {__version__} {git_commit()}; calls wait: {dev.wait}")
     report = run_model(dev, a.model, baselines=not a.no_baselines, big_layer=a.big_layer)
-    report.update(date=_dt.datetime.now().isoformat(timespec="seconds"),
-                  commit=_git_commit(), vkqlinear=__version__,
-                  host=host_record())
+    report.update(provenance())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"model-{a.model}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"

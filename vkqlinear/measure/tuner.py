@@ -41,21 +41,33 @@ from pathlib import Path
 
 import numpy as np
 
-from . import conformance, tuning
-from .calibrate import host_record
-from .device import Device
-from .device_linear import DeviceLinear
-from .kernels import KERNEL_GENERATION, candidates, choose_kernel, kernel_config, kernel_from_config
-from .layout import padded_channels
+from .. import conformance, tuning
+from ..device import Device
+from ..device_linear import DeviceLinear
+from ..kernels import (
+    KERNEL_ALGORITHMS,
+    KERNEL_GENERATION,
+    candidates,
+    choose_kernel,
+    kernel_config,
+    kernel_from_config,
+)
+from ..layout import padded_channels
+from ..quant import quantize_per_token
+from .common import (
+    OUTPUTS,
+    QUICK_SHAPES,
+    TOKENS,
+    int_list,
+    output_list,
+    provenance,
+    pyplot,
+    shape_list,
+)
 from .model_bench import random_weights
-from .quant import quantize_per_token
 
-__all__ = ["tune", "search_point", "alternate", "compare", "Point", "QUICK_SHAPES", "TOKENS",
-           "int_list", "shape_list", "check_points"]
+__all__ = ["tune", "search_point", "alternate", "compare", "Trials", "check_points"]
 
-QUICK_SHAPES = [(4096, 4096), (1536, 384)]
-TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-OUTPUTS = ("float", "int8")   # output kinds a point is tuned for
 KEEP_VARIANTS = 3        # (algorithm, variant) pairs that reach successive halving
 KEEP_TILES = 3           # of their (tokens, channel blocks) per invocation, where too many
 VISIT_RUNS = 3           # timed runs a visit to a candidate, after VISIT_WARM untimed
@@ -72,50 +84,9 @@ PROXY_RUN_S = 0.02
 PROXY_MIN_N = 512
 
 
-def int_list(spec):
-    """Command-line type: ``"1,2,4"`` -> ``[1, 2, 4]``, positive integers."""
-    try:
-        out = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        out = []
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected positive integers separated by commas, got {spec!r}")
-    return out
-
-
-def output_list(spec):
-    """Command-line type: ``"float,int8"`` -> ``["float", "int8"]``."""
-    out = [v.strip() for v in spec.split(",") if v.strip()]
-    if not out or set(out) - set(OUTPUTS):
-        raise argparse.ArgumentTypeError(f"expected float, int8 or float,int8, got {spec!r}")
-    return out
-
-
-def shape_list(spec, sets=None):
-    """Command-line type: ``"4096x4096,1536x384"`` -> ``[(4096, 4096), (1536, 384)]``;
-    names in ``sets`` (a dict) stand for their lists of shapes."""
-    out = []
-    for part in spec.split(","):
-        part = part.strip().lower()
-        if sets and part in sets:
-            out += sets[part]
-            continue
-        try:
-            k, n = (int(v) for v in part.split("x"))
-        except ValueError:
-            k = n = 0
-        if k < 1 or n < 1:
-            names = f" or one of {', '.join(sets)}" if sets else ""
-            raise argparse.ArgumentTypeError(
-                f"expected KxN shapes separated by commas (e.g. 4096x4096){names}, "
-                f"got {part!r}")
-        out.append((k, n))
-    return out
-
-
-class Point:
-    """One point's inputs, its expected result, and what the search learnt so far."""
+class Trials:
+    """The trials of kernels at one tuning point: its inputs, its expected result, and what
+    the search learnt so far (timings by :class:`~vkqlinear.kernels.Kernel`)."""
 
     def __init__(self, dl, t, rng, out_int8=False):
         self.dl, self.t = dl, t
@@ -130,7 +101,6 @@ class Point:
             out_q = conformance.covering_qparams(self.expect[0])
             self.spec["out_scale"], self.spec["out_zero_point"] = out_q
             self.x = x + (None,) + out_q
-        self.period = dl.device.info.limits["timestamp_period_ns"] * 1e-9
         self.timings, self.samples = {}, {}
         self.excluded, self.right, self.wrong = {}, set(), set()
         self.warm = VISIT_WARM     # untimed runs a visit (:func:`visit_warm`)
@@ -151,7 +121,7 @@ class Point:
             ok, msg = False, f"{type(e).__name__}: {e}"
         self.check_walls.append(time.perf_counter() - wall)
         if not ok:
-            self.excluded[kernel.describe()] = msg
+            self.excluded[kernel] = msg
             self.wrong.add(kernel)
             return False
         self.right.add(kernel)
@@ -167,7 +137,7 @@ class Point:
         all its timed runs so far (``None`` if it is wrong)."""
         if self.visit(kernel, runs) is None:
             return None
-        return self.timings[kernel.describe()]
+        return self.timings[kernel]
 
     def visit(self, kernel, runs):
         """:attr:`warm` untimed runs of ``kernel``, then ``runs`` timed ones (checked
@@ -177,14 +147,13 @@ class Point:
         :meth:`~vkqlinear.DeviceLinear.keeping_calls`)."""
         if not self.check(kernel):
             return None
-        name = kernel.describe()
-        samples = self.samples.setdefault(name, [])
+        samples = self.samples.setdefault(kernel, [])
         for _ in range(self.warm):
             self.dl.run(kernel, *self.x, timed=True)
         for _ in range(runs):
             _, call = self.dl.run(kernel, *self.x, timed=True)
-            samples.append(call.kernel_ns(1.0) * self.period)
-        self.timings[name] = statistic(samples)
+            samples.append(call.kernel_seconds())
+        self.timings[kernel] = statistic(samples)
         return statistic(samples[-runs:])
 
 
@@ -217,10 +186,10 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     timings are those), and only its finalists and the default are timed on the layer.
     ``exhaustive`` visits every candidate ``exhaustive_rounds`` times, in alternation."""
     rng = rng or np.random.default_rng(0)
-    point = Point(dl, t, rng, out_int8)
+    point = Trials(dl, t, rng, out_int8)
     caps = dl.device.caps
     cands = []
-    for alg in ("tiled", "cooperative"):
+    for alg in KERNEL_ALGORITHMS:
         cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
     default = default_kernel(dl, t, out_int8)
     units = parallel_units(dl.device.info)
@@ -236,23 +205,24 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
         if ref is None:
             raise RuntimeError(f"no candidate kernel computes {dl.weights.K} x "
                                f"{dl.weights.N} at T={t} right: "
-                               + "; ".join(f"{k}: {v}" for k, v in point.excluded.items()))
+                               + "; ".join(f"{k.describe()}: {v}"
+                                           for k, v in point.excluded.items()))
         layer_s = point.time(ref, 1)
         point.warm = visit_warm(layer_s)
         if exhaustive:
             alternate(point, cands, exhaustive_rounds, visit_runs(layer_s))
-            best = min((k for k in cands + [default] if k.describe() in point.timings),
-                       key=lambda k: point.timings[k.describe()])
+            best = min((k for k in cands + [default] if k in point.timings),
+                       key=lambda k: point.timings[k])
             return _result(point, [best], default, point, None, ref)
         search, proxy_n = point, proxy_channels(dl.weights.N, layer_s)
         if proxy_n:
             w = dl.weights
             proxy = random_weights(rng, w.K, proxy_n, w.group_size)
-            search = Point(DeviceLinear.of(proxy, dl.device), t, rng, out_int8)
+            search = Trials(DeviceLinear.of(proxy, dl.device), t, rng, out_int8)
             search.weights = proxy                 # held: a DeviceLinear holds it weakly
             keep.enter_context(search.dl.keeping_calls(keep_calls(calls, t, w.K, proxy_n)))
             search.warm = visit_warm(search.time(ref, 1) or layer_s)
-        runs = visit_runs(search.timings.get(ref.describe(), layer_s))
+        runs = visit_runs(search.timings.get(ref, layer_s))
         wall = time.perf_counter()
         search.time(ref, runs)
         visit_wall = time.perf_counter() - wall       # with the submissions and waits
@@ -308,13 +278,13 @@ def keep_calls(calls, t, k, n):
 
 
 def halving(search, cands, default, runs, visit_wall, deadline):
-    """Successive halving over ``cands`` on ``search`` (a :class:`Point`) until one is left
+    """Successive halving over ``cands`` on ``search`` (a :class:`Trials`) until one is left
     or ``deadline`` (``time.perf_counter()``) passes: each round visits the pool in
     alternation (:func:`alternate`, ``runs`` timed runs a visit), as many visits a
     candidate as the time left allows (``visit_wall`` seconds each; at most
     :data:`FIRST_ROUND_VISITS` in the first round, three times more each round after), and
     keeps the fastest third. A new candidate costs a check besides its visits (its
-    pipeline built: :meth:`Point.check_wall`). Where a first round over every candidate
+    pipeline built: :meth:`Trials.check_wall`). Where a first round over every candidate
     would not fit, it narrows the pool one axis at a time (:data:`LEVELS`): one
     representative of each (algorithm, variant) visited, the configurations of the
     :data:`KEEP_VARIANTS` best kept; then, if those do not fit either, one of each tile
@@ -331,8 +301,8 @@ def halving(search, cands, default, runs, visit_wall, deadline):
         return n * (search.check_wall(visit_wall) + visit_wall * rounds_left(n))
 
     def fastest(kernels):
-        return sorted((k for k in kernels if k.describe() in search.timings),
-                      key=lambda k: search.timings[k.describe()])
+        return sorted((k for k in kernels if k in search.timings),
+                      key=lambda k: search.timings[k])
 
     pool = list(cands)
     anchors = {}                      # each algorithm's default: its first candidate
@@ -354,10 +324,10 @@ def halving(search, cands, default, runs, visit_wall, deadline):
     if len(pool) > fit:
         step = len(pool) / fit
         sample = {pool[int(i * step)] for i in range(fit)}
-        pool = [k for k in pool if k in sample or k.describe() in search.timings]
+        pool = [k for k in pool if k in sample or k in search.timings]
     cap, ranked = FIRST_ROUND_VISITS, []
     while len(pool) > 1 and left() > 0:
-        new = sum(k.describe() not in search.samples for k in pool)
+        new = sum(k not in search.samples for k in pool)
         share = (left() / rounds_left(len(pool))
                  - new * search.check_wall(visit_wall)) / len(pool)
         alternate(search, pool, max(1, min(cap, int(share / visit_wall))), runs, deadline)
@@ -400,7 +370,7 @@ def alternate(point, kernels, rounds=5, runs=1, deadline=None):
             if deadline is not None and time.perf_counter() > deadline:
                 break
             point.time(k, runs)
-    return [point.timings.get(k.describe()) for k in kernels]
+    return [point.timings.get(k) for k in kernels]
 
 
 def paired_visits(point, kernels, rounds=5, runs=1, first=0):
@@ -483,12 +453,12 @@ def _result(point, finalists, default, search, proxy_n, ref):
     visits = []
     if default in point.wrong:
         best, ratio = (finalists + [ref])[0], None
-        if best.describe() not in point.timings:
-            point.time(best, visit_runs(point.timings[ref.describe()]))
+        if best not in point.timings:
+            point.time(best, visit_runs(point.timings[ref]))
     else:
         best, ratio = default, 1.0
         if finalists:
-            run_s = point.timings[default.describe()]
+            run_s = point.timings[default]
             seen = paired_visits(point, finalists + [default], final_rounds(run_s),
                                  visit_runs(run_s))[:-1]
             ratios = [float(np.median(r)) if r else None for r in seen]
@@ -496,12 +466,13 @@ def _result(point, finalists, default, search, proxy_n, ref):
                     key=ratios.__getitem__, default=None)
             if i is not None and ratios[i] <= MARGIN:
                 best, ratio, visits = finalists[i], ratios[i], seen[i]
-    excluded = dict(search.excluded, **point.excluded)
-    default_s = point.timings.get(default.describe())
-    return {"best": best, "kernel_s": point.timings[best.describe()], "ratio": ratio,
+    excluded = {k.describe(): why for k, why in {**search.excluded, **point.excluded}.items()}
+    default_s = point.timings.get(default)
+    return {"best": best, "kernel_s": point.timings[best], "ratio": ratio,
             "visits": visits,
             "default": default.describe(), "default_s": default_s,
-            "timings": search.timings, "excluded": excluded, "proxy_n": proxy_n}
+            "timings": {k.describe(): v for k, v in search.timings.items()},
+            "excluded": excluded, "proxy_n": proxy_n}
 
 
 def _store(dev, entry):
@@ -551,7 +522,7 @@ def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
         if tuned is None or default.describe() != e["default"]:
             continue                    # another device's or generation's entry
         e.setdefault("recheck_visits", [])
-        items.append((e, Point(dl, t, rng, out_int8), tuned, default))
+        items.append((e, Trials(dl, t, rng, out_int8), tuned, default))
     if not items:
         return
     last_save = time.perf_counter()
@@ -761,11 +732,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
 def plot_search(report, path):
     """A PNG of what the search saw: every timed candidate's time per point, the winner
     and the default marked. ``None`` without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     pts = report["points"]
     fig, ax = plt.subplots(figsize=(max(6, len(pts) * 0.35), 5))
@@ -788,7 +756,6 @@ def plot_search(report, path):
 
 
 def main(argv=None):
-    import argparse
     ap = argparse.ArgumentParser(prog="python -m vkqlinear tune",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", type=shape_list,
@@ -815,7 +782,7 @@ def main(argv=None):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = tune(a.shapes, a.tokens, a.group_sizes, a.budget,
                   a.exhaustive, a.device, plot=out / f"tune-{stamp}.png", outputs=a.outputs)
-    report["host"] = host_record()
+    report.update(provenance())
     path = out / f"tune-{stamp}.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     print(f"{len(report['points'])} points in {report['seconds']:.0f} s; stored in "

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..device_linear import DeviceLinear
+from ..layout import call_bytes, group_data_bytes
+from ..qlinear import QLinear
+from ..weights import QuantizedWeights
 from .calibrate import fastest_read
-from .device_linear import DeviceLinear
-from .layout import call_bytes, group_data_bytes
-from .qlinear import QLinear
-from .weights import QuantizedWeights
+from .common import torch_linear
 
 __all__ = ["Decoder", "MODELS", "linear_shapes", "run_model"]
 
@@ -106,8 +107,7 @@ def _time_pass(layers, inputs, t, timed=False):
     wall = time.perf_counter() - t0
     if not timed:
         return wall, None
-    period = layers[0].device.info.limits["timestamp_period_ns"] * 1e-9
-    return wall, sum(call.kernel_ns(1.0, quantizer=True) for call in calls) * period
+    return wall, sum(call.kernel_seconds(quantizer=True) for call in calls)
 
 
 def _alternate(layers, inputs, t, steps):
@@ -135,20 +135,10 @@ def _cpu_baselines(shapes, rng, tokens, log):
         import torch
     except ImportError:
         return {}
-    import warnings
     out = {"float32": {}, "dynamic_int8": {}}
     for kind in out:
-        layers = []
-        for _, k, n in shapes:
-            lin = torch.nn.Linear(k, n, bias=False)
-            with torch.no_grad():
-                lin.weight.normal_(0, 1 / np.sqrt(k))
-            if kind == "dynamic_int8":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    lin = torch.ao.quantization.quantize_dynamic(
-                        torch.nn.Sequential(lin), {torch.nn.Linear}, torch.qint8)
-            layers.append(lin)
+        layers = [torch_linear(k, n, dynamic_int8=kind == "dynamic_int8")
+                  for _, k, n in shapes]
         for t in tokens:
             xs = [torch.randn(t, k) for _, k, _ in shapes]
             with torch.no_grad():

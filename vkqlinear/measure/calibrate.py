@@ -1,5 +1,5 @@
 """Roofline calibration on a device: streaming-read bandwidth and int32 multiply-add rate,
-measured with device timestamps by two small kernels (``shaders/calib_*.comp``), each
+measured with device timestamps by two small kernels (``shaders/measure/calib_*.comp``), each
 dispatched back to back (warm) in one sequence.
 """
 
@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compiler import compile_shader
-from .device import R32G32B32A32_UINT
-from .dispatch import evaluate
+from ..compiler import compile_shader
+from ..device import R32G32B32A32_UINT
+from ..dispatch import evaluate
 
 __all__ = ["Timing", "Calibration", "time_dispatches", "read_kernel", "alu_kernel",
            "fastest_alu",
-           "fastest_read", "host_read_bandwidth", "host_record", "SWAR_MACS_PER_MADD"]
+           "fastest_read", "host_read_bandwidth", "SWAR_MACS_PER_MADD"]
 
 # The SWAR kernels multiply two channels' nibbles by one activation in one int32
 # multiply-add (the two 16-bit halves): two of the operator's multiply-adds each.
@@ -40,7 +40,7 @@ def time_dispatches(device, algo, push, runs):
     """Dispatch ``algo`` ``runs + 1`` times back to back in one sequence; the device time
     of each dispatch after the first (a warm-up), from timestamps."""
     import kp
-    period = device.info.limits["timestamp_period_ns"] * 1e-9
+    period = device.timestamp_period_s
     with device.lock:
         seq = device.manager.sequence(0, runs + 2)
         for _ in range(runs + 1):
@@ -79,7 +79,7 @@ def read_kernel(device, nbytes, texel=False):
                                    np.zeros(wgs * local, np.uint32)], "a read calibration")
         mgr.sequence().eval(kp.OpTensorSyncDevice([src]))
         push = np.array([words, chunk], np.uint32)
-        spirv = compile_shader("calib_read.comp", {"TEXEL_LOADS": 1} if texel else {})
+        spirv = compile_shader("measure/calib_read.comp", {"TEXEL_LOADS": 1} if texel else {})
         if texel:
             kp.Algorithm.set_next_texel_formats([R32G32B32A32_UINT, 0])
         try:
@@ -125,39 +125,6 @@ def host_read_bandwidth(nbytes, threads=None, runs=5):
     return data.nbytes / float(np.median(times[1:]))
 
 
-# the host's vector extensions a run records: lavapipe's speed follows them (AVX-512
-# hosts ran its kernels about twice as fast as AVX2 ones)
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
-              "avx_vnni", "neon", "asimd", "asimddp", "sve")
-
-
-def host_record(cpuinfo="/proc/cpuinfo"):
-    """The host a run's figures came from, for its JSON: machine, CPU model (with its x86
-    family and model numbers) and vector extensions, read from ``cpuinfo`` where the file
-    exists (its first CPU), CPUs, Python and numpy."""
-    import os
-    import platform
-    info = {}
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if not line.strip():
-                    if info:
-                        break
-                    continue
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name") or info.get("cpu model") or platform.processor() or None
-    if model and "cpu family" in info and "model" in info:
-        model = f"{model} (family {info['cpu family']}, model {info['model']})"
-    flags = set((info.get("flags") or info.get("features") or "").split())
-    return {"machine": platform.machine(), "cpu": model,
-            "simd": [f for f in SIMD_FLAGS if f in flags], "cpus": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__}
-
-
 ALU_UNROLL = 4    # steps of all chains a loop iteration of the ALU calibration
 
 
@@ -174,7 +141,7 @@ def alu_kernel(device, iters=None, chains=32):
         mgr = device.manager
         (dst,) = device.tensors([np.zeros(wgs * local, np.int32)], "an ALU calibration")
         push = np.array([iters, 1664525, 1013904223 & 0x7FFFFFFF], np.uint32)
-        algo = mgr.algorithm([dst], compile_shader("calib_alu.comp"), (wgs, 1, 1),
+        algo = mgr.algorithm([dst], compile_shader("measure/calib_alu.comp"), (wgs, 1, 1),
                              np.array([local, chains, ALU_UNROLL], np.uint32), push)
     return Calibration(device, algo, push, wgs * local * iters * chains * ALU_UNROLL, (dst,))
 
