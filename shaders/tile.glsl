@@ -135,8 +135,7 @@ void swar_flush(int acc[TILE_CB][TM][4], inout int P[TILE_CB][TM][8]) {
 
 #ifdef INT64_LOADS
 // The CHUNK activations from uint word `word` of X on: one 16-byte load (or 8 for
-// CHUNK = 8), half the loads of 8-byte words (lavapipe pays per load instruction; 32-byte
-// loads measured no faster at T = 1 and slower at 8 tokens per invocation).
+// CHUNK = 8), half the loads of 8-byte words (lavapipe pays per load instruction).
 u64vec2 x_chunk(uint word) {
     if (CHUNK == 16u) return x16(word / 4u);
     return u64vec2(x8(word / 2u), 0ul);

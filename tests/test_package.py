@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -15,10 +17,12 @@ def test_wheel_contains_the_shaders(tmp_path):
     assert p.returncode == 0, p.stderr
     whl = next(tmp_path.glob("vkqlinear-*.whl"))
     names = set(zipfile.ZipFile(whl).namelist())
-    for f in (ROOT / "shaders").iterdir():
-        if f.suffix in (".comp", ".glsl"):
-            assert f"vkqlinear/shaders/{f.name}" in names
-    assert "vkqlinear/conformance.py" in names and "vkqlinear/_probe.py" in names
+    shaders = [f for f in (ROOT / "shaders").rglob("*") if f.suffix in (".comp", ".glsl")]
+    assert any(f.parent.name == "measure" for f in shaders)
+    for f in shaders:
+        assert f"vkqlinear/shaders/{f.relative_to(ROOT / 'shaders').as_posix()}" in names
+    for module in ("conformance", "_probe", "measure/bench", "measure/common"):
+        assert f"vkqlinear/{module}.py" in names
 
 
 def test_importing_the_package_loads_no_measurement_code():
@@ -34,3 +38,30 @@ def test_importing_the_package_loads_no_measurement_code():
     code = ("import vkqlinear; from vkqlinear.measure.tuner import tune; "
             "assert vkqlinear.tune is tune")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _help(cmd, *args):
+    p = subprocess.run(cmd + list(args) + ["--help"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.mark.parametrize("sub", [None, "info", "demo", "conformance", "bench", "tune"])
+def test_every_command_explains_itself_with_an_example(sub):
+    """CPU only: each subcommand's --help says what it does, shows an example under its
+    own name, and prints no reStructuredText markup or checkout-only paths."""
+    out = _help([sys.executable, "-m", "vkqlinear"], *([sub] if sub else []))
+    prog = "python -m vkqlinear" + (f" {sub}" if sub else "")
+    assert out.startswith(f"usage: {prog} ")
+    assert f"examples:\n  {prog}" in out
+    assert "``" not in out and ":func:" not in out and "docs/" not in out
+
+
+def test_the_console_script_prints_its_own_name():
+    script = Path(sys.executable).with_name("vkqlinear")
+    if not script.exists():
+        pytest.skip("the vkqlinear console script is not installed beside this Python")
+    for sub in ([], ["tune"]):
+        assert _help([str(script)], *sub).startswith(
+            "usage: " + " ".join(["vkqlinear"] + sub) + " ")

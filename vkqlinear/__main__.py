@@ -1,4 +1,5 @@
-"""Command line: ``python -m vkqlinear {info,demo,conformance,bench,tune} ...``."""
+"""The command line, ``python -m vkqlinear`` or ``vkqlinear``: info, demo, conformance,
+bench, tune."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 
+from ._cli import help_text
 from .kernels import KERNEL_ALGORITHMS
 
 
@@ -154,31 +156,59 @@ def cmd_tune(args):
     return tune_main(args.rest)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m vkqlinear",
-                                 description="vkqlinear: W4A8 linear layers on Vulkan")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, fn, help_ in (("info", cmd_info, "list devices, limits and features"),
-                            ("demo", cmd_demo, "a small worked example of both ops"),
-                            ("conformance", cmd_conformance,
-                             "check every kernel variant of a device against the contract")):
-        p = sub.add_parser(name, help=help_)
+COMMANDS = {
+    "info": (cmd_info, "list devices, limits and features",
+             "Lists the Vulkan devices; for the device vkqlinear opens, its optional "
+             "features, the kernel variants it runs (and any its self-check found wrong), "
+             "the auto threshold and the tuned points.",
+             [("", "every device; details of the default one"),
+              ("--device 1", "details of device 1")]),
+    "demo": (cmd_demo, "a small worked example of the ops",
+             "Quantizes a small random layer, runs it through every algorithm and compares "
+             "each answer with the CPU reference.",
+             [("", "on the default device")]),
+    "conformance": (cmd_conformance, "check the kernel variants against the contract",
+                    "Runs the contract's named cases (shapes, group sizes, zero points, "
+                    "int8 output, extreme values) through every kernel variant the device "
+                    "runs and prints a table; exits 1 if a variant fails.",
+                    [("--quick", "a quick subset of the cases"),
+                     ("--quick --defaults-only", "only the variant each kernel uses by "
+                                                 "default")]),
+}
+# subcommands with parsers of their own (vkqlinear.measure), loaded only when used
+MEASURE = {"bench": (cmd_bench, "benchmark the kernels: GEMM against GEMV, rooflines"),
+           "tune": (cmd_tune, "find the fastest kernels for this device")}
+
+
+def _parser():
+    ap = argparse.ArgumentParser(**help_text(
+        None, "vkqlinear: W4A8 linear layers (int8 activations, 4-bit group-quantized "
+              "weights) as Vulkan compute shaders.",
+        [("info", "the devices and what vkqlinear uses on them"),
+         ("conformance --quick", "check every kernel variant of the default device"),
+         ("bench --quick", "the quick benchmark"),
+         ("bench --help", "a subcommand's own options")]))
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for name, (fn, short, long, examples) in COMMANDS.items():
+        p = sub.add_parser(name, help=short, **help_text(name, long, examples))
         p.add_argument("--device", type=int, default=None, help="device index (see info)")
         if name == "conformance":
             p.add_argument("--quick", action="store_true", help="a quick subset of cases")
             p.add_argument("--defaults-only", action="store_true",
                            help="only the variant each kernel uses by default on the device")
         p.set_defaults(fn=fn)
-    for name, fn, help_ in (("bench", cmd_bench, "GEMM versus GEMV benchmark (see --help)"),
-                            ("tune", cmd_tune, "find the fastest kernels on this device "
-                                               "(see --help)")):
-        p = sub.add_parser(name, help=help_, add_help=False)
+    for name, (fn, short) in MEASURE.items():
+        p = sub.add_parser(name, help=f"{short} (see {name} --help)", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(fn=fn)
+    return ap
+
+
+def main(argv=None):
+    ap = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["bench"], ["tune"]):  # they have their own parsers
-        args = argparse.Namespace(fn=cmd_bench if argv[0] == "bench" else cmd_tune,
-                                  rest=argv[1:])
+    if argv[:1] and argv[0] in MEASURE:  # they have their own parsers
+        args = argparse.Namespace(fn=MEASURE[argv[0]][0], rest=argv[1:])
     else:
         args = ap.parse_args(argv)
     from .errors import CompilerNotFoundError, VulkanUnavailableError

@@ -203,10 +203,10 @@ def binding_limit(info, environ=os.environ):
                              f"got {env!r}")
         limit = min(limit, value)
     return limit
-# How long a call on a "yield" device polls before it blocks. Long enough for a decode
-# step's kernels; a longer submission blocks after it, so that a thread polling for its
-# whole length does not take a core's worth of time from the device's worker threads
-# (with no limit, a 4096 x 4096 call at T = 512 ran slower on lavapipe, 2 cores).
+
+
+# How long a call on a "yield" device polls before it blocks: long enough for a decode
+# step's kernels, short enough not to take a core from the device's worker threads.
 YIELD_NS = 2_000_000
 
 

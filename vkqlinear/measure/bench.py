@@ -29,7 +29,6 @@ kernels, and stores the measured crossover as the fallback ``auto`` threshold.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import functools
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, args, conformance, ops
+from .._cli import parser
 from ..device import WAITS, Device
 from ..device_linear import DeviceLinear
 from ..kernels import KERNEL_ALGORITHMS, kernel_config
@@ -568,9 +568,21 @@ def plot(points, crossovers, path):
     return path
 
 
+DESCRIPTION = (
+    "Times the kernels on a device: the TILED GEMM and the COOPERATIVE GEMV forced, and "
+    "auto, over layer shapes, group sizes and token counts T = 1 ... 512, each point "
+    "checked first; kernel time from device timestamps, end to end from Python. Prints a "
+    "table (each point against its roofline: the calibrated read bandwidth and int32 "
+    "multiply-add rate of the same run, and against CPU baselines) and writes JSON and a "
+    "plot. --model runs the decoder benchmark instead.")
+EXAMPLES = [("--quick", "4096x4096 and 1536x384, group sizes 32 and 128 (a few minutes)"),
+            ("--shapes 4096x4096 --tokens 1,8,512 --no-baselines", "a few points only"),
+            ("--tune --quick", "tune the device first, then benchmark auto with it"),
+            ("--model llama-3.2-1b --big-layer", "every layer of a 1B decoder, resident")]
+
+
 def _parser():
-    ap = argparse.ArgumentParser(prog="python -m vkqlinear bench", description=__doc__
-                                 .splitlines()[0])
+    ap = parser("bench", DESCRIPTION, EXAMPLES)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true",
                       help="shapes 'quick' (default), group sizes 32 and 128, at least 7 runs")
@@ -590,7 +602,7 @@ def _parser():
                          f"undecided against {RESOLVE_WITHIN} (default 60 x --budget)")
     ap.add_argument("--warm-up", type=float, default=1.0,
                     help="seconds of device work before calibrating (default 1)")
-    ap.add_argument("--device", type=int, default=None)
+    ap.add_argument("--device", type=int, default=None, help="device index (see info)")
     ap.add_argument("--wait", choices=WAITS, default="auto",
                     help="how calls wait for the device (vkqlinear.Device's wait; default "
                          "auto: yield on a CPU device, block on a GPU)")

@@ -30,7 +30,6 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import conformance, tuning
+from .._cli import parser
 from ..device import Device
 from ..device_linear import DeviceLinear
 from ..kernels import (
@@ -495,9 +495,8 @@ def _layer_weights(cache, rng, k, n, g):
 def recheck(dev, entries, rng, log=None, saved=None, deadline=None):
     """Time each point's tuned kernel against its default once more, in alternation, now
     that the other points' searches have run, and decide on all its paired visits. The
-    host has states lasting seconds in which workgroup shapes rank differently (on
-    lavapipe in a 2-core VM, a grid of few large workgroups against one of many small
-    ones by 20% either way), so a lead measured in one state can be that state's: the
+    host has states lasting seconds in which workgroup shapes rank differently
+    (docs/benchmarks.md), so a lead measured in one state can be that state's: the
     points take turns, one paired visit each a round, in rounds while another fits
     before ``deadline`` (``time.perf_counter()``; at least :func:`final_rounds` a point),
     so that each point's visits spread over the whole recheck. A tuned choice stays only
@@ -755,9 +754,20 @@ def plot_search(report, path):
     return str(path)
 
 
+DESCRIPTION = (
+    "Searches, per layer shape, group size and token count, every kernel configuration "
+    "the device can run (algorithm, variant, tokens per invocation, workgroup shape), "
+    "each checked first, and stores the fastest where it clearly beats the default in "
+    "the tuning file that algorithm='auto' reads. An interrupted run of the same plan "
+    "resumes.")
+EXAMPLES = [("", "the quick benchmark's points, 600 s in all"),
+            ("--shapes 4096x4096,4096x11008 --tokens 1,8,64 --budget 300",
+             "a model's layers"),
+            ("--outputs float,int8", "int8-output layers too")]
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m vkqlinear tune",
-                                 description=__doc__.splitlines()[0])
+    ap = parser("tune", DESCRIPTION, EXAMPLES)
     ap.add_argument("--shapes", type=shape_list,
                     help="KxN list (default the quick benchmark's: 4096x4096,1536x384)")
     ap.add_argument("--tokens", type=int_list,
@@ -770,7 +780,7 @@ def main(argv=None):
                          "an int8-output layer without entries of its own uses the float "
                          "ones)")
     ap.add_argument("--exhaustive", action="store_true", help="time every candidate")
-    ap.add_argument("--device", type=int, default=None)
+    ap.add_argument("--device", type=int, default=None, help="device index (see info)")
     ap.add_argument("--out", default="bench-results", help="directory for JSON and PNG")
     a = ap.parse_args(argv)
     try:
