@@ -32,6 +32,34 @@ def test_devices_lists_devices_with_limits():
         assert any(x.is_lavapipe for x in infos), "CI runs on lavapipe"
 
 
+def test_the_probe_reads_every_device_alike_under_memory_churn(device):
+    """The probe reads a device's name and limits from a struct that stays alive: read
+    again and again with the freed memory reused in between, it reads the same device
+    (it read an empty name and zero limits about one time in a hundred when it kept a
+    view into a freed struct)."""
+    import gc
+
+    import vulkan as vk
+
+    from vkqlinear import _probe
+    app = vk.VkApplicationInfo(pApplicationName="t", apiVersion=vk.VK_MAKE_VERSION(1, 1, 0))
+    inst = vk.vkCreateInstance(vk.VkInstanceCreateInfo(pApplicationInfo=app), None)
+    try:
+        pd = vk.vkEnumeratePhysicalDevices(inst)[device.index]
+        seen = set()
+        for _ in range(400):
+            d = _probe._device(vk, device.index, pd)
+            seen.add((d["name"], d["limits"]["max_storage_buffer_range"],
+                      d["limits"]["max_workgroup_invocations"]))
+            gc.collect()
+            churn = [vk.ffi.new("char[]", b"\xff" * 900) for _ in range(50)]
+            del churn
+    finally:
+        vk.vkDestroyInstance(inst, None)
+    assert seen == {(device.info.name, device.info.limits["max_storage_buffer_range"],
+                     device.info.limits["max_workgroup_invocations"])}
+
+
 def test_capabilities_supported_and_enabled(device):
     caps = device.capabilities()
     for f in devmod.FEATURES:

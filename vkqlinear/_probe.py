@@ -40,7 +40,8 @@ def _device(vk, index, pd):
                   else s(e.extensionName).decode()
                   for e in vk.vkEnumerateDeviceExtensionProperties(pd, None))
     has = set(exts).__contains__
-    p, sg, dotp, drv = _properties(vk, pd, has)
+    p2, sg, dotp, drv = _properties(vk, pd, has)
+    p = p2.properties     # a view into p2: valid while p2 is referenced, here
     mem = vk.vkGetPhysicalDeviceMemoryProperties(pd)
     qfs = vk.vkGetPhysicalDeviceQueueFamilyProperties(pd)
     compute_q = [q for q in qfs if q.queueFlags & vk.VK_QUEUE_COMPUTE_BIT]
@@ -75,8 +76,10 @@ def _device(vk, index, pd):
 
 
 def _properties(vk, pd, has):
-    """``(properties, subgroup, integer dot product or None, driver or None)``, chaining
-    only the structs the device knows (core in 1.2 or an exposed extension)."""
+    """``(properties2, subgroup, integer dot product or None, driver or None)``, chaining
+    only the structs the device knows (core in 1.2 or an exposed extension). The caller
+    keeps ``properties2`` while it reads its nested ``properties``: a nested struct is a
+    view into its parent's memory, freed with the parent."""
     api = vk.vkGetPhysicalDeviceProperties(pd).apiVersion
     sg = vk.VkPhysicalDeviceSubgroupProperties()
     head, dotp, drv = sg, None, None
@@ -86,7 +89,7 @@ def _properties(vk, pd, has):
         drv = head = vk.VkPhysicalDeviceDriverProperties(pNext=head)
     p2 = vk.VkPhysicalDeviceProperties2(pNext=head)
     vk.vkGetPhysicalDeviceProperties2(pd, p2)
-    return p2.properties, sg, dotp, drv
+    return p2, sg, dotp, drv
 
 
 def _features(vk, pd, has):
