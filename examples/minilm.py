@@ -376,8 +376,9 @@ def main(argv=None):
         report = run(group_sizes=gs, methods=args.methods.split(","), repeats=args.repeats)
         bad = [c for c in report["configs"] if c["layer_failures"]]
     if args.json:
+        from vkqlinear.measure.common import provenance
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump({**provenance(), **report}, f, indent=2)
     return 1 if bad else 0
 
 

@@ -226,6 +226,9 @@ def test_info_cli_names_device_and_features(capsys):
     out = capsys.readouterr().out
     assert vq.devices()[0].name in out
     assert "shaderIntegerDotProduct" in out and "supported=" in out and "enabled=" in out
+    reports = "VK_KHR_pipeline_executable_properties" in vq.devices()[0].extensions
+    assert ("pipeline statistics (registers, spills; shader-stats --device 0): " +
+            ("reported" if reports else "not reported by this driver")) in out
 
 
 def test_auto_asks_the_tuning_file_at_most_once_a_recheck(device, tfile, monkeypatch):

@@ -47,7 +47,8 @@ def _help(cmd, *args):
     return p.stdout
 
 
-@pytest.mark.parametrize("sub", [None, "info", "demo", "conformance", "bench", "tune"])
+@pytest.mark.parametrize("sub", [None, "info", "demo", "conformance", "bench", "tune",
+                                 "shader-stats"])
 def test_every_command_explains_itself_with_an_example(sub):
     """CPU only: each subcommand's --help says what it does, shows an example under its
     own name, and prints no reStructuredText markup or checkout-only paths."""

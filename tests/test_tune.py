@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vkqlinear as vq
-from vkqlinear import kernels, tuning
+from vkqlinear import kernels, policy, tuning
 from vkqlinear.measure import tuner
 from vkqlinear.measure.model_bench import random_weights
 
@@ -17,7 +17,7 @@ from vkqlinear.measure.model_bench import random_weights
 def search_space(dl, t, out_int8=False):
     """How many kernels the tuner's search may visit at ``t`` tokens on ``dl``'s device (it
     visits as many as its budget allows: fewer where pipelines compile slowly)."""
-    units = tuner.parallel_units(dl.device.info)
+    units = policy.parallel_units(dl.device.info)
     default = tuner.default_kernel(dl, t, out_int8)
     return len({k for alg in ("tiled", "cooperative")
                 for k in kernels.candidates(alg, t, dl.kernel_group_size, out_int8,
@@ -34,7 +34,7 @@ def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
     rng = np.random.default_rng(1)
     qw = random_weights(rng, 256, 128)
     dl = vq.DeviceLinear.of(qw, device)
-    units = tuner.parallel_units(device.info)
+    units = policy.parallel_units(device.info)
     for p in report["points"]:
         assert 1 < p["candidates"] <= search_space(dl, p["T"]) and not p["excluded"]
         # decided by the paired comparison: tuned only where clearly faster in it
@@ -90,6 +90,35 @@ def test_int8_output_points_are_tuned_and_used(tfile, device):
     assert got.dtype == np.int8 and np.abs(got.astype(int) - want).max() <= 1
     with pytest.raises(ValueError, match="outputs"):
         tuner.tune([(128, 64)], [2], [32], device=device, outputs=["int4"])
+
+
+def test_candidates_that_spill_are_dropped_untimed(tfile, device, monkeypatch):
+    """On a device whose driver reports pipeline statistics, the candidates it reports as
+    spilling registers are never timed nor chosen, and the report names them (here the
+    device is made to report, and every tiled candidate with more than one channel block
+    an invocation to spill)."""
+    import dataclasses
+
+    from vkqlinear.measure import shader_stats
+    asked = []
+
+    def reasons(index, kernels):
+        asked.append(len(kernels))
+        return ["3 VGPRs, 0 SGPRs spilled" if k.cb > 1 else "" for k in kernels]
+    monkeypatch.setattr(shader_stats, "spill_reasons", reasons)
+    monkeypatch.setattr(tuner, "_spill_memo", {})
+    info = dataclasses.replace(device.info, extensions=list(device.info.extensions) +
+                               ["VK_KHR_pipeline_executable_properties"])
+    monkeypatch.setattr(device, "info", info)
+    report = tuner.tune([(256, 1024)], [8], [32], budget_s=15, device=device, log=None)
+    (p,) = report["points"]
+    assert p["spilling"] and all("cb=" in k for k in p["spilling"])
+    assert not set(p["spilling"]) & set(p["timings"]) and "cb=" not in p["best"]
+    assert asked and sum(asked) >= len(p["spilling"])
+    monkeypatch.setattr(device, "info", dataclasses.replace(info, extensions=[]))
+    (p,) = tuner.tune([(256, 1024)], [8], [32], budget_s=5, device=device,
+                      log=None)["points"]
+    assert p["spilling"] == {}                  # no statistics: nothing dropped untimed
 
 
 def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
@@ -263,11 +292,11 @@ def test_grids_that_leave_cores_idle_are_not_candidates_on_a_cpu(monkeypatch):
     assert [tuner.balanced(grid_of(w), 1, 64, 2) for w in (1, 3, 5, 6, 7, 64)] == \
         [False, False, False, True, True, True]
     assert tuner.balanced(grid_of(3), 1, 64, None) and tuner.balanced(grid_of(3), 1, 64, 1)
-    assert tuner.parallel_units(SimpleNamespace(type="discrete-gpu")) is None
+    assert policy.parallel_units(SimpleNamespace(type="discrete-gpu")) is None
     monkeypatch.setenv("LP_NUM_THREADS", "3")
-    assert tuner.parallel_units(SimpleNamespace(type="cpu")) == 3
+    assert policy.parallel_units(SimpleNamespace(type="cpu")) == 3
     monkeypatch.delenv("LP_NUM_THREADS")
-    assert tuner.parallel_units(SimpleNamespace(type="cpu")) >= 1
+    assert policy.parallel_units(SimpleNamespace(type="cpu")) >= 1
 
 
 def test_a_long_point_is_searched_on_a_proxy_layer(tfile, device, monkeypatch):

@@ -47,6 +47,9 @@ def cmd_info(args):
               f"{', '.join(d.subgroup['operations'])}")
         print(f"  timestamp period {lim['timestamp_period_ns']} ns, valid bits "
               f"{lim['timestamp_valid_bits']}")
+        stats = "VK_KHR_pipeline_executable_properties" in d.extensions
+        print(f"  pipeline statistics (registers, spills; shader-stats --device "
+              f"{d.index}): {'reported' if stats else 'not reported by this driver'}")
         if opened is not None and d.index == opened.index:
             print("  optional features (supported by the device / enabled on vkqlinear's "
                   "device):")
@@ -151,6 +154,11 @@ def cmd_bench(args):
     return bench_main(args.rest)
 
 
+def cmd_shader_stats(args):
+    from .measure.shader_stats import main as stats_main
+    return stats_main(args.rest)
+
+
 def cmd_tune(args):
     from .measure.tuner import main as tune_main
     return tune_main(args.rest)
@@ -177,7 +185,9 @@ COMMANDS = {
 }
 # subcommands with parsers of their own (vkqlinear.measure), loaded only when used
 MEASURE = {"bench": (cmd_bench, "benchmark the kernels: GEMM against GEMV, rooflines"),
-           "tune": (cmd_tune, "find the fastest kernels for this device")}
+           "tune": (cmd_tune, "find the fastest kernels for this device"),
+           "shader-stats": (cmd_shader_stats, "registers, spills and occupancy of every "
+                                              "kernel as a GPU compiler makes it")}
 
 
 def _parser():

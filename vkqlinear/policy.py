@@ -4,7 +4,12 @@ kernels, where no measurement of the device (the tuning file) says otherwise.
 * :data:`AUTO_THRESHOLDS`: ``auto``'s crossover (the cooperative kernel for ``T <=``
   it) by driver, else :data:`~vkqlinear.kernels.DEFAULT_AUTO_THRESHOLD`;
 * :func:`builtin_wait`: how a call waits, by device type;
+* :func:`parallel_units`: how many workgroups a device runs at once, where that is known
+  (a CPU device's cores; the tuner keeps grids that leave none idle);
 * :data:`QUIRKS`: what vkqlinear avoids on a driver known to get it wrong (below).
+
+The default order of the kernel variants follows the device's features, not its driver:
+:meth:`vkqlinear.kernels.DeviceCaps.variants`.
 
 Each :class:`Quirk` names a driver, the versions it applies to, the optional feature
 (:data:`vkqlinear.device.FEATURES`) vkqlinear then does not use there, and why. A device
@@ -24,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["Quirk", "QUIRKS", "mesa_version", "quirks", "avoided", "QUIRKS_ENV",
-           "AUTO_THRESHOLDS", "builtin_wait"]
+           "AUTO_THRESHOLDS", "builtin_wait", "parallel_units"]
 
 QUIRKS_ENV = "VKQLINEAR_DRIVER_QUIRKS"
 # Measured with `python -m vkqlinear bench --quick` where the file has no entry, by driver:
@@ -36,6 +41,22 @@ def builtin_wait(info):
     """How a call waits before the tuner has measured: ``"yield"`` on a CPU device (its
     worker threads share the host's cores with the caller), ``"block"`` on any other."""
     return "yield" if info.type == "cpu" else "block"
+
+
+def parallel_units(info):
+    """Workgroups a device runs at once, where that is known: on a CPU device, one a host
+    core this process may use (lavapipe's ``LP_NUM_THREADS`` where set); ``None`` on a GPU,
+    whose compute units Vulkan does not count."""
+    if info.type != "cpu":
+        return None
+    try:
+        return max(1, int(os.environ["LP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:               # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import conformance, tuning
+from .. import conformance, policy, tuning
 from .._cli import parser
 from ..device import Device
 from ..device_linear import DeviceLinear
@@ -177,7 +176,9 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
                  exhaustive_rounds=EXHAUSTIVE_ROUNDS):
     """Search the kernels for ``dl``'s layer at ``t`` tokens, float or int8 output (see
     the module doc): ``{"best": Kernel, "kernel_s", "default": describe, "default_s",
-    "ratio", "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n"}``
+    "ratio", "timings": {describe: seconds}, "excluded": {describe: why}, "proxy_n",
+    "spilling": {Kernel: why}}`` (``spilling``: candidates dropped untimed because the
+    driver's pipeline statistics say they spill registers)
     (``ratio``: best / default in the final comparison, :func:`compare`, which decides;
     ``kernel_s`` and ``default_s`` are medians over all of a kernel's runs in the search,
     visited in different host states, so they can disagree with ``ratio``). Every
@@ -192,8 +193,11 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     for alg in KERNEL_ALGORITHMS:
         cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
     default = default_kernel(dl, t, out_int8)
-    units = parallel_units(dl.device.info)
+    units = policy.parallel_units(dl.device.info)
     cands = [k for k in cands if k == default or balanced(k, t, dl.weights.N, units)]
+    # where the driver reports registers, candidates that spill are dropped untimed
+    spilling = spilling_kernels(dl.device, [k for k in cands if k != default])
+    cands = [k for k in cands if k not in spilling]
     # every candidate's recorded call kept, memory allowing: one made anew is slow in its
     # first runs
     calls = len(cands) + 2
@@ -213,7 +217,8 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
             alternate(point, cands, exhaustive_rounds, visit_runs(layer_s))
             best = min((k for k in cands + [default] if k in point.timings),
                        key=lambda k: point.timings[k])
-            return _result(point, [best], default, point, None, ref)
+            return dict(_result(point, [best], default, point, None, ref),
+                        spilling=spilling)
         search, proxy_n = point, proxy_channels(dl.weights.N, layer_s)
         if proxy_n:
             w = dl.weights
@@ -233,23 +238,31 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
         spend = budget_s - (time.perf_counter() - start) - final_cost(layer_s, confirm + 1,
                                                                       build_s)
         ranked = halving(search, cands, default, runs, visit_wall, time.perf_counter() + spend)
-        return _result(point, ranked[:confirm], default, search, proxy_n, ref)
+        return dict(_result(point, ranked[:confirm], default, search, proxy_n, ref),
+                    spilling=spilling)
 
 
-def parallel_units(info):
-    """Workgroups a device runs at once, where that is known: on a CPU device, one a host
-    core this process may use (lavapipe's ``LP_NUM_THREADS`` where set); ``None`` on a GPU,
-    whose compute units Vulkan does not count."""
-    if info.type != "cpu":
-        return None
-    try:
-        return max(1, int(os.environ["LP_NUM_THREADS"]))
-    except (KeyError, ValueError):
-        pass
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:               # not on Linux
-        return os.cpu_count() or 1
+_spill_memo = {}   # (device key, shader, defines, constants) -> why it spills, or ""
+
+
+def spilling_kernels(device, kernels):
+    """``{describe: why}`` of the ``kernels`` that spill registers on ``device``, as its
+    driver's pipeline statistics say (:mod:`.shader_stats`); ``{}`` where the driver
+    reports none (lavapipe). Each configuration is compiled once a process."""
+    if "VK_KHR_pipeline_executable_properties" not in device.info.extensions or not kernels:
+        return {}
+    from .shader_stats import spill_reasons
+    dkey = tuning.device_key(device.info)
+    todo = [k for k in kernels if (dkey,) + _config_key(k) not in _spill_memo]
+    if todo:
+        for k, why in zip(todo, spill_reasons(device.index, todo)):
+            _spill_memo[(dkey,) + _config_key(k)] = why
+    return {k: _spill_memo[(dkey,) + _config_key(k)] for k in kernels
+            if _spill_memo[(dkey,) + _config_key(k)]}
+
+
+def _config_key(kernel):
+    return (kernel.shader, kernel.defines, kernel.spec_constants)
 
 
 def balanced(kernel, t, n, units):
@@ -697,6 +710,7 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                  "visits": res.get("visits", []),
                  "proxy_N": res["proxy_n"],
                  "timings": res["timings"], "excluded": res["excluded"],
+                 "spilling": {k.describe(): why for k, why in res["spilling"].items()},
                  "candidates": len(res["timings"]) + len(res["excluded"])}
         _store(dev, entry)
         done[key] = entry
@@ -707,7 +721,9 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
             proxy = f" at N={res['proxy_n']}" if res["proxy_n"] else ""
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
-                f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded)")
+                f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded"
+                + (f", {len(res['spilling'])} spilling (untimed)" if res["spilling"] else "")
+                + ")")
     # the recheck's share, or less if the searches overran (an exhaustive one ignores it)
     recheck(dev, report["points"], rng, log, save, deadline=min(
         t0 + budget_s, time.perf_counter() + RECHECK_SHARE * budget_s))

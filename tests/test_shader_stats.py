@@ -1,0 +1,117 @@
+"""The kernels through a GPU compiler: SPIR-V reflection, the assembly's loop count, and
+RADV's no-hardware device (skipped where no RADV driver is installed)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vkqlinear import kernels as K
+from vkqlinear.compiler import compile_shader
+from vkqlinear.measure import shader_stats as S
+from vkqlinear.measure import spirv
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CAPS = K.DeviceCaps(subgroup_size=64, max_invocations=1024, max_shared_memory=65536,
+                    subgroup_arithmetic=True, int64=True, texel=True, integer_dot=True,
+                    storage8=True)
+
+
+def test_reflection_finds_every_binding_and_its_kind():
+    """CPU only: the storage-buffer kernel binds 11 storage buffers; the texel variant
+    reads X and the weight data through uniform texel buffers."""
+    plain = K.choose_kernel("tiled", 8, 32, False, CAPS, variant=K.Variant(int64=True))
+    b = spirv.descriptor_bindings(compile_shader(plain.shader, dict(plain.defines)))
+    assert b == {i: spirv.STORAGE_BUFFER for i in range(11)}
+    texel = K.choose_kernel("tiled", 8, 32, False, CAPS,
+                            variant=K.Variant(texel=True, int64=True))
+    b = spirv.descriptor_bindings(compile_shader(texel.shader, dict(texel.defines)))
+    assert {i for i, t in b.items() if t == spirv.UNIFORM_TEXEL_BUFFER} == {0, 3, 4, 5, 6}
+    assert spirv.has_push_constants(compile_shader(plain.shader, dict(plain.defines)))
+    with pytest.raises(ValueError, match="spirv"):
+        spirv.descriptor_bindings(b"not spir-v at all")
+
+
+ASSEMBLY = """
+BB0:
+\ts_load_dwordx4 s[0:3], s[4:5], 0x0
+BB1:
+\tv_add_u32 v1, v2, v3
+BB2:
+\tv_mul_lo_u32 v4, v5, v6
+\ts_waitcnt vmcnt(0)
+\tv_mad_u32_u24 v7, v8, v9, v7
+\ts_cbranch_scc0 BB2
+\tv_cvt_f32_i32 v1, v1
+\ts_cbranch_vccnz BB1
+\ts_endpgm
+"""
+
+
+def test_the_innermost_loop_is_counted_without_waits():
+    """CPU only: of two nested loops the inner one counts (its branch included, its
+    wait not); the outer one holds the float conversion, the inner one does not."""
+    assert S.loop_instructions(ASSEMBLY) == (3, False)
+    assert S.loop_instructions("BB0:\n\ts_endpgm\n") is None
+    flat = ASSEMBLY.replace("\ts_cbranch_scc0 BB2\n", "")
+    assert S.loop_instructions(flat) == (5, True)
+    k = K.choose_kernel("tiled", 8, 32, False, CAPS)
+    assert S.loop_macs(k, True) == 32 * k.tm * 8 * k.cb      # a whole group
+    assert S.loop_macs(k, False) == 16 * k.tm * 8 * k.cb     # one chunk of 16 k
+
+
+def _radv(family):
+    icds = S.radv_icds()
+    if not icds:
+        pytest.skip("no RADV driver installed (Debian's mesa-vulkan-drivers has it)")
+    c = S.Compiler(f"{family} (system RADV)", family, icds[0])
+    try:
+        c.device_info()
+    except ValueError as e:
+        pytest.skip(f"RADV's no-hardware device for {family}: {e}")
+    return c
+
+
+def test_a_register_hungry_shader_is_reported_as_spilling():
+    """The statistics path can fail: a shader that keeps 320 values live in a loop spills
+    on RADV (navi21); the same shader with 8 does not."""
+    c = _radv("navi21")
+    spv = compile_shader("register_hungry.comp", root=HERE / "shaders")
+    lean, hungry = c.compile([(spv, (8,)), (spv, (320,))])
+    lean, hungry = (r["executables"][0]["statistics"] for r in (lean, hungry))
+    assert lean["Spilled VGPRs"] == 0 and lean["VGPRs"] < 64
+    assert hungry["Spilled VGPRs"] > 0 and hungry["VGPRs"] >= 128
+
+
+def test_the_defaults_compile_and_report_every_field():
+    """On RADV (navi21) the default kernels at T = 1 and 64 compile with statistics, the
+    assembly's loop is found, and every field of a row is filled."""
+    c = _radv("navi21")
+    rows = S.shader_stats([c], tokens=(1, 64), group_sizes=(32,), outputs=(False,),
+                          roles=("default",))
+    assert rows and all(r["role"] == "default" and "error" not in r for r in rows)
+    for r in rows:
+        assert set(S.FIELDS) <= set(r)
+        assert r["subgroup_size"] in (32, 64) and r["vgprs"] > 0 and r["occupancy"] >= 1
+        assert r["instructions"] > 0 and r["loop_instructions_per_32_macs"] > 0
+    assert {r["config"]["algorithm"] for r in rows} == set(K.SPECS)
+
+
+def test_shader_stats_cli_writes_json_and_refuses_bad_roles(tmp_path):
+    if not S.radv_icds():
+        pytest.skip("no RADV driver installed")
+    out = tmp_path / "stats.json"
+    p = subprocess.run([sys.executable, "-m", "vkqlinear", "shader-stats", "--target",
+                        "navi21", "--icd", S.radv_icds()[0], "--tokens", "1",
+                        "--group-sizes", "32", "--roles", "default", "--json", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode in (0, 1), p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["host"]["cpus"] >= 1 and doc["rows"]
+    assert all(r["family"] == "navi21" for r in doc["rows"])
+    p = subprocess.run([sys.executable, "-m", "vkqlinear", "shader-stats", "--roles", "x"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert p.returncode == 2 and "--roles" in p.stderr
