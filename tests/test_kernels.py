@@ -227,3 +227,27 @@ def test_channel_blocks_shrink_the_grid_rounding_up():
     # 24 blocks of 8 channels; 32 blocks a workgroup: one workgroup, partly idle
     assert k.grid(1, 192) == (1, 1, 1)
     assert k.grid(1, 512) == (2, 1, 1)
+
+
+def test_untuned_gpu_kernels_hold_few_outputs_and_small_workgroups():
+    """CPU only: on a GPU the untuned kernels accumulate at most 16 outputs an invocation
+    (8 where subgroups are only ever 64 wide) and the subgroup GEMV's workgroup has at most
+    256 invocations (the rule shader-stats' static report gave, docs/design.md); a CPU
+    device keeps lavapipe's larger tiles."""
+    from vkqlinear import policy
+    rdna = K.DeviceCaps(subgroup_size=64, min_subgroup_size=32, max_invocations=1024,
+                        max_shared_memory=65536, subgroup_arithmetic=True, int64=True,
+                        integer_dot=True, dot_accelerated=True, device_type="discrete-gpu")
+    gcn = K.DeviceCaps(**{**rdna.__dict__, "min_subgroup_size": 64, "dot_accelerated": False})
+    cpu = K.DeviceCaps(**{**rdna.__dict__, "device_type": "cpu"})
+    assert policy.max_tile_outputs(rdna) == 16 and policy.max_tile_outputs(gcn) == 8
+    for caps, most in ((rdna, 16), (gcn, 8)):
+        for t in (1, 2, 3, 8, 64, 512):
+            for alg in K.SPECS:
+                k = K.choose_kernel(alg, t, 32, False, caps)
+                assert k.tm * 8 * k.cb <= most and k.cb == 1
+                x, y = k.local_size
+                assert x * y <= 256 and K.fits(k, caps)
+    assert K.choose_kernel("tiled", 512, 32, False, rdna).tm == 2
+    assert K.choose_kernel("tiled", 512, 32, False, cpu).tm == 8
+    assert K.choose_kernel("cooperative", 4, 32, False, cpu).local_size == (64, 16)

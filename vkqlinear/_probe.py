@@ -40,7 +40,7 @@ def _device(vk, index, pd):
                   else s(e.extensionName).decode()
                   for e in vk.vkEnumerateDeviceExtensionProperties(pd, None))
     has = set(exts).__contains__
-    p2, sg, dotp, drv = _properties(vk, pd, has)
+    p2, sg, dotp, drv, sizes = _properties(vk, pd, has)
     p = p2.properties     # a view into p2: valid while p2 is referenced, here
     mem = vk.vkGetPhysicalDeviceMemoryProperties(pd)
     qfs = vk.vkGetPhysicalDeviceQueueFamilyProperties(pd)
@@ -63,6 +63,9 @@ def _device(vk, index, pd):
                                for i in range(mem.memoryHeapCount)],
         "subgroup": {
             "size": int(sg.subgroupSize),
+            # the sizes a pipeline may run at (subgroup size control; 0: not reported)
+            "min_size": int(sizes.minSubgroupSize) if sizes is not None else 0,
+            "max_size": int(sizes.maxSubgroupSize) if sizes is not None else 0,
             "compute": bool(sg.supportedStages & vk.VK_SHADER_STAGE_COMPUTE_BIT),
             "operations": [n for b, n in _SUBGROUP_OPS.items() if ops & b],
         },
@@ -76,20 +79,23 @@ def _device(vk, index, pd):
 
 
 def _properties(vk, pd, has):
-    """``(properties2, subgroup, integer dot product or None, driver or None)``, chaining
+    """``(properties2, subgroup, integer dot product or None, driver or None, subgroup
+    size control or None)``, chaining
     only the structs the device knows (core in 1.2 or an exposed extension). The caller
     keeps ``properties2`` while it reads its nested ``properties``: a nested struct is a
     view into its parent's memory, freed with the parent."""
     api = vk.vkGetPhysicalDeviceProperties(pd).apiVersion
     sg = vk.VkPhysicalDeviceSubgroupProperties()
-    head, dotp, drv = sg, None, None
+    head, dotp, drv, sizes = sg, None, None, None
+    if api >= vk.VK_MAKE_VERSION(1, 3, 0) or has("VK_EXT_subgroup_size_control"):
+        sizes = head = vk.VkPhysicalDeviceSubgroupSizeControlProperties(pNext=head)
     if has("VK_KHR_shader_integer_dot_product"):
         dotp = head = vk.VkPhysicalDeviceShaderIntegerDotProductProperties(pNext=head)
     if api >= vk.VK_MAKE_VERSION(1, 2, 0) or has("VK_KHR_driver_properties"):
         drv = head = vk.VkPhysicalDeviceDriverProperties(pNext=head)
     p2 = vk.VkPhysicalDeviceProperties2(pNext=head)
     vk.vkGetPhysicalDeviceProperties2(pd, p2)
-    return p2, sg, dotp, drv
+    return p2, sg, dotp, drv, sizes
 
 
 def _features(vk, pd, has):

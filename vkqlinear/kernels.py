@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from . import policy
+
 __all__ = ["ALGORITHMS", "KERNEL_ALGORITHMS", "SPECS", "KernelSpec", "Variant", "Kernel",
            "DeviceCaps", "choose_kernel", "lanes_for", "token_tile", "DEFAULT_AUTO_THRESHOLD"]
 
@@ -116,6 +118,8 @@ class DeviceCaps:
     texel: bool = False
     # (algorithm, Variant) pairs that failed the device's self-check (selfcheck.py)
     excluded: frozenset = frozenset()
+    device_type: str = "cpu"        # DeviceInfo.type: the untuned tiles' size follows it
+    min_subgroup_size: int = 0      # the least a pipeline may run at (0: not reported)
 
     @classmethod
     def from_info(cls, info, enabled=lambda feature: False):
@@ -131,7 +135,9 @@ class DeviceCaps:
                    dot_accelerated=bool(info.properties.get("integer_dot_4x8_packed_accelerated")),
                    storage8=bool(enabled("storageBuffer8BitAccess")),
                    int64=bool(enabled("shaderInt64")),
-                   texel=bool(enabled("texelBufferLoads")))
+                   texel=bool(enabled("texelBufferLoads")),
+                   device_type=info.type,
+                   min_subgroup_size=int(info.subgroup.get("min_size") or 0))
 
     @property
     def subgroup_reduce(self):
@@ -347,9 +353,11 @@ class TiledSpec(KernelSpec):
 
     def default(self, t, variant, group_size, out_int8, caps):
         lanes = self.lanes(variant, caps)
-        tm = token_tile(t, self.TM_TEXEL if variant.texel else self.TM)
+        tm = token_tile(t, min(self.TM_TEXEL if variant.texel else self.TM,
+                               policy.max_tile_outputs(caps) // 8))
         # no more token tiles than t fills: the others' invocations would only idle
-        tiles = max(1, min(64 // lanes, caps.max_invocations // lanes, token_tiles(t, tm)))
+        tiles = max(1, min(64 // lanes, policy.max_workgroup(caps) // lanes,
+                           token_tiles(t, tm)))
         return self.kernel(variant, (lanes, tiles), tm, caps, group_size, out_int8)
 
     def tokens_per_row(self, kernel):
@@ -378,16 +386,17 @@ class CooperativeSpec(KernelSpec):
         return caps.subgroup_size if variant.subgroup else lanes_for(caps)
 
     def default(self, t, variant, group_size, out_int8, caps):
-        tm = token_tile(t, self.MAX_TM)
+        tm = token_tile(t, min(self.MAX_TM, policy.max_tile_outputs(caps) // 8))
         lanes = self.lanes(variant, caps)
+        most = policy.max_workgroup(caps)
         if variant.subgroup:
             # the workers of a block read neighbouring groups of it ("groups" order)
             blocks = 1
-            while blocks * 2 <= min(lanes, caps.max_invocations // lanes):
+            while blocks * 2 <= min(lanes, most // lanes):
                 blocks *= 2
             return self.kernel(variant, (lanes, blocks), tm, caps, group_size, out_int8)
         workers = self.WORKERS
-        while workers > 1 and (lanes * workers > caps.max_invocations
+        while workers > 1 and (lanes * workers > most
                                or self.shared_bytes(lanes, workers, tm) >
                                caps.max_shared_memory):
             workers //= 2

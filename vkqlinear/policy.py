@@ -6,6 +6,8 @@ kernels, where no measurement of the device (the tuning file) says otherwise.
 * :func:`builtin_wait`: how a call waits, by device type;
 * :func:`parallel_units`: how many workgroups a device runs at once, where that is known
   (a CPU device's cores; the tuner keeps grids that leave none idle);
+* :func:`max_tile_outputs` and :func:`max_workgroup`: how large the untuned kernels'
+  tiles and workgroups are, by kind of device (a GPU's registers);
 * :data:`QUIRKS`: what vkqlinear avoids on a driver known to get it wrong (below).
 
 The default order of the kernel variants follows the device's features, not its driver:
@@ -29,7 +31,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["Quirk", "QUIRKS", "mesa_version", "quirks", "avoided", "QUIRKS_ENV",
-           "AUTO_THRESHOLDS", "builtin_wait", "parallel_units"]
+           "AUTO_THRESHOLDS", "builtin_wait", "parallel_units", "max_tile_outputs",
+           "max_workgroup"]
 
 QUIRKS_ENV = "VKQLINEAR_DRIVER_QUIRKS"
 # Measured with `python -m vkqlinear bench --quick` where the file has no entry, by driver:
@@ -57,6 +60,36 @@ def parallel_units(info):
         return len(os.sched_getaffinity(0))
     except AttributeError:               # not on Linux
         return os.cpu_count() or 1
+
+
+# Outputs (tokens x 8 channels x channel blocks) an invocation of an untuned kernel
+# accumulates, and invocations a workgroup of the untuned subgroup GEMV has, on a GPU:
+# the largest that spill no register on any AMD family shader-stats covers and keep 8 or
+# more subgroups per SIMD on RDNA2 to 4 (docs/design.md, "Registers on GPUs").
+GPU_TILE_OUTPUTS = 16
+WIDE_ONLY_TILE_OUTPUTS = 8   # where every subgroup is 64 wide (GCN): 4 per SIMD
+GPU_WORKGROUP = 256
+CPU_TILE_OUTPUTS = 64        # lavapipe: no register file to fit, loads cost the most
+
+
+def max_tile_outputs(caps):
+    """Outputs an invocation of an untuned kernel accumulates on a device described by
+    ``caps`` (:class:`~vkqlinear.kernels.DeviceCaps`): many on a CPU device, few on a GPU,
+    fewest where subgroups are only ever 64 wide (GCN's register file per lane is the
+    smallest)."""
+    if caps.device_type == "cpu":
+        return CPU_TILE_OUTPUTS
+    if caps.subgroup_size >= 64 and caps.min_subgroup_size >= 64:
+        return WIDE_ONLY_TILE_OUTPUTS
+    return GPU_TILE_OUTPUTS
+
+
+def max_workgroup(caps):
+    """Invocations an untuned workgroup may have: the device's limit on a CPU device, at
+    most :data:`GPU_WORKGROUP` on a GPU (a workgroup's subgroups share one compute unit's
+    registers)."""
+    limit = caps.max_invocations
+    return limit if caps.device_type == "cpu" else min(limit, GPU_WORKGROUP)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..compiler import compile_shader
@@ -39,6 +40,8 @@ __all__ = ["FAMILIES", "FIELDS", "Compiler", "radv_icds", "target_compilers",
 
 # the AMD generations the checks cover: GCN5, RDNA2, RDNA3, RDNA4
 FAMILIES = ("vega10", "navi21", "navi31", "gfx1201")
+# other names an older RADV knows a family by (Mesa 22.3 calls navi31 gfx1100)
+ALIASES = {"navi31": ("gfx1100",)}
 FIELDS = ("family", "kernel", "role", "subgroup_size", "vgprs", "sgprs", "spilled_vgprs",
           "spilled_sgprs", "occupancy", "lds_bytes", "instructions",
           "loop_instructions_per_32_macs")
@@ -65,6 +68,7 @@ class Compiler:
     family: str | None = None
     icd: str | None = None
     index: int = 0
+    force: str | None = None      # the name RADV_FORCE_FAMILY gets, if not ``family``
 
     def environ(self):
         env = dict(os.environ)
@@ -75,7 +79,7 @@ class Compiler:
                 env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"]
                                                 if env.get("LD_LIBRARY_PATH") else "")
         if self.family:
-            env["RADV_FORCE_FAMILY"] = self.family
+            env["RADV_FORCE_FAMILY"] = self.force or self.family
         return env
 
     def _run(self, module, stdin=None):
@@ -86,6 +90,21 @@ class Compiler:
         except json.JSONDecodeError:
             tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
             return {"error": f"{module} failed (exit {p.returncode}): {' '.join(tail)}"}
+
+    def opened(self):
+        """``(compiler, DeviceInfo)``: this compiler, or the same under an older name of
+        its family (:data:`ALIASES`) where RADV knows only that one; ``ValueError`` if
+        neither makes a device."""
+        try:
+            return self, self.device_info()
+        except ValueError as first:
+            for name in ALIASES.get(self.family, ()):
+                other = replace(self, force=name)
+                try:
+                    return other, other.device_info()
+                except ValueError:
+                    pass
+            raise first
 
     def device_info(self):
         """The :class:`~vkqlinear.DeviceInfo` of the device, or ``ValueError`` saying why
@@ -188,10 +207,15 @@ def configurations(info, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(False,
     return out
 
 
-_LABEL = re.compile(r"^\s*(BB\d+):")
-_BRANCH = re.compile(r"\bs_c?branch\w*\s+(BB\d+)")
+# Two forms of RADV's final code: the disassembly ("BB3:", "s_cbranch_scc0 BB3",
+# "v_add_u32 v1, ...") and, where its disassembler lacks the target, ACO's own print
+# ("BB3", "s_cbranch_scc0 block:BB3", "v1: %8:v[1] = v_add_u32 ...")
+_LABEL = re.compile(r"^\s*(BB\d+):?\s*$")
+_BRANCH = re.compile(r"\bs_c?branch\w*\s+(?:block:)?(BB\d+)")
+_RESULT = re.compile(r"^\s+(?:\S+:\s*%\S+,?\s*)+=\s*")
 _INSTR = re.compile(r"^\s+([a-z][a-z0-9_]*)\b")
-_WAIT = re.compile(r"^s_(waitcnt|wait_)\w*|^s_nop$")
+# not counted: waits and scheduling hints, and ACO's pseudo-instructions
+_WAIT = re.compile(r"^s_(waitcnt|wait_|delay_alu|nop$)|^p_")
 
 
 def _loops(assembly):
@@ -213,7 +237,8 @@ def loop_instructions(assembly):
         return None
     counted = []
     for a, b in inner:
-        ops = [m.group(1) for line in lines[a:b + 1] if (m := _INSTR.match(line))]
+        ops = [m.group(1) for line in lines[a:b + 1]
+               if (m := _INSTR.match(_RESULT.sub("\t", line)))]
         counted.append([op for op in ops if not _WAIT.match(op)])
     ops = max(counted, key=len)
     return len(ops), any(op.startswith("v_cvt_f32_i32") for op in ops)
@@ -257,28 +282,25 @@ def _row(compiler, role, kernel, result, has_offset):
 def shader_stats(compilers, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(False, True),
                  roles=("default", "tuned", "candidate"), log=None):
     """The report rows (:data:`FIELDS` and the configuration) of every configuration
-    (:func:`configurations`) on each compiler; a compiler whose device cannot be made
-    (a family its RADV does not know) gives one row with ``error``."""
-    rows = []
-    for c in compilers:
+    (:func:`configurations`) on each compiler, in the compilers' order; a compiler whose
+    device cannot be made (a family its RADV does not know) gives one row with
+    ``error``. The compilers run side by side, one worker process each, a core each."""
+    def one(c):
         try:
-            info = c.device_info()
+            c, info = c.opened()
         except ValueError as e:
-            rows.append({"family": c.family or c.label, "compiler": c.label,
-                         "error": str(e)})
             if log:
                 log(f"{c.label}: skipped ({e})")
-            continue
+            return [{"family": c.family or c.label, "compiler": c.label, "error": str(e)}]
         configs = configurations(info, tokens, group_sizes, outputs, roles)
         jobs = [(compile_shader(k.shader, dict(k.defines)), k.spec_constants + (1,))
                 for _, k in configs]
         if log:
             log(f"{c.label}: {info.name}, {info.driver_info}: {len(jobs)} pipelines")
-        results = c.compile(jobs)
-        rows += [dict(_row(c, role, k, r, True), device=info.name,
-                      driver=info.driver_info)
-                 for (role, k), r in zip(configs, results)]
-    return rows
+        return [dict(_row(c, role, k, r, True), device=info.name, driver=info.driver_info)
+                for (role, k), r in zip(configs, c.compile(jobs))]
+    with ThreadPoolExecutor(max(1, min(len(compilers), os.cpu_count() or 1))) as pool:
+        return [row for rows in pool.map(one, compilers) for row in rows]
 
 
 def spill_reasons(index, kernels):
@@ -349,7 +371,7 @@ EXAMPLES = [("--target navi31", "RDNA3, as AMD's compiler in Mesa sees it"),
 
 def _parser():
     from .._cli import parser
-    from .common import int_list
+    from .common import int_list, output_list
     ap = parser("shader-stats", DESCRIPTION, EXAMPLES)
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--device", type=int, help="device index (see info)")
@@ -362,6 +384,8 @@ def _parser():
                     help=f"token counts (default {','.join(map(str, TOKENS))})")
     ap.add_argument("--group-sizes", type=int_list,
                     help=f"group sizes (default {','.join(map(str, GROUP_SIZES))})")
+    ap.add_argument("--outputs", type=output_list, default=["float", "int8"],
+                    help="output kinds: float, int8 or float,int8 (default both)")
     ap.add_argument("--roles", default="default,tuned,candidate",
                     help="which configurations: default, tuned, candidate (default all)")
     ap.add_argument("--json", help="write the rows here")
@@ -383,7 +407,8 @@ def main(argv=None):
                      "--icd")
         compilers = target_compilers(a.target or FAMILIES, icds)
     rows = shader_stats(compilers, a.tokens or TOKENS, a.group_sizes or GROUP_SIZES,
-                        roles=roles, log=lambda m: print(m, file=sys.stderr, flush=True))
+                        tuple(o == "int8" for o in a.outputs), roles,
+                        log=lambda m: print(m, file=sys.stderr, flush=True))
     for line in summary(rows):
         print(line)
     if a.json:
