@@ -125,3 +125,31 @@ def test_shader_stats_cli_writes_json_and_refuses_bad_roles(tmp_path):
     p = subprocess.run([sys.executable, "-m", "vkqlinear", "shader-stats", "--roles", "x"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert p.returncode == 2 and "--roles" in p.stderr
+
+
+def test_device_mode_uses_the_device_vkqlinear_sees():
+    """`--device N` compiles on device N of the process's own Vulkan drivers: here RADV's
+    no-hardware device made the only one by the environment, as a user's GPU would be."""
+    icds = S.radv_icds()
+    if not icds:
+        pytest.skip("no RADV driver installed")
+    env = dict(S.Compiler("navi21", "navi21", icds[0]).environ())
+    p = subprocess.run([sys.executable, "-m", "vkqlinear", "shader-stats", "--device", "0",
+                        "--tokens", "1", "--group-sizes", "32", "--outputs", "float",
+                        "--roles", "default"], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "device 0: Null hardware (RADV NAVI21)" in p.stdout
+    assert "default" in p.stdout and "spilling 0" in p.stdout
+
+
+def test_a_device_without_statistics_is_refused_by_name(device):
+    """On a device whose driver reports no pipeline statistics (lavapipe), `--device`
+    says so and exits 2; nothing crashes."""
+    if "VK_KHR_pipeline_executable_properties" in device.info.extensions:
+        pytest.skip("this device reports pipeline statistics")
+    p = subprocess.run([sys.executable, "-m", "vkqlinear", "shader-stats", "--device",
+                        str(device.index), "--tokens", "1", "--roles", "default"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 2 and "VK_KHR_pipeline_executable_properties" in p.stderr
+    assert "Traceback" not in p.stderr

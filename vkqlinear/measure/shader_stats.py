@@ -406,9 +406,13 @@ def main(argv=None):
             ap.error("no RADV driver found: install Debian's mesa-vulkan-drivers, or give "
                      "--icd")
         compilers = target_compilers(a.target or FAMILIES, icds)
-    rows = shader_stats(compilers, a.tokens or TOKENS, a.group_sizes or GROUP_SIZES,
-                        tuple(o == "int8" for o in a.outputs), roles,
-                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        rows = shader_stats(compilers, a.tokens or TOKENS, a.group_sizes or GROUP_SIZES,
+                            tuple(o == "int8" for o in a.outputs), roles,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    except RuntimeError as e:        # the device reports no statistics, its driver died
+        print(f"{ap.prog}: {e}", file=sys.stderr)
+        return 2
     for line in summary(rows):
         print(line)
     if a.json:

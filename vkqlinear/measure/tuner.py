@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -255,7 +256,14 @@ def spilling_kernels(device, kernels):
     dkey = tuning.device_key(device.info)
     todo = [k for k in kernels if (dkey,) + _config_key(k) not in _spill_memo]
     if todo:
-        for k, why in zip(todo, spill_reasons(device.index, todo)):
+        try:
+            reasons = spill_reasons(device.index, todo)
+        except RuntimeError as e:      # the statistics could not be had: time them all
+            warnings.warn(f"vkqlinear tune: no pipeline statistics ({e}); spilling "
+                          "candidates are timed like the others", RuntimeWarning,
+                          stacklevel=2)
+            return {}
+        for k, why in zip(todo, reasons):
             _spill_memo[(dkey,) + _config_key(k)] = why
     return {k: _spill_memo[(dkey,) + _config_key(k)] for k in kernels
             if _spill_memo[(dkey,) + _config_key(k)]}
