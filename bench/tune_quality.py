@@ -24,7 +24,7 @@ from unittest import mock
 import numpy as np
 
 import vkqlinear as vq
-from vkqlinear.kernels import candidates, kernel_config, kernel_from_config
+from vkqlinear.kernels import KERNEL_ALGORITHMS, candidates, kernel_config, kernel_from_config
 from vkqlinear.measure.common import int_list, shape_list
 from vkqlinear.measure.model_bench import random_weights
 from vkqlinear.measure.tuner import (
@@ -65,7 +65,7 @@ def search(a):
                                         dev.caps)
             full = search_point(dl, t, float("inf"), exhaustive=True, rng=rng,
                                 exhaustive_rounds=a.exhaustive_rounds)
-            pool = {c.describe(): c for alg in ("tiled", "cooperative")
+            pool = {c.describe(): c for alg in KERNEL_ALGORITHMS
                     for c in candidates(alg, t, dl.kernel_group_size, False, dev.caps)}
             ranked = sorted((name for name in full["timings"] if name in pool),
                             key=full["timings"].get)

@@ -20,6 +20,7 @@ import numpy as np
 import vkqlinear as vq
 from vkqlinear import conformance
 from vkqlinear.device import Device
+from vkqlinear.kernels import KERNEL_ALGORITHMS
 from vkqlinear.measure.bench import warm_up
 from vkqlinear.measure.calibrate import read_kernel
 from vkqlinear.quant import quantize_per_token, quantize_weights
@@ -33,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--shape", default="4096x4096", help="KxN (default 4096x4096)")
     ap.add_argument("--tokens", type=int, default=1, help="T (default 1)")
     ap.add_argument("--group-size", type=int, default=32)
-    ap.add_argument("--algorithm", default="tiled", choices=("tiled", "cooperative", "auto"))
+    ap.add_argument("--algorithm", default="tiled", choices=KERNEL_ALGORITHMS + ("auto",))
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--device", type=int, default=None)
     a = ap.parse_args(argv)

@@ -169,7 +169,7 @@ class PointTimer:
         self.done, self.round_s = 0, rep_s
         # auto running the very kernel of a forced algorithm is that kernel: timed once,
         # its runs are auto's too (timing it twice would report the host's noise as regret)
-        self.same = next((a for a in ("tiled", "cooperative")
+        self.same = next((a for a in KERNEL_ALGORITHMS
                           if dl.kernel("auto", t) == dl.kernel(a, t)), None)
         turns = tuple(a for a in KERNELS if a != "auto" or self.same is None)
         self.turns = turns + (("symmetric",) if symmetric is not None else ())
@@ -357,7 +357,7 @@ def median_interval(xs, level=0.95):
 def auto_over_best(kernels):
     """``(best, regrets)``: the forced algorithm with the lower median kernel time, and
     auto's kernel time over its, round by round (``kernels`` as in a point)."""
-    best = min(("tiled", "cooperative"), key=lambda a: np.median(kernels[a]["runs_kernel"]))
+    best = min(KERNEL_ALGORITHMS, key=lambda a: np.median(kernels[a]["runs_kernel"]))
     return best, np.asarray(kernels["auto"]["runs_kernel"]) / np.asarray(
         kernels[best]["runs_kernel"])
 
@@ -432,7 +432,7 @@ def analyse(points, calib):
             rate = SWAR_MACS_PER_MADD * p["calibration_work"]["alu"] / np.asarray(cr["alu"])
             p["alu_fraction"] = float(np.median(macs / np.asarray(rk) / rate))
         if "baselines" in p:
-            e2e = min(ks[a]["e2e_s"]["median"] for a in ("tiled", "cooperative"))
+            e2e = min(ks[a]["e2e_s"]["median"] for a in KERNEL_ALGORITHMS)
             p["speedup_vs"] = {b: v["median"] / e2e for b, v in p["baselines"].items()}
     crossovers = {}
     for key in sorted({(p["K"], p["N"], p["group_size"]) for p in points}):
