@@ -718,7 +718,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
                  "visits": res.get("visits", []),
                  "proxy_N": res["proxy_n"],
                  "timings": res["timings"], "excluded": res["excluded"],
-                 "spilling": {k.describe(): why for k, why in res["spilling"].items()},
+                 "spilling": {kern.describe(): why
+                              for kern, why in res.get("spilling", {}).items()},
                  "candidates": len(res["timings"]) + len(res["excluded"])}
         _store(dev, entry)
         done[key] = entry
@@ -730,7 +731,8 @@ def tune(shapes=None, tokens=None, group_sizes=(32, 128), budget_s=600.0,
             log(f"[{i + 1}/{len(points)} {time.perf_counter() - t0:5.0f}s] {key}: "
                 f"{entry['best']} {entry['kernel_s'] * 1e3:.3f} ms (default x{gain:.2f}; "
                 f"{len(res['timings'])} timed{proxy}, {len(res['excluded'])} excluded"
-                + (f", {len(res['spilling'])} spilling (untimed)" if res["spilling"] else "")
+                + (f", {len(entry['spilling'])} spilling (untimed)" if entry["spilling"]
+                   else "")
                 + ")")
     # the recheck's share, or less if the searches overran (an exhaustive one ignores it)
     recheck(dev, report["points"], rng, log, save, deadline=min(
