@@ -153,3 +153,14 @@ def test_a_device_without_statistics_is_refused_by_name(device):
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 2 and "VK_KHR_pipeline_executable_properties" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_the_summary_names_what_a_driver_does_not_report():
+    """CPU only: a driver without an occupancy statistic (Intel's ANV names others) gets
+    'not reported' in the summary, not an error; a spilling default is listed."""
+    row = {"compiler": "device 0", "device": "GPU", "driver": "x", "kernel": "k",
+           "role": "default", "vgprs": 90, "occupancy": None, "spilled_vgprs": 3,
+           "spilled_sgprs": 0, "out_int8": False}
+    lines = S.summary([row, dict(row, vgprs=40, spilled_vgprs=0)])
+    assert "VGPRs 40-90, occupancy not reported" in "\n".join(lines)
+    assert any(line.strip().startswith("spills: k") for line in lines)

@@ -47,14 +47,15 @@ FIELDS = ("family", "kernel", "role", "subgroup_size", "vgprs", "sgprs", "spille
           "loop_instructions_per_32_macs")
 TOKENS = (1, 2, 4, 8, 16, 64, 512)
 GROUP_SIZES = (32, 128)
-# each driver's names for the statistics (RADV's, Intel's ANV's)
+# each driver's names for the statistics (RADV's; then Intel's ANV's, whose GRF count and
+# spills are the analogues; a field a driver does not report stays None)
 _STATS = {
     "vgprs": ("VGPRs", "GRF registers"),
     "sgprs": ("SGPRs",),
-    "spilled_vgprs": ("Spilled VGPRs", "Spill count"),
+    "spilled_vgprs": ("Spilled VGPRs", "Spill Count"),
     "spilled_sgprs": ("Spilled SGPRs",),
-    "occupancy": ("Subgroups per SIMD", "Max dispatch width"),
-    "lds_bytes": ("LDS size", "Shared memory size"),
+    "occupancy": ("Subgroups per SIMD",),
+    "lds_bytes": ("LDS size", "Workgroup Memory Size"),
     "instructions": ("Instructions", "Instruction Count"),
 }
 
@@ -326,6 +327,12 @@ def spills(row):
     return bool(row.get("spilled_vgprs") or row.get("spilled_sgprs"))
 
 
+def _span(rows, field):
+    """``"lo-hi"`` of a field over rows, ``"not reported"`` where the driver gives none."""
+    values = [r[field] for r in rows if r.get(field) is not None]
+    return f"{min(values)}-{max(values)}" if values else "not reported"
+
+
 def summary(rows):
     """Lines for the terminal: per compiler, the defaults' worst figures, spilling
     configurations by role."""
@@ -344,9 +351,7 @@ def summary(rows):
             if rs:
                 sp = [r for r in rs if spills(r)]
                 out.append(f"  {role:9s} {len(rs):5d}: spilling {len(sp)}, VGPRs "
-                           f"{min(r['vgprs'] for r in rs)}-{max(r['vgprs'] for r in rs)}, "
-                           f"occupancy {min(r['occupancy'] for r in rs)}-"
-                           f"{max(r['occupancy'] for r in rs)}")
+                           f"{_span(rs, 'vgprs')}, occupancy {_span(rs, 'occupancy')}")
                 for r in sp[:5] if role == "default" else ():
                     out.append(f"    spills: {r['kernel']} out_int8={r['out_int8']} "
                                f"({r['spilled_vgprs']} VGPRs, {r['spilled_sgprs']} SGPRs)")
