@@ -101,6 +101,24 @@ def test_verdicts_are_kept_per_driver_and_read_back(fresh, monkeypatch, rng, tfi
     assert vq.DeviceLinear.of(qw, third).kernel("tiled", 16).variant != best
 
 
+def test_a_limit_met_by_the_check_is_an_error_not_a_verdict(fresh, monkeypatch, rng, tfile):
+    """A check that cannot run for a reason that is not the variant's (here a binding
+    limit smaller than its one block of weights) raises that error, naming the argument,
+    and leaves no verdict: the variant stays usable once the limit allows it."""
+    dev = fresh()
+    monkeypatch.setattr(dev, "max_binding", 64)
+    x_q, xs, xz, qw = _layer(rng, 16)
+    with pytest.raises(ValueError, match="w_packed|x_q"):
+        vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm="tiled", device=dev)
+    assert dev.wrong_variants() == {} and dev.caps.variants("tiled")
+    stored = json.loads(tfile.read_text())["devices"] if tfile.exists() else {}
+    assert not stored.get(tuning.device_key(dev.info), {}).get("self_check")
+    again = fresh()                                  # the device's own binding limit
+    x_q, xs, xz, qw = _layer(rng, 16)
+    y = vq.linear_qta8a_qga4w(x_q, xs, xz, qw, algorithm="tiled", device=again)
+    assert y.shape == (16, 96) and again.wrong_variants() == {}
+
+
 def test_the_self_check_can_be_turned_off(fresh, monkeypatch):
     monkeypatch.setenv(selfcheck.SELF_CHECK_ENV, "0")
     dev = fresh()

@@ -88,6 +88,8 @@ def run_check(device, kernel):
     weights = prepack(w_packed, kernel.group_size, ws, wz)
     try:
         got, _ = DeviceLinear.of(weights, device).run(kernel, x_q, x_scales, x_zps, bias)
+    except (ValueError, TypeError, MemoryError):
+        raise       # a limit or the memory budget, not the variant: no verdict, the error
     except Exception as e:          # a variant that cannot even run is not usable either
         return False, f"{type(e).__name__}: {e}", time.perf_counter() - start
     if variant_key(kernel.algorithm, kernel.variant) in forced_wrong():
