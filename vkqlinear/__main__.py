@@ -43,7 +43,9 @@ def cmd_info(args):
         print(f"  shared memory {_fmt_bytes(lim['max_shared_memory'])}, storage buffer range "
               f"{_fmt_bytes(lim['max_storage_buffer_range'])}, memory heaps "
               f"{[_fmt_bytes(h) for h in d.memory_heaps]}")
-        print(f"  subgroup size {d.subgroup['size']}, operations "
+        lo, hi = d.subgroup.get("min_size"), d.subgroup.get("max_size")
+        sizes = f" (pipelines may run at {lo} to {hi})" if lo and hi and lo != hi else ""
+        print(f"  subgroup size {d.subgroup['size']}{sizes}, operations "
               f"{', '.join(d.subgroup['operations'])}")
         print(f"  timestamp period {lim['timestamp_period_ns']} ns, valid bits "
               f"{lim['timestamp_valid_bits']}")
