@@ -52,7 +52,7 @@ def variants():
         for alg in KERNEL_ALGORITHMS:
             for t in TOKENS:
                 for k in candidates(alg, t, 32, False, caps):
-                    out.setdefault((k.shader, k.defines), set()).add(k.spec_constants + (1,))
+                    out.setdefault((k.shader, k.defines), set()).add(k.pipeline_constants())
             for variant in caps.variants(alg):
                 for t in TOKENS:
                     for g in GROUP_SIZES:
@@ -60,7 +60,7 @@ def variants():
                             k = choose_kernel(alg, t, g, int8, caps, variant=variant)
                             # HAS_OFFSET, which the weights add: with offsets and without
                             out.setdefault((k.shader, k.defines), set()).update(
-                                k.spec_constants + (offsets,) for offsets in (1, 0))
+                                k.pipeline_constants(offsets) for offsets in (1, 0))
     # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
     out[("quantize_tokens.comp", ())] = {tuple(int(c) for c in quantizer_constants(name))
                                          for name in CONVENTIONS}

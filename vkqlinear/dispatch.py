@@ -171,7 +171,7 @@ class RecordedCall:
             texel = [R32G32B32A32_UINT if any(u is v for v in [self.x] + wt) else 0
                      for u in tensors]
         gx, gy, n_disp = kernel.grid(t, n_padded, limits)
-        spec = np.array(kernel.spec_constants + (int(offsets),), np.uint32)
+        spec = np.array(kernel.pipeline_constants(offsets), np.uint32)
         pipe = device.algorithm(tensors, spirv, (gx, gy, 1), spec,
                                 self._push(n1 - n0, n_padded, 0), texel)
         self.pipelines.append(pipe)

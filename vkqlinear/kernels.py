@@ -234,6 +234,11 @@ class Kernel:
         return (self.local_size[0], self.local_size[1], self.group_size, self.lanes,
                 self.tm, int(self.out_int8), self.cb)
 
+    def pipeline_constants(self, has_offset=True):
+        """:attr:`spec_constants` and the weights' HAS_OFFSET: what a pipeline of it is
+        specialized with."""
+        return self.spec_constants + (int(has_offset),)
+
     @property
     def tokens_per_row(self):
         """Tokens covered by one workgroup row (grid y = 1)."""
@@ -483,15 +488,13 @@ def kernel_from_config(config, t, group_size, out_int8, caps):
 
 def fits(kernel, caps):
     """Whether ``caps``' device can run ``kernel``: a power-of-two workgroup within the
-    invocation limit, a power-of-two CB where the spec tunes it with at most
-    :data:`TILE_OUTPUTS` outputs an invocation, and the spec's own rules
-    (:meth:`KernelSpec.fits`)."""
+    invocation limit, a power-of-two CB with at most :data:`TILE_OUTPUTS` outputs an
+    invocation, and the spec's own rules (:meth:`KernelSpec.fits`)."""
     x, y = kernel.local_size
     if x * y > caps.max_invocations or not (_pow2(x) and _pow2(y)):
         return False
     cb = kernel.cb
-    if not _pow2(cb) or kernel.tm * 8 * cb > TILE_OUTPUTS or \
-            cb not in kernel.spec.cbs + (1,):
+    if not _pow2(cb) or kernel.tm * 8 * cb > TILE_OUTPUTS:  # (a Kernel's cb is its spec's)
         return False
     return kernel.spec.fits(kernel, caps)
 

@@ -65,7 +65,7 @@ def _statistic(vk, s):
     return float(value.f64)
 
 
-class Compiler:
+class StatsDevice:
     """A logical device on physical device ``index`` with pipeline statistics on, and
     every optional feature the kernels may use that it has."""
 
@@ -207,7 +207,7 @@ class Compiler:
 def main():
     request = json.load(sys.stdin)
     try:
-        compiler = Compiler(int(request.get("device") or 0))
+        compiler = StatsDevice(int(request.get("device") or 0))
     except Exception as e:    # no such device, no statistics, no loader: say so, as JSON
         json.dump({"error": f"{type(e).__name__}: {e}"}, sys.stdout)
         return 0

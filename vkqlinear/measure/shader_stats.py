@@ -180,10 +180,9 @@ def configurations(info, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(False,
     caps = caps_of(info)
     seen, out = set(), []
 
-    def add(role, k):
-        key = (k.shader, k.defines, k.spec_constants)
-        if key not in seen:
-            seen.add(key)
+    def add(role, k):      # equal Kernels are one pipeline (shader, defines, constants)
+        if k not in seen:
+            seen.add(k)
             out.append((role, k))
     points = [(t, g, o) for t in tokens for g in group_sizes for o in outputs]
     if "default" in roles:
@@ -258,17 +257,27 @@ def loop_macs(kernel, has_float_epilogue):
     return k * kernel.tm * 8 * kernel.cb
 
 
-def _row(compiler, role, kernel, result, has_offset):
+def _job(kernel):
+    """A worker job: the kernel's SPIR-V and constants, with offsets (the heavier case)."""
+    return compile_shader(kernel.shader, dict(kernel.defines)), kernel.pipeline_constants()
+
+
+def _stat(stats, field):
+    """A report field from a driver's statistics (its own name for it), or ``None``."""
+    return next((stats[n] for n in _STATS[field] if n in stats), None)
+
+
+def _row(compiler, role, kernel, result):
     row = {"family": compiler.family or compiler.label, "compiler": compiler.label,
            "kernel": kernel.describe(), "config": kernel_config(kernel),
            "group_size": kernel.group_size, "out_int8": kernel.out_int8,
-           "has_offset": has_offset, "role": role}
+           "has_offset": True, "role": role}
     if "error" in result:
         return dict(row, error=result["error"], **{f: None for f in FIELDS[3:]})
     exe = result["executables"][0]
     stats = exe["statistics"]
-    for field, names in _STATS.items():
-        row[field] = next((stats[n] for n in names if n in stats), None)
+    for field in _STATS:
+        row[field] = _stat(stats, field)
     row["subgroup_size"] = exe["subgroup_size"]
     row["loop_instructions_per_32_macs"] = None
     if exe.get("assembly"):
@@ -294,11 +303,10 @@ def shader_stats(compilers, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(Fal
                 log(f"{c.label}: skipped ({e})")
             return [{"family": c.family or c.label, "compiler": c.label, "error": str(e)}]
         configs = configurations(info, tokens, group_sizes, outputs, roles)
-        jobs = [(compile_shader(k.shader, dict(k.defines)), k.spec_constants + (1,))
-                for _, k in configs]
+        jobs = [_job(k) for _, k in configs]
         if log:
             log(f"{c.label}: {info.name}, {info.driver_info}: {len(jobs)} pipelines")
-        return [dict(_row(c, role, k, r, True), device=info.name, driver=info.driver_info)
+        return [dict(_row(c, role, k, r), device=info.name, driver=info.driver_info)
                 for (role, k), r in zip(configs, c.compile(jobs))]
     with ThreadPoolExecutor(max(1, min(len(compilers), os.cpu_count() or 1))) as pool:
         return [row for rows in pool.map(one, compilers) for row in rows]
@@ -308,16 +316,13 @@ def spill_reasons(index, kernels):
     """For each of ``kernels``, why it spills on device ``index`` (``"12 VGPRs, 0 SGPRs
     spilled"``), or ``""``; a configuration the driver cannot compile counts as
     spilling (it says why)."""
-    jobs = [(compile_shader(k.shader, dict(k.defines)), k.spec_constants + (1,))
-            for k in kernels]
     out = []
-    for r in device_compiler(index).compile(jobs):
+    for r in device_compiler(index).compile([_job(k) for k in kernels]):
         if "error" in r:
             out.append(f"does not compile: {r['error']}")
             continue
         stats = r["executables"][0]["statistics"]
-        v, sg = (next((stats[n] for n in _STATS[f] if n in stats), 0) or 0
-                 for f in ("spilled_vgprs", "spilled_sgprs"))
+        v, sg = (_stat(stats, f) or 0 for f in ("spilled_vgprs", "spilled_sgprs"))
         out.append(f"{v} VGPRs, {sg} SGPRs spilled" if v or sg else "")
     return out
 

@@ -243,7 +243,7 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
                     spilling=spilling)
 
 
-_spill_memo = {}   # (device key, shader, defines, constants) -> why it spills, or ""
+_spill_memo = {}   # (device key, Kernel) -> why it spills, or ""
 
 
 def spilling_kernels(device, kernels):
@@ -254,7 +254,7 @@ def spilling_kernels(device, kernels):
         return {}
     from .shader_stats import spill_reasons
     dkey = tuning.device_key(device.info)
-    todo = [k for k in kernels if (dkey,) + _config_key(k) not in _spill_memo]
+    todo = [k for k in kernels if (dkey, k) not in _spill_memo]
     if todo:
         try:
             reasons = spill_reasons(device.index, todo)
@@ -264,13 +264,8 @@ def spilling_kernels(device, kernels):
                           stacklevel=2)
             return {}
         for k, why in zip(todo, reasons):
-            _spill_memo[(dkey,) + _config_key(k)] = why
-    return {k: _spill_memo[(dkey,) + _config_key(k)] for k in kernels
-            if _spill_memo[(dkey,) + _config_key(k)]}
-
-
-def _config_key(kernel):
-    return (kernel.shader, kernel.defines, kernel.spec_constants)
+            _spill_memo[(dkey, k)] = why
+    return {k: _spill_memo[(dkey, k)] for k in kernels if _spill_memo[(dkey, k)]}
 
 
 def balanced(kernel, t, n, units):
