@@ -1,5 +1,5 @@
 """The command line, ``python -m vkqlinear`` or ``vkqlinear``: info, demo, conformance,
-bench, tune."""
+bench, tune, shader-stats."""
 
 from __future__ import annotations
 

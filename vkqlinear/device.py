@@ -250,7 +250,7 @@ class Device:
       virtual machine (docs/design.md). On a GPU it
       would keep a core busy for nothing;
     * ``"auto"`` (default): what the tuner measured faster on this device
-      (:mod:`vkqlinear.tuner`), else ``"yield"`` on a CPU device, ``"block"`` on any
+      (:mod:`vkqlinear.measure.tuner`), else ``"yield"`` on a CPU device, ``"block"`` on any
       other.
 
     ``"yield"`` needs the kp that ``tools/setup.sh`` builds; with any other kp a call

@@ -1,4 +1,4 @@
-"""The tuning file: what the tuner (``python -m vkqlinear tune``, :mod:`vkqlinear.tuner`)
+"""The tuning file: what the tuner (``python -m vkqlinear tune``, :mod:`vkqlinear.measure.tuner`)
 measured on a device, read back by the kernel choice.
 
 Location: ``$VKQLINEAR_TUNING_FILE``, else ``$XDG_CACHE_HOME/vkqlinear/tuning.json``, else

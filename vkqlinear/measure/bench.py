@@ -14,7 +14,7 @@ COOPERATIVE kernels forced, and ``auto``:
   the fastest calibrated read of those bytes (storage or texel buffer, whichever the
   device reads faster; on a CPU device the host's memory bandwidth is reported beside it)
   or the calibrated multiply-add rate (two of the kernels' multiply-adds per int32 one),
-  both measured in the same run (:mod:`vkqlinear.calibrate`);
+  both measured in the same run (:mod:`vkqlinear.measure.calibrate`);
 * the crossover T where TILED overtakes COOPERATIVE, and ``auto``'s regret (auto / best;
   where ``auto`` runs the very kernel of a forced algorithm, that kernel is timed once
   and ``same_as`` names it);
@@ -23,7 +23,7 @@ COOPERATIVE kernels forced, and ``auto``:
 
 Writes a table (stdout), a JSON file with every figure and the device, driver, library and
 commit, and a PNG plot when matplotlib is installed. ``--tune`` first runs the tuner
-(:mod:`vkqlinear.tuner`) on the sweep's points, so that ``auto`` measures with the tuned
+(:mod:`vkqlinear.measure.tuner`) on the sweep's points, so that ``auto`` measures with the tuned
 kernels, and stores the measured crossover as the fallback ``auto`` threshold.
 """
 
