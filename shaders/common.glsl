@@ -57,7 +57,9 @@ layout(constant_id = 3) const uint LANES = 8;        // weight layout interleave
 layout(constant_id = 4) const uint TM = 4;           // tokens per invocation
 layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
 layout(constant_id = 6) const uint CB = 1;           // channel blocks per invocation
-layout(constant_id = 7) const uint HAS_OFFSET = 1;   // 0: every o is 0 (WO not read)
+// HAS_OFFSET: 0 every o is 0 (WO not read); 1 offsets; 2 offsets that are integer zero
+// points, o = -s z with |z| <= 120 (kernels may fold them into the integer sums)
+layout(constant_id = 7) const uint HAS_OFFSET = 1;
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
 const uint CHUNK = (GROUP_SIZE % 16u == 0u) ? 16u : 8u;
@@ -185,6 +187,13 @@ spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [
                   id = 4450)
 int sdot4x8(uint a, uint b, spirv_literal int packed_format);
 int dot4(uint a, uint b) { return sdot4x8(a, b, 0); }
+// OpSDotAccSat (opcode 4453): acc + the dot product, saturated; one instruction where an
+// add after OpSDot is not fused (AMD's compiler). Equal to acc + dot4(a, b) wherever the
+// sum fits int32, as every sum of the kernels does.
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018],
+                  id = 4453)
+int sdot4x8_acc_sat(uint a, uint b, int acc, spirv_literal int packed_format);
+int dot4_acc(uint a, uint b, int acc) { return sdot4x8_acc_sat(a, b, acc, 0); }
 #endif
 
 // Pair j (0..3) of a weight word: nibbles of channels j and j + 4 in the 16-bit halves.

@@ -14,6 +14,7 @@ CASES = C.cases()
 
 # Every variant the library ships (a device runs those its features allow; lavapipe all).
 KERNELS = ([("tiled", v) for v in ("portable", "int64", "texel+int64", "dot", "storage8")]
+           + [("shared", "dot")]
            + [("cooperative", v) for v in ("portable", "int64", "texel+int64", "dot", "storage8",
                                            "subgroup", "subgroup+int64",
                                            "subgroup+texel+int64", "subgroup+dot",
@@ -77,4 +78,47 @@ def test_conformance_cli_of_the_default_variants(device, capsys):
                  str(device.index)]) == 0
     table = capsys.readouterr().out.split("algorithm ")[1].splitlines()[1:]
     rows = [line.split()[:2] for line in table if line.strip()]
-    assert rows == [[a, device.caps.variants(a)[0].name] for a in ("tiled", "cooperative")]
+    assert rows == [[a, device.caps.variants(a)[0].name] for a in C.KERNEL_ALGORITHMS
+                    if device.caps.variants(a)]
+
+
+# SHARED GEMM shapes: (group size, tokens per invocation, channel blocks, workgroup):
+# a group of one octet (g = 8), a whole group of 5 octets (g = 40) and of 8 (g = 64), a
+# group in two stages (g = 128) and in 9 stages of one octet (g = 72); 8 to 32
+# invocations along the channels, 1 to 16 token tiles. The large tiles take lavapipe
+# seconds to compile: one of them, in one test.
+SHARED_SHAPES = [(8, 1, 1, (8, 16)), (8, 8, 1, (32, 1)), (40, 2, 1, (16, 4)),
+                 (64, 4, 1, (8, 2)), (72, 2, 1, (16, 8)), (128, 8, 1, (16, 2)),
+                 (32, 2, 2, (8, 4))]
+
+
+@pytest.mark.parametrize("zeros", ["int", "float", "sym"])
+@pytest.mark.parametrize("out", ["float", "int8"])
+def test_shared_gemm_shapes_conform(out, zeros, device):
+    """The SHARED GEMM at every kind of stage and a spread of shapes, channels and tokens
+    that leave the last workgroup part empty, with float offsets, integer zero points
+    (folded into the weights) and symmetric weights."""
+    import vkqlinear as vq
+    from vkqlinear.kernels import kernel_from_config
+    if not device.caps.variants("shared"):
+        pytest.skip(f"{device.name} has no SHARED GEMM (OpSDot)")
+    for g, tm, cb, local in SHARED_SHAPES[:-1] + (SHARED_SHAPES[-1:] if
+                                                  (zeros, out) == ("int", "float") else []):
+        case = C.Case("shared", (37,), g * max(3, 512 // g), 300, g, zeros, out,
+                      bias=zeros != "sym", seed=g)
+        d = C.make_inputs(case)
+        if zeros == "float":
+            qw = vq.prepack(d["w_packed"], g, d["w_scales"], w_offsets=d["w_offsets"])
+            d_check = dict(d, w_zeros=None)
+        else:
+            qw = vq.prepack(d["w_packed"], g, d["w_scales"], d["w_zeros"])
+            d_check = dict(d, w_offsets=None)
+        assert qw.offset_kind == {"int": 2, "float": 1, "sym": 0}[zeros]
+        kernel = kernel_from_config({"algorithm": "shared", "variant": "dot", "tm": tm,
+                                     "cb": cb, "local_size": list(local)}, case.t, g,
+                                    out == "int8", device.caps)
+        extra = (d["out_scale"], d["out_zero_point"]) if out == "int8" else ()
+        y, _ = vq.DeviceLinear.of(qw, device).run(kernel, d["x_q"], d["x_scale"],
+                                                  d["x_zero_point"], d["bias"], *extra)
+        ok, msg = C.check(y, d_check)
+        assert ok, f"{kernel.describe()} ({zeros} zeros): {msg}"

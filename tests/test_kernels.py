@@ -243,7 +243,7 @@ def test_untuned_gpu_kernels_hold_few_outputs_and_small_workgroups():
     assert policy.max_tile_outputs(rdna) == 16 and policy.max_tile_outputs(gcn) == 8
     for caps, most in ((rdna, 16), (gcn, 8)):
         for t in (1, 2, 3, 8, 64, 512):
-            for alg in K.SPECS:
+            for alg in ("tiled", "cooperative"):   # three registers an output
                 k = K.choose_kernel(alg, t, 32, False, caps)
                 assert k.tm * 8 * k.cb <= most and k.cb == 1
                 x, y = k.local_size
@@ -251,3 +251,44 @@ def test_untuned_gpu_kernels_hold_few_outputs_and_small_workgroups():
     assert K.choose_kernel("tiled", 512, 32, False, rdna).tm == 2
     assert K.choose_kernel("tiled", 512, 32, False, cpu).tm == 8
     assert K.choose_kernel("cooperative", 4, 32, False, cpu).local_size == (64, 16)
+
+
+def test_untuned_shared_gemm_fits_registers_and_is_auto_only_where_dot_is_fast():
+    """CPU only: the SHARED GEMM's untuned tile keeps its cached activations within 64
+    registers and one accumulator per output (at most 128), grows to CB = 2 only for a grid
+    that fills a GPU with it, halves where the compiler allows few registers (Mesa 22.3 on
+    RDNA3), and keeps 4 token tiles a workgroup where t has them; auto runs it above the
+    threshold only on a GPU that accelerates OpSDot; a GPU that emulates OpSDot is not
+    offered it."""
+    from vkqlinear import policy
+    rdna = K.DeviceCaps(subgroup_size=64, min_subgroup_size=32, max_invocations=1024,
+                        max_shared_memory=65536, subgroup_arithmetic=True, int64=True,
+                        integer_dot=True, dot_accelerated=True, device_type="discrete-gpu")
+    for g in (8, 32, 64, 128, 256, 4376):
+        so = K.SharedSpec.stage_octets(g)
+        assert (g // 8) % so == 0 and so <= 8
+        for t in (1, 5, 8, 16, 64, 512, 4096):
+            for n in (None, 64, 4096, 16384):
+                k = K.choose_kernel("shared", t, g, False, rdna, n=n)
+                assert 2 * k.tm * so <= 64 and k.tm * 8 * k.cb <= 128 and K.fits(k, rdna)
+                assert k.local_size[1] >= 4
+                if k.cb == 2:
+                    tiles = -(-n // (8 * 2 * 16)) * -(-t // (k.tm * k.local_size[1]))
+                    assert tiles >= K.SharedSpec.WIDE_WORKGROUPS
+    assert K.choose_kernel("shared", 4096, 32, False, rdna, n=16384).cb == 2
+    assert K.choose_kernel("shared", 512, 32, False, rdna, n=4096).cb == 1
+    few = K.DeviceCaps(**{**rdna.__dict__, "register_limit": 128})
+    k = K.choose_kernel("shared", 4096, 32, False, few, n=16384)
+    assert (k.tm, k.cb) == (4, 1)
+    assert K.choose_kernel("auto", 5, 32, False, rdna).algorithm == "shared"
+    assert K.choose_kernel("auto", 4, 32, False, rdna).algorithm == "cooperative"
+    cpu = K.DeviceCaps(**{**rdna.__dict__, "device_type": "cpu", "dot_accelerated": False})
+    assert K.choose_kernel("auto", 64, 32, False, cpu).algorithm == "tiled"
+    assert K.choose_kernel("shared", 64, 32, False, cpu).algorithm == "shared"
+    slow = K.DeviceCaps(**{**rdna.__dict__, "dot_accelerated": False})
+    assert slow.variants("shared") == () and K.candidates("shared", 64, 32, False, slow) == []
+    assert K.choose_kernel("auto", 64, 32, False, slow).algorithm == "tiled"
+    # a forced variant the SHARED GEMM lacks: auto's GEMM is the TILED one
+    assert K.choose_kernel("auto", 64, 32, False, rdna,
+                           variant=K.Variant(int64=True)).algorithm == "tiled"
+    assert policy.gemm_algorithm(rdna) == "shared"

@@ -108,3 +108,19 @@ def test_the_policy_holds_the_untuned_defaults():
     gpu = replace(_info(driver_name="radv"), type="discrete-gpu")
     assert policy.builtin_wait(gpu) == "block"
     assert Device.builtin_wait.fget(type("D", (), {"info": gpu})()) == "block"
+
+
+@pytest.mark.parametrize("name, driver_info, limit", [
+    ("Null hardware (RADV GFX1100)", "Mesa 22.3.6", 128),
+    ("AMD Radeon RX 7900 XTX (RADV NAVI31)", "Mesa 22.3.6", 128),
+    ("AMD Radeon RX 7900 XTX (RADV NAVI31)", "Mesa 23.0.0", None),
+    ("Null hardware (RADV NAVI31)", "Mesa 25.0.7-2~bpo12+1", None),
+    ("AMD Radeon RX 6800 (RADV NAVI21)", "Mesa 22.3.6", None),
+])
+def test_register_limit_by_compiler(name, driver_info, limit):
+    """Mesa 22.3's RDNA3 backend gives a shader at most 132 VGPRs (shader-stats): the
+    SHARED GEMM's untuned tile halves there, and only there."""
+    info = replace(_info(driver_name="radv", driver_info=driver_info), name=name,
+                   type="discrete-gpu")
+    assert policy.register_limit(info) == limit
+    assert policy.register_limit(replace(info, driver_name="amdvlk")) is None

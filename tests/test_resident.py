@@ -121,7 +121,7 @@ def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
 
 
 @pytest.mark.usefixtures("device")
-@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+@pytest.mark.parametrize("algorithm", ["tiled", "shared", "cooperative"])
 def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
     """Where every offset is 0 the offsets are not uploaded (nor read): the layer holds
     N x G x 4 bytes less (less a 16-byte placeholder), and its results are the
@@ -142,7 +142,7 @@ def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
             buf = dl.buffers(dl.kernel(algorithm, 3))
             held[name] = dev.memory_used() - before
             n_padded = buf.pieces[0][2]                  # channels padded to the layout's lanes
-            assert buf.offsets == (name != "symmetric")
+            assert buf.offsets == (0 if name == "symmetric" else 2)    # integer zero points
             out = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
                                         algorithm=algorithm, device=dev)
             ok, msg = C.check(out, dict(d, w_zeros=zeros, w_offsets=None))
@@ -250,3 +250,38 @@ def test_fill_device_script(monkeypatch, capsys):
     assert mod.main(["--shape", "512x256"]) == 0
     out = capsys.readouterr().out
     assert "DeviceMemoryError" in out and "0 wrong" in out
+
+
+@pytest.mark.parametrize("decode, prefill", [
+    (("auto", None), ("auto", None)),
+    # a GPU's untuned choices where OpSDot is accelerated: both read the "groups" order
+    (("cooperative", "subgroup+dot"), ("shared", None)),
+])
+def test_decode_and_prefill_hold_one_copy_of_the_weights(rng, device, decode, prefill):
+    """A layer called at T = 1 and at T = 512 holds its weights on the device once
+    (Device.memory_used() without the recorded calls' tensors): with auto's choices here,
+    and with the subgroup GEMV and the SHARED GEMM, which read one layout."""
+    from vkqlinear.kernels import Variant
+    if not (device.caps.subgroup_reduce and device.caps.variants("shared")):
+        pytest.skip(f"{device.name} has no subgroup GEMV or SHARED GEMM")
+    with vq.Device() as dev:
+        d = make_layer(rng, 1, 512, 256, 32)
+        qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])
+        dl = vq.DeviceLinear.of(qw, dev)
+        # the kernels first: their self-checks hold a small layer of their own
+        first = dl.kernel(decode[0], 1, variant=decode[1])
+        dl.kernel(prefill[0], 512, variant=prefill[1])
+        before = dev.memory_used()
+        dl.buffers(first)
+        one_copy = dev.memory_used() - before
+        assert one_copy >= 256 * 512 // 2
+        for (alg, variant), t in ((decode, 1), (prefill, 512), (decode, 1)):
+            x = vq.quantize_per_token(rng.standard_normal((t, 512)).astype(np.float32))
+            y = dl.run(alg, *x, variant=variant and Variant.parse(variant))[0]
+            want = vq.linear_qta8a_qga4w(*x, qw, algorithm="reference")
+            np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-3)
+        assert dl.kernel(prefill[0], 512, variant=prefill[1]).order == first.order
+        assert len(dl.layouts) == 1
+        dl._calls.clear()          # the recorded calls' activations and outputs
+        gc.collect()
+        assert dev.memory_used() - before == one_copy

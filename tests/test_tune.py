@@ -19,9 +19,9 @@ def search_space(dl, t, out_int8=False):
     visits as many as its budget allows: fewer where pipelines compile slowly)."""
     units = policy.parallel_units(dl.device.info)
     default = tuner.default_kernel(dl, t, out_int8)
-    return len({k for alg in ("tiled", "cooperative")
+    return len({k for alg in kernels.KERNEL_ALGORITHMS
                 for k in kernels.candidates(alg, t, dl.kernel_group_size, out_int8,
-                                            dl.device.caps)
+                                            dl.device.caps, dl.N)
                 if k == default or tuner.balanced(k, t, dl.weights.N, units)})
 
 
@@ -41,8 +41,8 @@ def test_a_tiny_tune_writes_entries_that_auto_uses(tfile, device):
         assert p["ratio"] == 1.0 if p["best"] == p["default"] else p["ratio"] <= tuner.MARGIN
         t = p["T"]
         if units and units > 1:           # no grid that leaves a CPU's cores unevenly busy
-            uneven = {k.describe() for alg in ("tiled", "cooperative")
-                      for k in kernels.candidates(alg, t, 32, False, device.caps)
+            uneven = {k.describe() for alg in kernels.KERNEL_ALGORITHMS
+                      for k in kernels.candidates(alg, t, 32, False, device.caps, 128)
                       if not tuner.balanced(k, t, 128, units)} - {p["default"]}
             assert uneven and not uneven & set(p["timings"])
         want = kernels.kernel_from_config(entries[p["key"]]["config"], t, 32, False,
@@ -126,8 +126,8 @@ def test_a_wrong_candidate_is_excluded_and_reported(tfile, device, monkeypatch):
     caught by the check before it is timed, and never chosen."""
     real = kernels.candidates
 
-    def with_a_wrong_one(algorithm, t, group_size, out_int8, caps):
-        out = real(algorithm, t, group_size, out_int8, caps)
+    def with_a_wrong_one(algorithm, t, group_size, out_int8, caps, n=None):
+        out = real(algorithm, t, group_size, out_int8, caps, n)
         bad = kernels.choose_kernel(algorithm, t, group_size * 2, out_int8, caps)
         return [bad] + out if algorithm == "tiled" else out
     monkeypatch.setattr(tuner, "candidates", with_a_wrong_one)
@@ -145,8 +145,8 @@ def test_a_wrong_default_is_excluded_and_the_search_goes_on(tfile, device, monke
     reported like any other; the search sizes its visits by a right one instead."""
     real = kernels.choose_kernel
 
-    def wrong_default(algorithm, t, group_size, out_int8, caps, threshold=None):
-        return real(algorithm, t, group_size * 2, out_int8, caps, threshold)
+    def wrong_default(algorithm, t, group_size, out_int8, caps, threshold=None, n=None):
+        return real(algorithm, t, group_size * 2, out_int8, caps, threshold, n=n)
     monkeypatch.setattr(tuner, "choose_kernel", wrong_default)
     report = tuner.tune([(256, 64)], [2], [32], budget_s=10, device=device, log=None)
     (p,) = report["points"]

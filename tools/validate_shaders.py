@@ -58,9 +58,9 @@ def variants():
                     for g in GROUP_SIZES:
                         for int8 in (False, True):
                             k = choose_kernel(alg, t, g, int8, caps, variant=variant)
-                            # HAS_OFFSET, which the weights add: with offsets and without
+                            # HAS_OFFSET, which the weights add: each kind of offsets
                             out.setdefault((k.shader, k.defines), set()).update(
-                                k.pipeline_constants(offsets) for offsets in (1, 0))
+                                k.pipeline_constants(offsets) for offsets in (0, 1, 2))
     # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
     out[("quantize_tokens.comp", ())] = {tuple(int(c) for c in quantizer_constants(name))
                                          for name in CONVENTIONS}

@@ -146,6 +146,12 @@ def cases(quick=False):
         for outk in ("float", "int8"):
             out.append(Case(f"extreme {regime} {outk}", (4,), 128, 16, 32,
                             "int" if j % 2 else "float", outk, True, regime, seed=200 + j))
+    # weight zero points far from the nibbles' range: to 120 a kernel may fold them into its
+    # integer sums (q - z fits int8), past it not
+    for j, regime in enumerate(("z=+-120", "z=-128..127")):
+        for outk in ("float", "int8"):
+            out.append(Case(f"extreme {regime} {outk}", (5,), 128, 24, 32, "int", outk, True,
+                            regime, seed=300 + j))
     return [c for c in out if c.quick] if quick else out
 
 
@@ -181,6 +187,11 @@ def make_inputs(case):
         w_scales[:] = np.float32(1e6)
     if r.startswith("zp"):
         w_zeros[:] = -8 if r == "zp=-128" else 7
+    elif r == "z=+-120":
+        w_zeros[:] = rng.choice([-120, -119, 119, 120], w_zeros.shape)
+    elif r == "z=-128..127":
+        w_zeros[:] = rng.integers(-128, 128, w_zeros.shape)
+        w_zeros[0, 0] = -128
     if case.zeros in ("int", "sym"):
         w_offsets = -w_scales * w_zeros.astype(np.float32)
     else:  # float zeros: an arbitrary offset, not tied to an integer zero point

@@ -46,16 +46,17 @@ class WeightBuffers:
     """A layer's weights uploaded to a device in one layout, split along N into pieces that
     each fit one binding (``pieces``: ``[(n0, n1, NP, tensors)]``, the four tensors the
     shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums, and
-    the piece's padded channel count ``NP``). ``offsets``: whether any offset is not 0;
-    where none is (symmetric weights), a 16-byte placeholder stands for the offsets, which
-    the kernels then do not read (their HAS_OFFSET specialization constant)."""
+    the piece's padded channel count ``NP``). ``offsets``: the weights'
+    :attr:`~vkqlinear.QuantizedWeights.offset_kind` (the kernels' HAS_OFFSET); where every
+    offset is 0 (symmetric weights), a 16-byte placeholder stands for the offsets, which
+    the kernels then do not read."""
 
     def __init__(self, device, weights, lanes, layout, order, split):
         g = weights.group_size
         packed = weights.w_packed
         if padded_group_size(g) != g:   # groups padded with q = 0 (nibble 8)
             packed = pack_int4(pad_groups(unpack_int4(packed), g, 0))
-        self.offsets = weights.has_offsets
+        self.offsets = weights.offset_kind
         self.pieces = []
         for n0, n1 in split:
             words, ws, wo, wsu, n_padded = device_layout(
@@ -170,7 +171,7 @@ class DeviceLinear:
         threshold = tuning.auto_threshold(info) if algorithm == "auto" else None
         try:
             return choose_kernel(algorithm, t, self.kernel_group_size, out_int8, caps,
-                                 threshold, variant)
+                                 threshold, variant, self.N)
         except ValueError:
             wrong = self.device.wrong_variants()
             for alg in KERNEL_ALGORITHMS if variant is not None else ():

@@ -32,6 +32,10 @@ __all__ = ["ALGORITHMS", "KERNEL_ALGORITHMS", "SPECS", "KernelSpec", "Variant", 
            "DeviceCaps", "choose_kernel", "lanes_for", "token_tile", "DEFAULT_AUTO_THRESHOLD"]
 
 DEFAULT_AUTO_THRESHOLD = 4
+# The weights' offsets, the shaders' HAS_OFFSET: none (symmetric), float offsets, or
+# offsets that are integer zero points (o = -s z, |z| <= 120), which a kernel may fold into
+# its integer sums.
+OFFSETS_NONE, OFFSETS_FLOAT, OFFSETS_INTEGER = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class DeviceCaps:
     excluded: frozenset = frozenset()
     device_type: str = "cpu"        # DeviceInfo.type: the untuned tiles' size follows it
     min_subgroup_size: int = 0      # the least a pipeline may run at (0: not reported)
+    register_limit: int = 0         # VGPRs its compiler allows, where known to be few
 
     @classmethod
     def from_info(cls, info, enabled=lambda feature: False):
@@ -137,7 +142,8 @@ class DeviceCaps:
                    int64=bool(enabled("shaderInt64")),
                    texel=bool(enabled("texelBufferLoads")),
                    device_type=info.type,
-                   min_subgroup_size=int(info.subgroup.get("min_size") or 0))
+                   min_subgroup_size=int(info.subgroup.get("min_size") or 0),
+                   register_limit=policy.register_limit(info) or 0)
 
     @property
     def subgroup_reduce(self):
@@ -157,7 +163,8 @@ class DeviceCaps:
         See docs/design.md for the measurements behind the order. Variants that failed
         the device's self-check (``excluded``) are left out.
         """
-        reductions = [True, False] if spec_for(algorithm).subgroup_reduction and \
+        spec = spec_for(algorithm)
+        reductions = [True, False] if spec.subgroup_reduction and \
             self.subgroup_reduce else [False]
         maths = [{}]
         if self.int64:
@@ -168,8 +175,10 @@ class DeviceCaps:
                 maths + [dict(dot=True)]
         if self.storage8:
             maths.append(dict(storage8=True))
+        if spec.needs_fast_dot and self.device_type != "cpu" and not self.dot_accelerated:
+            return ()
         return tuple(v for v in (Variant(subgroup=r, **m) for r in reductions for m in maths)
-                     if (algorithm, v) not in self.excluded)
+                     if spec.runs(v) and (algorithm, v) not in self.excluded)
 
 
 @dataclass(frozen=True)
@@ -188,10 +197,17 @@ class Kernel:
     lanes: int              # weight layout interleave
     group_size: int
     out_int8: bool
-    cb: int = 1             # channel blocks (of 8) per invocation: TILED only
+    cb: int = 1             # channel blocks (of 8) per invocation
+    # the order of the weight units it reads (vkqlinear.layout): "groups" (GROUP_ORDER)
+    # or "blocks"; "" takes the subgroup COOPERATIVE kernel's "groups", else "blocks"
+    order: str = ""
 
     def __post_init__(self):
         spec = spec_for(self.algorithm)
+        if not self.order:
+            object.__setattr__(self, "order", "groups" if self.variant.subgroup else "blocks")
+        elif self.order not in ("groups", "blocks"):
+            raise ValueError(f"order: expected 'groups' or 'blocks', got {self.order!r}")
         if self.cb != 1 and self.cb not in spec.cbs:
             raise ValueError(f"cb: the {self.algorithm} kernel computes "
                              f"{' or '.join(map(str, spec.cbs))} channel blocks an "
@@ -202,12 +218,6 @@ class Kernel:
 
     def __hash__(self):
         return self._hash
-
-    @property
-    def order(self):
-        """The order of the weight units it reads (:mod:`vkqlinear.layout`): ``"groups"``
-        for the subgroup COOPERATIVE kernel (``GROUP_ORDER``), else ``"blocks"``."""
-        return "groups" if self.variant.subgroup else "blocks"
 
     @property
     def layout(self):
@@ -234,10 +244,11 @@ class Kernel:
         return (self.local_size[0], self.local_size[1], self.group_size, self.lanes,
                 self.tm, int(self.out_int8), self.cb)
 
-    def pipeline_constants(self, has_offset=True):
-        """:attr:`spec_constants` and the weights' HAS_OFFSET: what a pipeline of it is
-        specialized with."""
-        return self.spec_constants + (int(has_offset),)
+    def pipeline_constants(self, offsets=OFFSETS_FLOAT):
+        """:attr:`spec_constants` and the weights' HAS_OFFSET (``offsets``: an
+        ``OFFSETS_*`` kind, :attr:`~vkqlinear.QuantizedWeights.offset_kind`): what a
+        pipeline of it is specialized with."""
+        return self.spec_constants + (int(offsets),)
 
     @property
     def tokens_per_row(self):
@@ -288,8 +299,8 @@ def token_tiles(t, tm):
 # Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
 # file's entries of another generation are ignored.
 KERNEL_GENERATION = 4
-# At most this many outputs (TM x 8 CB) an invocation: each is three registers (two float
-# sums, one int), and a GPU spills past about 256.
+# At most this many outputs (TM x 8 CB) an invocation of the TILED and COOPERATIVE kernels:
+# each is three registers (two float sums, one int), and a GPU spills past about 256.
 TILE_OUTPUTS = 64
 LOCAL_SIZES = (1, 2, 4, 8, 16)       # token tiles, workers or blocks per workgroup
 
@@ -312,13 +323,29 @@ class KernelSpec:
     subgroup_reduction = False  # whether it has a subgroup-reduce variant
     tms = (1,)                  # tunable tokens per invocation
     cbs = (1,)                  # tunable channel blocks per invocation
+    max_outputs = TILE_OUTPUTS  # most outputs (TM x 8 CB) an invocation may accumulate
+    needs_fast_dot = False      # whether a GPU must accelerate OpSDot to be offered it
+
+    def runs(self, variant):
+        """Whether the spec's shader has a code shape for ``variant``."""
+        return True
 
     def lanes(self, variant, caps):
         """The weight layout's lanes (and the workgroup's x) for ``variant``."""
         return lanes_for(caps)
 
-    def default(self, t, variant, group_size, out_int8, caps):
-        """The untuned :class:`Kernel` for ``t`` tokens."""
+    def xs(self, variant, caps):
+        """The candidate values of the workgroup's x (:func:`candidates`)."""
+        return (self.lanes(variant, caps),)
+
+    def channel_blocks(self, caps):
+        """The candidate channel blocks per invocation on ``caps``' device
+        (:func:`candidates`)."""
+        return self.cbs
+
+    def default(self, t, variant, group_size, out_int8, caps, n=None):
+        """The untuned :class:`Kernel` for ``t`` tokens (and ``n`` output channels, where
+        known)."""
         raise NotImplementedError
 
     def blocks_per_workgroup(self, kernel):
@@ -339,9 +366,27 @@ class KernelSpec:
         invocation (:func:`candidates`)."""
         return LOCAL_SIZES
 
+    def loop_macs(self, kernel, has_float_epilogue):
+        """Multiply-adds one invocation does in an iteration of the kernel's innermost
+        loop (:mod:`vkqlinear.measure.shader_stats`): a whole group where the loop holds
+        the group's float epilogue (the chunk loop was unrolled), else one chunk of k (8
+        for OpSDot's loop, 16 or 8 for SWAR)."""
+        if has_float_epilogue:
+            k = kernel.group_size
+        elif kernel.variant.dot:
+            k = 8
+        else:
+            k = 16 if kernel.group_size % 16 == 0 else 8
+        return k * kernel.tm * 8 * kernel.cb
+
+    def order(self, variant, caps):
+        """The order of the weight units its kernels read (:mod:`vkqlinear.layout`)."""
+        return "groups" if variant.subgroup else "blocks"
+
     def kernel(self, variant, local_size, tm, caps, group_size, out_int8, cb=1):
         return Kernel(self.algorithm, self.shader, variant, tuple(local_size), tm,
-                      self.lanes(variant, caps), group_size, bool(out_int8), cb)
+                      self.lanes(variant, caps), group_size, bool(out_int8), cb,
+                      self.order(variant, caps))
 
 
 class TiledSpec(KernelSpec):
@@ -356,7 +401,7 @@ class TiledSpec(KernelSpec):
     TM = 8                # untuned tokens per invocation with storage loads
     TM_TEXEL = 4          # with texel loads, whose loads are cheap enough for 4 to beat 8
 
-    def default(self, t, variant, group_size, out_int8, caps):
+    def default(self, t, variant, group_size, out_int8, caps, n=None):
         lanes = self.lanes(variant, caps)
         tm = token_tile(t, min(self.TM_TEXEL if variant.texel else self.TM,
                                policy.max_tile_outputs(caps) // 8))
@@ -390,7 +435,7 @@ class CooperativeSpec(KernelSpec):
         # the subgroup kernel's workers are a subgroup's lanes: its layout interleave
         return caps.subgroup_size if variant.subgroup else lanes_for(caps)
 
-    def default(self, t, variant, group_size, out_int8, caps):
+    def default(self, t, variant, group_size, out_int8, caps, n=None):
         tm = token_tile(t, min(self.MAX_TM, policy.max_tile_outputs(caps) // 8))
         lanes = self.lanes(variant, caps)
         most = policy.max_workgroup(caps)
@@ -423,8 +468,114 @@ class CooperativeSpec(KernelSpec):
             self.shared_bytes(x, y, kernel.tm) <= caps.max_shared_memory
 
 
+class SharedSpec(KernelSpec):
+    """The SHARED GEMM: a workgroup computes ``local_size[1] * TM`` tokens x
+    ``local_size[0] * 8 CB`` channels, staging each step of K (a group, or an equal part
+    of one) in shared memory once for all its invocations; an invocation keeps one float
+    accumulator per output of its TM tokens x 8 CB channels. OpSDot only (``dot``); its
+    workgroup's x is free of the weight layout's lanes."""
+    algorithm = "shared"
+    shader = "gemm_shared.comp"
+    role = "GEMM: a workgroup tile staged through shared memory, one accumulator an output"
+    check_tokens = 16
+    tms = (1, 2, 4, 8)
+    cbs = (1, 2)
+    max_outputs = 128       # one register each
+    # OpSDot is all it multiplies with: a GPU that emulates it (GCN before Vega 20) runs
+    # the TILED GEMM's SWAR code instead. CPU devices (lavapipe) run and check it.
+    needs_fast_dot = True
+    XS = (8, 16, 32)
+    MAX_STAGE_OCTETS = 8
+
+    def runs(self, variant):
+        return variant.dot and not variant.subgroup
+
+    def order(self, variant, caps):
+        # the subgroup GEMV's order where the device's GEMV reduces in a subgroup: a layer
+        # that auto runs with both then holds one copy of its weights (the staging loads
+        # read 32 contiguous bytes per 8 channels in either order)
+        return "groups" if caps.subgroup_reduce else "blocks"
+
+    def lanes(self, variant, caps):
+        return caps.subgroup_size if caps.subgroup_reduce else lanes_for(caps)
+
+    @classmethod
+    def stage_octets(cls, group_size):
+        """Octets (8 k) a stage holds: the whole group up to 64 k, else the largest of 8,
+        4, 2, 1 that divides it (``shaders/gemm_shared.comp``'s SO)."""
+        octets = group_size // 8
+        if octets <= cls.MAX_STAGE_OCTETS:
+            return octets
+        return next(d for d in (8, 4, 2, 1) if octets % d == 0)
+
+    @classmethod
+    def shared_bytes(cls, kernel):
+        """Its shared memory: a stage's weights and activations (8 bytes an octet of a
+        channel or token) and 16 bytes of fold data per channel and token."""
+        x, y = kernel.local_size
+        rows = x * 8 * kernel.cb + y * kernel.tm
+        return rows * (8 * cls.stage_octets(kernel.group_size) + 16)
+
+    def xs(self, variant, caps):
+        # a CPU device runs the workgroup as one thread's loop: its width matters little,
+        # and each large unrolled tile costs lavapipe seconds to compile
+        return (self.X,) if caps.device_type == "cpu" else self.XS
+
+    def channel_blocks(self, caps):
+        return (1,) if caps.device_type == "cpu" else self.cbs
+
+    X = 16                  # untuned invocations along the channels
+    TM = 8                  # untuned tokens per invocation, at most
+    MIN_Y = 4               # untuned token tiles a workgroup has, at least (where t has them)
+    X_CACHE = 64            # registers an invocation's cached activations may take
+    WIDE_WORKGROUPS = 128   # the untuned CB is 2 where the grid has this many with it
+
+    def default(self, t, variant, group_size, out_int8, caps, n=None):
+        # An invocation caches its tokens' activations of a stage (2 TM SO registers) and
+        # keeps 8 TM CB accumulators: 8 tokens x 8 channels, fewer tokens where t would
+        # leave the workgroup under MIN_Y token tiles (small workgroups run as wave32 on
+        # RDNA, where the same registers and shared memory keep fewer subgroups a SIMD) or
+        # the stage is long;
+        # 16 channels where the grid is large enough to fill a GPU with half the
+        # workgroups.
+        so = self.stage_octets(group_size)
+        few = 0 < caps.register_limit <= 128     # half the registers: half the tile
+        cache = self.X_CACHE // 2 if few else self.X_CACHE
+        tm = token_tile(max(1, t // self.MIN_Y), min(self.TM // (1 + few), cache // (2 * so)))
+        x = self.X
+        # at least MIN_Y token tiles, idle where t has fewer: a workgroup as narrow as one
+        # token stages 8 channels an invocation, and shared memory then bounds occupancy
+        y = max(1, min(policy.max_workgroup(caps) // x, 16,
+                       max(self.MIN_Y, token_tiles(t, tm))))
+        cb = 1
+        if n is not None and tm * so >= 16 and not few:
+            tiles = -(-n // (8 * 2 * x)) * -(-t // (tm * y))
+            cb = 2 if tiles >= self.WIDE_WORKGROUPS else 1
+        kernel = self.kernel(variant, (x, y), tm, caps, group_size, out_int8, cb)
+        while not fits(kernel, caps) and (y > 1 or kernel.cb > 1):
+            cb, y = (1, y) if kernel.cb > 1 else (cb, y // 2)
+            kernel = self.kernel(variant, (x, y), tm, caps, group_size, out_int8, cb)
+        return kernel
+
+    def blocks_per_workgroup(self, kernel):
+        return kernel.local_size[0]
+
+    def tokens_per_row(self, kernel):
+        return kernel.tm * kernel.local_size[1]
+
+    def fits(self, kernel, caps):
+        return self.shared_bytes(kernel) <= caps.max_shared_memory
+
+    def other_axes(self, t, tm):
+        return tuple(v for v in LOCAL_SIZES if v <= token_tiles(t, tm))
+
+    def loop_macs(self, kernel, has_float_epilogue):
+        # an iteration is one stage, its fold included
+        return 8 * self.stage_octets(kernel.group_size) * kernel.tm * 8 * kernel.cb
+
+
 # Every kernel algorithm, in the order tables list them.
-SPECS = {s.algorithm: s for s in (TiledSpec(), CooperativeSpec())}
+SPECS = {s.algorithm: s for s in (TiledSpec(), SharedSpec(), CooperativeSpec())}
 KERNEL_ALGORITHMS = tuple(SPECS)
 # Every value of the ops' ``algorithm`` argument.
 ALGORITHMS = ("auto",) + KERNEL_ALGORITHMS + ("reference",)
@@ -439,15 +590,18 @@ def spec_for(algorithm):
                          f"got {algorithm!r}") from None
 
 
-def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, variant=None):
+def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, variant=None,
+                  n=None):
     """The :class:`Kernel` for ``algorithm`` (a kernel algorithm of :data:`SPECS`, or
-    ``"auto"``, which takes the cooperative kernel for ``t <= threshold`` and the tiled one
-    above) at ``t`` tokens on a device described by ``caps`` (:class:`DeviceCaps`).
-    ``variant`` (a :class:`Variant`) forces a code shape; it must be one the device runs
-    for the kernel chosen, else ``ValueError``. A pure function of its arguments."""
+    ``"auto"``, which takes the cooperative kernel for ``t <= threshold`` and the GEMM of
+    :func:`vkqlinear.policy.gemm_algorithm` above) at ``t`` tokens (of a layer with ``n``
+    output channels, where known) on a device described by ``caps``
+    (:class:`DeviceCaps`). ``variant`` (a :class:`Variant`) forces a code shape; it must
+    be one the device runs for the kernel chosen, else ``ValueError``. A pure function of
+    its arguments."""
     if algorithm == "auto":
         limit = DEFAULT_AUTO_THRESHOLD if threshold is None else threshold
-        algorithm = "cooperative" if t <= limit else "tiled"
+        algorithm = "cooperative" if t <= limit else policy.gemm_algorithm(caps, variant)
     spec = spec_for(algorithm)
     possible = caps.variants(algorithm)
     if not possible:
@@ -458,7 +612,7 @@ def choose_kernel(algorithm, t, group_size, out_int8, caps, threshold=None, vari
         raise ValueError(f"variant: {variant.name!r} is not available for the {algorithm} "
                          f"kernel on this device (available: "
                          f"{', '.join(v.name for v in possible)})")
-    return spec.default(t, variant, group_size, out_int8, caps)
+    return spec.default(t, variant, group_size, out_int8, caps, n)
 
 
 def kernel_config(kernel):
@@ -488,32 +642,34 @@ def kernel_from_config(config, t, group_size, out_int8, caps):
 
 def fits(kernel, caps):
     """Whether ``caps``' device can run ``kernel``: a power-of-two workgroup within the
-    invocation limit, a power-of-two CB with at most :data:`TILE_OUTPUTS` outputs an
-    invocation, and the spec's own rules (:meth:`KernelSpec.fits`)."""
+    invocation limit, a power-of-two CB with at most the spec's ``max_outputs`` outputs
+    an invocation, and the spec's own rules (:meth:`KernelSpec.fits`)."""
     x, y = kernel.local_size
     if x * y > caps.max_invocations or not (_pow2(x) and _pow2(y)):
         return False
     cb = kernel.cb
-    if not _pow2(cb) or kernel.tm * 8 * cb > TILE_OUTPUTS:  # (a Kernel's cb is its spec's)
+    if not _pow2(cb) or kernel.tm * 8 * cb > kernel.spec.max_outputs:  # (cb is its spec's)
         return False
     return kernel.spec.fits(kernel, caps)
 
 
-def candidates(algorithm, t, group_size, out_int8, caps):
+def candidates(algorithm, t, group_size, out_int8, caps, n=None):
     """Every :class:`Kernel` of ``algorithm`` the device can run at ``t`` tokens: its
-    variants x the spec's tokens per invocation x the workgroup's other axis x its
-    channel blocks per invocation. The search space of :mod:`vkqlinear.measure.tuner`;
-    the first is the default choice."""
+    variants x the spec's tokens per invocation x the workgroup's axes x its channel
+    blocks per invocation. The search space of :mod:`vkqlinear.measure.tuner`; the first
+    is the default choice (for ``n`` output channels, where known)."""
     spec = spec_for(algorithm)
-    out = [choose_kernel(algorithm, t, group_size, out_int8, caps)]
+    if not caps.variants(algorithm):
+        return []
+    out = [choose_kernel(algorithm, t, group_size, out_int8, caps, n=n)]
     for variant in caps.variants(algorithm):
-        x = spec.lanes(variant, caps)
         for tm in sorted({token_tile(t, m) for m in spec.tms}):
-            for cb in spec.cbs:
-                for y in spec.other_axes(t, tm):
-                    config = {"algorithm": algorithm, "variant": variant.name, "tm": tm,
-                              "local_size": [x, y], "cb": cb}
-                    k = kernel_from_config(config, t, group_size, out_int8, caps)
-                    if k is not None and k not in out:
-                        out.append(k)
+            for cb in spec.channel_blocks(caps):
+                for x in spec.xs(variant, caps):
+                    for y in spec.other_axes(t, tm):
+                        config = {"algorithm": algorithm, "variant": variant.name,
+                                  "tm": tm, "local_size": [x, y], "cb": cb}
+                        k = kernel_from_config(config, t, group_size, out_int8, caps)
+                        if k is not None and k not in out:
+                            out.append(k)
     return out

@@ -8,6 +8,8 @@ kernels, where no measurement of the device (the tuning file) says otherwise.
   (a CPU device's cores; the tuner keeps grids that leave none idle);
 * :func:`max_tile_outputs` and :func:`max_workgroup`: how large the untuned kernels'
   tiles and workgroups are, by kind of device (a GPU's registers);
+* :func:`gemm_algorithm`: which GEMM ``auto`` runs above its threshold, by kind of device;
+* :func:`register_limit`: where a compiler gives a shader fewer registers than the GPU has;
 * :data:`QUIRKS`: what vkqlinear avoids on a driver known to get it wrong (below).
 
 The default order of the kernel variants follows the device's features, not its driver:
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 
 __all__ = ["Quirk", "QUIRKS", "mesa_version", "quirks", "avoided", "QUIRKS_ENV",
            "AUTO_THRESHOLDS", "builtin_wait", "parallel_units", "max_tile_outputs",
-           "max_workgroup"]
+           "max_workgroup", "gemm_algorithm", "register_limit", "REGISTER_LIMITS"]
 
 QUIRKS_ENV = "VKQLINEAR_DRIVER_QUIRKS"
 # Measured with `python -m vkqlinear bench --quick` where the file has no entry, by driver:
@@ -84,12 +86,45 @@ def max_tile_outputs(caps):
     return GPU_TILE_OUTPUTS
 
 
+def gemm_algorithm(caps, variant=None):
+    """The GEMM ``auto`` runs above its threshold where nothing is tuned: the SHARED GEMM
+    on a GPU whose driver says OpSDot is accelerated (with ``variant`` forced, only if it
+    is one the SHARED GEMM has), else the TILED GEMM (CPU devices: lavapipe pays for every
+    barrier, and the tuner measures which wins there)."""
+    if caps.device_type == "cpu" or not (caps.integer_dot and caps.dot_accelerated):
+        return "tiled"
+    if variant is not None and not (variant.dot and not variant.subgroup):
+        return "tiled"
+    return "shared"
+
+
 def max_workgroup(caps):
     """Invocations an untuned workgroup may have: the device's limit on a CPU device, at
     most :data:`GPU_WORKGROUP` on a GPU (a workgroup's subgroups share one compute unit's
     registers)."""
     limit = caps.max_invocations
     return limit if caps.device_type == "cpu" else min(limit, GPU_WORKGROUP)
+
+
+# Registers a shader may have, by driver and GPU, where a compiler allows fewer than the
+# hardware (shader-stats shows the limit): (driver, Mesa versions before, device name
+# pattern, VGPRs). The untuned SHARED GEMM's tile fits it.
+REGISTER_LIMITS = (
+    # Mesa 22.3's first RDNA3 backend allocates at most 132 VGPRs to a compute shader and
+    # spills past that (Mesa 25 allocates up to 256 on the same families)
+    ("radv", (23, 0), re.compile(r"RADV (GFX11|NAVI3)"), 128),
+)
+
+
+def register_limit(info):
+    """VGPRs a shader may have without spilling on ``info``'s device where its compiler
+    is known to allow fewer than the hardware (:data:`REGISTER_LIMITS`), else ``None``."""
+    version = mesa_version(info)
+    for driver, before, name, limit in REGISTER_LIMITS:
+        if info.driver_name == driver and version is not None and version < before and \
+                name.search(info.name or ""):
+            return limit
+    return None
 
 
 @dataclass(frozen=True)

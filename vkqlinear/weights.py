@@ -14,9 +14,21 @@ import numpy as np
 from . import args
 from .device import resolve
 from .device_linear import DeviceLinear
+from .kernels import OFFSETS_FLOAT, OFFSETS_INTEGER, OFFSETS_NONE
 from .quant import scales_and_zeros_to_offsets
 
 __all__ = ["QuantizedWeights", "prepack"]
+
+
+def _offset_kind(scales, offsets):
+    """:data:`OFFSETS_INTEGER` where every float32 offset is float32's ``-s * z`` for an
+    integer ``|z| <= 120`` (0 where ``s`` is 0), else :data:`OFFSETS_FLOAT`."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(scales != 0, np.rint(-offsets / scales), 0)
+    if not np.all(np.abs(z) <= 120):
+        return OFFSETS_FLOAT
+    return OFFSETS_INTEGER if np.array_equal(-scales * z.astype(np.float32), offsets) \
+        else OFFSETS_FLOAT
 
 
 class QuantizedWeights:
@@ -26,7 +38,10 @@ class QuantizedWeights:
     ``group_size``, ``w_scales`` float32 ``[N, G]``, ``w_offsets`` float32 ``[N, G]``,
     ``w_offsets64`` (the exact offsets, float64, used by the reference), ``N``, ``K``,
     ``G``, ``w_zeros`` (int32 ``[N, G]`` when made from integer zero points, else
-    ``None``) and ``has_offsets`` (whether any offset is not 0; not for symmetric weights).
+    ``None``), ``has_offsets`` (whether any offset is not 0; not for symmetric weights)
+    and ``offset_kind`` (:data:`~vkqlinear.kernels.OFFSETS_NONE`, ``_FLOAT`` or
+    ``_INTEGER``: every offset is ``-s * z`` for an integer ``|z| <= 120``, as float32
+    computes it, which a kernel may fold into its integer sums).
     """
 
     def __init__(self, w_packed, group_size, w_scales, w_offsets64, w_zeros=None):
@@ -56,6 +71,8 @@ class QuantizedWeights:
         self.w_offsets = self.w_offsets64.astype(np.float32)
         # False for symmetric weights: the kernels then neither hold nor read offsets
         self.has_offsets = bool(np.any(self.w_offsets))
+        self.offset_kind = _offset_kind(self.w_scales, self.w_offsets) if self.has_offsets \
+            else OFFSETS_NONE
 
     def symmetric(self):
         """The same nibbles and scales with every offset 0 (zero points 0)."""

@@ -192,7 +192,7 @@ def search_point(dl, t, budget_s, exhaustive=False, rng=None, out_int8=False,
     caps = dl.device.caps
     cands = []
     for alg in KERNEL_ALGORITHMS:
-        cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps)
+        cands += candidates(alg, t, dl.kernel_group_size, out_int8, caps, dl.N)
     default = default_kernel(dl, t, out_int8)
     units = policy.parallel_units(dl.device.info)
     cands = [k for k in cands if k == default or balanced(k, t, dl.weights.N, units)]
@@ -284,7 +284,7 @@ def balanced(kernel, t, n, units):
 def default_kernel(dl, t, out_int8=False):
     """The kernel ``dl``'s layer runs at ``t`` tokens untuned: the tuner's yardstick."""
     return choose_kernel("auto", t, dl.kernel_group_size, out_int8, dl.device.caps,
-                         tuning.auto_threshold(dl.device.info))
+                         tuning.auto_threshold(dl.device.info), n=dl.N)
 
 
 def keep_calls(calls, t, k, n):
