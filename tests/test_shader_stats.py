@@ -66,8 +66,8 @@ def test_the_innermost_loop_is_counted_without_waits():
            "\ts_cbranch_scc1 block:BB2\n")
     assert S.loop_instructions(aco) == (4, True)
     k = K.choose_kernel("tiled", 8, 32, False, CAPS)
-    assert S.loop_macs(k, True) == 32 * k.tm * 8 * k.cb      # a whole group
-    assert S.loop_macs(k, False) == 16 * k.tm * 8 * k.cb     # one chunk of 16 k
+    assert k.spec.loop_macs(k, True) == 32 * k.tm * 8 * k.cb      # a whole group
+    assert k.spec.loop_macs(k, False) == 16 * k.tm * 8 * k.cb     # one chunk of 16 k
 
 
 def _radv(family):
@@ -107,7 +107,9 @@ def test_the_defaults_compile_report_every_field_and_do_not_spill(family):
         assert r["subgroup_size"] in (32, 64) and r["vgprs"] > 0
         assert r["instructions"] > 0 and r["loop_instructions_per_32_macs"] > 0
         assert not S.spills(r) and r["occupancy"] >= 4, r
-    assert {r["config"]["algorithm"] for r in rows} == set(K.SPECS)
+    # the SHARED GEMM where OpSDot is accelerated (RDNA2), not where it is emulated (GCN5)
+    assert {r["config"]["algorithm"] for r in rows} == {
+        a for a in K.SPECS if a != "shared" or family != "vega10"}
 
 
 def test_shader_stats_cli_writes_json_and_refuses_bad_roles(tmp_path):

@@ -26,6 +26,9 @@ from pathlib import Path
 
 from ..compiler import compile_shader
 from ..kernels import (
+    OFFSETS_FLOAT,
+    OFFSETS_INTEGER,
+    OFFSETS_NONE,
     SPECS,
     DeviceCaps,
     candidates,
@@ -46,6 +49,9 @@ FIELDS = ("family", "kernel", "role", "subgroup_size", "vgprs", "sgprs", "spille
           "spilled_sgprs", "occupancy", "lds_bytes", "instructions",
           "loop_instructions_per_32_macs")
 TOKENS = (1, 2, 4, 8, 16, 64, 512)
+# the layer widths whose untuned kernels are checked (None: the layer's width unknown):
+# a default may grow its tile where the grid is large
+DEFAULT_WIDTHS = (None, 16384)
 GROUP_SIZES = (32, 128)
 # each driver's names for the statistics (RADV's; then Intel's ANV's, whose GRF count and
 # spills are the analogues; a field a driver does not report stays None)
@@ -188,7 +194,9 @@ def configurations(info, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(False,
     if "default" in roles:
         for t, g, o in points:
             for alg in SPECS:
-                add("default", choose_kernel(alg, t, g, o, caps))
+                for n in DEFAULT_WIDTHS:
+                    if caps.variants(alg):
+                        add("default", choose_kernel(alg, t, g, o, caps, n=n))
     if "tuned" in roles:
         for key, e in sorted(tuning.device_entries(info).items()):
             try:     # tuning.point_key: "KxN g32 float T8"
@@ -244,22 +252,16 @@ def loop_instructions(assembly):
     return len(ops), any(op.startswith("v_cvt_f32_i32") for op in ops)
 
 
-def loop_macs(kernel, has_float_epilogue):
-    """Multiply-adds one invocation does in an iteration of the kernel's innermost loop:
-    a whole group where the loop holds the group's float epilogue (the chunk loop was
-    unrolled), else one chunk of k (8 for OpSDot's loop, 16 or 8 for SWAR)."""
-    if has_float_epilogue:
-        k = kernel.group_size
-    elif kernel.variant.dot:
-        k = 8
-    else:
-        k = 16 if kernel.group_size % 16 == 0 else 8
-    return k * kernel.tm * 8 * kernel.cb
+# The weights' offsets a pipeline is compiled for (HAS_OFFSET): float offsets are the
+# heaviest case, and the default.
+OFFSET_KINDS = {"none": OFFSETS_NONE, "float": OFFSETS_FLOAT, "integer": OFFSETS_INTEGER}
 
 
-def _job(kernel):
-    """A worker job: the kernel's SPIR-V and constants, with offsets (the heavier case)."""
-    return compile_shader(kernel.shader, dict(kernel.defines)), kernel.pipeline_constants()
+def _job(kernel, offsets="float"):
+    """A worker job: the kernel's SPIR-V and constants for weights with ``offsets`` (a key
+    of :data:`OFFSET_KINDS`)."""
+    return (compile_shader(kernel.shader, dict(kernel.defines)),
+            kernel.pipeline_constants(OFFSET_KINDS[offsets]))
 
 
 def _stat(stats, field):
@@ -267,11 +269,11 @@ def _stat(stats, field):
     return next((stats[n] for n in _STATS[field] if n in stats), None)
 
 
-def _row(compiler, role, kernel, result):
+def _row(compiler, role, kernel, result, offsets="float"):
     row = {"family": compiler.family or compiler.label, "compiler": compiler.label,
            "kernel": kernel.describe(), "config": kernel_config(kernel),
            "group_size": kernel.group_size, "out_int8": kernel.out_int8,
-           "has_offset": True, "role": role}
+           "has_offset": offsets != "none", "offsets": offsets, "role": role}
     if "error" in result:
         return dict(row, error=result["error"], **{f: None for f in FIELDS[3:]})
     exe = result["executables"][0]
@@ -284,15 +286,16 @@ def _row(compiler, role, kernel, result):
         found = loop_instructions(exe["assembly"])
         if found:
             n, epilogue = found
-            row["loop_instructions_per_32_macs"] = round(32 * n / loop_macs(kernel,
-                                                                            epilogue), 2)
+            macs = kernel.spec.loop_macs(kernel, epilogue)
+            row["loop_instructions_per_32_macs"] = round(32 * n / macs, 2)
     return row
 
 
 def shader_stats(compilers, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(False, True),
-                 roles=("default", "tuned", "candidate"), log=None):
+                 roles=("default", "tuned", "candidate"), log=None, offsets=("float",)):
     """The report rows (:data:`FIELDS` and the configuration) of every configuration
-    (:func:`configurations`) on each compiler, in the compilers' order; a compiler whose
+    (:func:`configurations`) for weights with each of ``offsets`` (keys of
+    :data:`OFFSET_KINDS`) on each compiler, in the compilers' order; a compiler whose
     device cannot be made (a family its RADV does not know) gives one row with
     ``error``. The compilers run side by side, one worker process each, a core each."""
     def one(c):
@@ -302,12 +305,14 @@ def shader_stats(compilers, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(Fal
             if log:
                 log(f"{c.label}: skipped ({e})")
             return [{"family": c.family or c.label, "compiler": c.label, "error": str(e)}]
-        configs = configurations(info, tokens, group_sizes, outputs, roles)
-        jobs = [_job(k) for _, k in configs]
+        configs = [(role, k, o) for role, k in configurations(info, tokens, group_sizes,
+                                                              outputs, roles)
+                   for o in offsets]
+        jobs = [_job(k, o) for _, k, o in configs]
         if log:
             log(f"{c.label}: {info.name}, {info.driver_info}: {len(jobs)} pipelines")
-        return [dict(_row(c, role, k, r), device=info.name, driver=info.driver_info)
-                for (role, k), r in zip(configs, c.compile(jobs))]
+        return [dict(_row(c, role, k, r, o), device=info.name, driver=info.driver_info)
+                for (role, k, o), r in zip(configs, c.compile(jobs))]
     with ThreadPoolExecutor(max(1, min(len(compilers), os.cpu_count() or 1))) as pool:
         return [row for rows in pool.map(one, compilers) for row in rows]
 
@@ -396,6 +401,9 @@ def _parser():
                     help=f"group sizes (default {','.join(map(str, GROUP_SIZES))})")
     ap.add_argument("--outputs", type=output_list, default=["float", "int8"],
                     help="output kinds: float, int8 or float,int8 (default both)")
+    ap.add_argument("--offsets", default="float",
+                    help="the weights' offsets: none (symmetric), float, integer (zero "
+                         "points), comma-separated (default float, the heaviest)")
     ap.add_argument("--roles", default="default,tuned,candidate",
                     help="which configurations: default, tuned, candidate (default all)")
     ap.add_argument("--json", help="write the rows here")
@@ -408,6 +416,9 @@ def main(argv=None):
     roles = tuple(r.strip() for r in a.roles.split(",") if r.strip())
     if not roles or set(roles) - {"default", "tuned", "candidate"}:
         ap.error(f"--roles: expected default, tuned or candidate, got {a.roles!r}")
+    offsets = tuple(o.strip() for o in a.offsets.split(",") if o.strip())
+    if not offsets or set(offsets) - set(OFFSET_KINDS):
+        ap.error(f"--offsets: expected none, float or integer, got {a.offsets!r}")
     if a.device is not None:
         compilers = [device_compiler(a.device)]
     else:
@@ -419,7 +430,8 @@ def main(argv=None):
     try:
         rows = shader_stats(compilers, a.tokens or TOKENS, a.group_sizes or GROUP_SIZES,
                             tuple(o == "int8" for o in a.outputs), roles,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
+                            log=lambda m: print(m, file=sys.stderr, flush=True),
+                            offsets=offsets)
     except RuntimeError as e:        # the device reports no statistics, its driver died
         print(f"{ap.prog}: {e}", file=sys.stderr)
         return 2
