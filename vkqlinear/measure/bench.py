@@ -73,6 +73,17 @@ from .tuner import check_points, keeping_calls_of, tune
 KERNELS = KERNEL_ALGORITHMS + ("auto",)
 
 
+def device_kernels(dev):
+    """The kernel algorithms ``dev`` runs (a GPU that emulates OpSDot has no SHARED GEMM),
+    and ``"auto"``: what a point times."""
+    return tuple(a for a in KERNEL_ALGORITHMS if dev.caps.variants(a)) + ("auto",)
+
+
+def forced(kernels):
+    """The forced algorithms a point's ``kernels`` (its dict) timed, in table order."""
+    return [a for a in KERNEL_ALGORITHMS if a in kernels]
+
+
 class Progress:
     def __init__(self, total):
         self.total, self.done, self.t0 = total, 0, time.time()
@@ -140,7 +151,8 @@ class PointTimer:
             "T": t, "K": k, "N": n, "group_size": g, "kernels": {}, "bytes": call_bytes(qw, t),
             "calibration_runs": {c: [] for c in calibrations},
             "calibration_work": {c: cal.work for c, cal in calibrations.items()}}
-        for alg in KERNELS:   # correctness first, and the warm-up
+        self.kernels = device_kernels(dev)
+        for alg in self.kernels:   # correctness first, and the warm-up
             out, _ = dl.run(alg, *self.x2d, timed=True)
             ok, msg = conformance.check(out, d)
             if not ok:
@@ -157,10 +169,10 @@ class PointTimer:
                                      f"g={g} is wrong: {msg}")
             point["symmetric"] = {"check": msg, "runs_kernel": [],
                                   "bytes": call_bytes(symmetric, t)}
-        for alg in KERNELS:   # the plain calls' first run records their sequences: untimed
+        for alg in self.kernels:   # the plain calls' first run records their sequences
             self._e2e(alg)
         t0 = time.perf_counter()
-        for alg in KERNELS:
+        for alg in self.kernels:
             self._e2e(alg)
         rep_s = 3 * (time.perf_counter() - t0)
         if calibrations:      # the headline points: twice the runs
@@ -169,9 +181,9 @@ class PointTimer:
         self.done, self.round_s = 0, rep_s
         # auto running the very kernel of a forced algorithm is that kernel: timed once,
         # its runs are auto's too (timing it twice would report the host's noise as regret)
-        self.same = next((a for a in KERNEL_ALGORITHMS
+        self.same = next((a for a in self.kernels[:-1]
                           if dl.kernel("auto", t) == dl.kernel(a, t)), None)
-        turns = tuple(a for a in KERNELS if a != "auto" or self.same is None)
+        turns = tuple(a for a in self.kernels if a != "auto" or self.same is None)
         self.turns = turns + (("symmetric",) if symmetric is not None else ())
 
     def _e2e(self, alg):
@@ -217,7 +229,7 @@ class PointTimer:
         if self.same is not None:
             point["kernels"]["auto"].update(same_as=self.same, **{
                 r: point["kernels"][self.same][r] for r in ("runs_kernel", "runs_e2e")})
-        for alg in KERNELS:
+        for alg in self.kernels:
             v = point["kernels"][alg]
             v["kernel_s"], v["e2e_s"] = stats(v["runs_kernel"]), stats(v["runs_e2e"])
             v["ops_per_s"] = 2 * t * self.qw.N * self.qw.K / v["kernel_s"]["median"]
@@ -357,7 +369,7 @@ def median_interval(xs, level=0.95):
 def auto_over_best(kernels):
     """``(best, regrets)``: the forced algorithm with the lower median kernel time, and
     auto's kernel time over its, round by round (``kernels`` as in a point)."""
-    best = min(KERNEL_ALGORITHMS, key=lambda a: np.median(kernels[a]["runs_kernel"]))
+    best = min(forced(kernels), key=lambda a: np.median(kernels[a]["runs_kernel"]))
     return best, np.asarray(kernels["auto"]["runs_kernel"]) / np.asarray(
         kernels[best]["runs_kernel"])
 
@@ -432,13 +444,13 @@ def analyse(points, calib):
             rate = SWAR_MACS_PER_MADD * p["calibration_work"]["alu"] / np.asarray(cr["alu"])
             p["alu_fraction"] = float(np.median(macs / np.asarray(rk) / rate))
         if "baselines" in p:
-            e2e = min(ks[a]["e2e_s"]["median"] for a in KERNEL_ALGORITHMS)
+            e2e = min(ks[a]["e2e_s"]["median"] for a in forced(ks))
             p["speedup_vs"] = {b: v["median"] / e2e for b, v in p["baselines"].items()}
     crossovers = {}
     for key in sorted({(p["K"], p["N"], p["group_size"]) for p in points}):
         ps = sorted((p for p in points if (p["K"], p["N"], p["group_size"]) == key),
                     key=lambda p: p["T"])
-        cross = next((p["T"] for p in ps if p["best"] == "tiled"), None)
+        cross = next((p["T"] for p in ps if p["best"] != "cooperative"), None)
         crossovers[f"{key[0]}x{key[1]} g{key[2]}"] = cross
     return crossovers
 
@@ -469,6 +481,11 @@ def headline(points, calib):
         out["e2e_T1_over_kernel"] = p1["e2e_over_kernel"]
         if "symmetric_over_auto" in p1:
             out["symmetric_T1_over_asymmetric"] = p1["symmetric_over_auto"]
+    for t in (64, 512):     # the two GEMMs, where both ran
+        p = find(t, 4096, 4096, 32)
+        if p and {"shared", "tiled"} <= set(p["kernels"]):
+            out[f"shared_over_tiled_T{t}"] = round_ratio(p["kernels"]["shared"]["runs_kernel"],
+                                                         p["kernels"]["tiled"]["runs_kernel"])
     p512 = find(512, 4096, 4096, 32)
     if p512:
         best = p512["kernels"][p512["best"]]["kernel_s"]["median"]
@@ -493,8 +510,10 @@ def print_table(points, crossovers, calib, figures):
         r, m = seen["read_bytes_per_s"], seen["alu_madd_per_s"]
         print(f"(the fastest seen: reads ranged {r[0] / 1e9:.2f} to {r[1] / 1e9:.2f} GB/s, "
               f"multiply-adds {m[0] / 1e9:.2f} to {m[1] / 1e9:.2f} G/s in this run)")
-    hdr = (f"{'K x N':>12s} {'g':>4s} {'T':>4s} | {'tiled ms':>9s} {'coop ms':>9s} "
-           f"{'auto ms':>9s} | {'best':>5s} {'GOPS':>7s} {'roof':>5s} {'regret':>6s} "
+    algs = [a for a in KERNELS if any(a in p["kernels"] for p in points)]
+    hdr = (f"{'K x N':>12s} {'g':>4s} {'T':>4s} | "
+           + " ".join(f"{a[:6] + ' ms':>9s}" for a in algs)
+           + f" | {'best':>6s} {'GOPS':>7s} {'roof':>5s} {'regret':>6s} "
            f"{'e2e/k':>5s} | {'x np32':>6s} {'x ref':>6s} {'x torch':>7s}")
     print(hdr)
     print("-" * len(hdr))
@@ -502,17 +521,16 @@ def print_table(points, crossovers, calib, figures):
         ks = p["kernels"]
         b = ks[p["best"]]
         sp = p.get("speedup_vs", {})
-        print(f"{p['K']:>5d}x{p['N']:<6d} {p['group_size']:4d} {p['T']:4d} | "
-              f"{ks['tiled']['kernel_s']['median'] * 1e3:9.3f} "
-              f"{ks['cooperative']['kernel_s']['median'] * 1e3:9.3f} "
-              f"{ks['auto']['kernel_s']['median'] * 1e3:9.3f} | "
-              f"{p['best'][:5]:>5s} {b['ops_per_s'] / 1e9:7.2f} "
+        times = " ".join(f"{ks[a]['kernel_s']['median'] * 1e3:9.3f}" if a in ks else
+                         f"{'-':>9s}" for a in algs)
+        print(f"{p['K']:>5d}x{p['N']:<6d} {p['group_size']:4d} {p['T']:4d} | {times} | "
+              f"{p['best'][:6]:>6s} {b['ops_per_s'] / 1e9:7.2f} "
               f"{b['roofline_fraction']:5.2f} {p['auto_regret']:6.2f} "
               f"{p['e2e_over_kernel']:5.2f} | "
               f"{sp.get('numpy_float32', float('nan')):6.2f} "
               f"{sp.get('reference_int8', float('nan')):6.2f} "
               f"{sp.get('torch_dynamic_int8', float('nan')):7.2f}")
-    print("\ncrossover T (tiled overtakes cooperative): " +
+    print("\ncrossover T (a GEMM overtakes the cooperative GEMV): " +
           ", ".join(f"{k}: {v}" for k, v in crossovers.items()))
     print("x np32 / x ref / x torch: baseline end-to-end time / best kernel end-to-end time")
     sym = [p for p in points if "symmetric_over_auto" in p]
@@ -547,7 +565,9 @@ def plot(points, crossovers, path):
         ps = sorted((p for p in points if (p["K"], p["N"], p["group_size"]) == key),
                     key=lambda p: p["T"])
         ts = [p["T"] for p in ps]
-        for alg, style in zip(KERNELS, ("-o", "-s", "--")):
+        for alg, style in zip(KERNELS, ("-o", "-^", "-s", "--")):
+            if alg not in ps[0]["kernels"]:
+                continue
             axes[0][j].plot(ts, [p["kernels"][alg]["kernel_s"]["median"] * 1e3 for p in ps],
                             style, label=alg)
             axes[1][j].plot(ts, [p["kernels"][alg]["roofline_fraction"] for p in ps], style,
