@@ -4,10 +4,11 @@
 ``linear_qta8a_qga4w_qta8o`` (int8 output, ExecuTorch's float-zero ``scales_and_zeros``),
 both implementing the contract in ``docs/spec.md``. ``algorithm`` picks the implementation:
 
-* ``"tiled"``: the TILED GEMM shader; ``"cooperative"``: the COOPERATIVE GEMV shader;
-* ``"auto"`` (default): the cooperative kernel up to the device's token threshold, the
-  tiled one above (:mod:`vkqlinear.kernels`); with ``device=None`` and no Vulkan device or
-  no ``glslangValidator`` it falls back to the reference path with a warning;
+* ``"tiled"``: the TILED GEMM shader; ``"shared"``: the SHARED GEMM shader (integer dot
+  products); ``"cooperative"``: the COOPERATIVE GEMV shader;
+* ``"auto"`` (default): the cooperative kernel up to the device's token threshold, a GEMM
+  above (:mod:`vkqlinear.kernels`); with ``device=None`` and no Vulkan device or no
+  ``glslangValidator`` it falls back to the reference path with a warning;
 * ``"reference"``: the CPU int8 reference path (numpy).
 
 A call checks its arguments (:mod:`vkqlinear.args`), makes or finds the weights'
@@ -110,7 +111,8 @@ def linear_qta8a_qga4w(x_q, x_scale, x_zero_point, w_packed, group_size=None, w_
         w_scales: float32 ``[N, G]``.
         w_zeros: int32 or int8 ``[N, G]`` integer zero points: ``w = s * (q - z)``.
         bias: optional float32 ``[N]``.
-        algorithm: ``"auto"``, ``"tiled"``, ``"cooperative"`` or ``"reference"``.
+        algorithm: ``"auto"``, ``"tiled"``, ``"shared"``, ``"cooperative"`` or
+            ``"reference"``.
         device: a :class:`~vkqlinear.Device`, or ``None`` for the default device.
         variant: force a kernel code shape (a name such as ``"portable"`` or
             ``"subgroup+int64"``, or a :class:`~vkqlinear.kernels.Variant`); default: the
