@@ -11,11 +11,12 @@
 //   2 XZ     int  [T]          per-token activation zero point
 //   3 W      uint              weights, "block-of-8-channels" layout (below)
 //   4 WS     vec4              per-group weight scale s, same order as WSU
-//   5 WO     vec4              per-group weight offset o (w = s * q + o); not read when
-//                              HAS_OFFSET is 0 (every o is 0: symmetric weights)
+//   5 WO     vec4              per-group weight offset o (w = s * q + o); read only when
+//                              HAS_OFFSET is 1 (float offsets)
 //   6 WSU    ivec4             per-group sum of raw nibbles u over the group; uint16 (two
 //                              per word, the lower channel in the low half) while
-//                              15 * GROUP_SIZE fits 16 bits (SUMS16)
+//                              15 * GROUP_SIZE fits 16 bits (SUMS16); with HAS_OFFSET 2
+//                              the top 4 bits hold the integer zero point z + 8
 //   7 BIAS   vec4 [NP/4]       bias (zeros when the op has none)
 //   8 OS     float[T]          output scale      (int8 output only; else a dummy)
 //   9 OZ     int  [T]          output zero point (int8 output only; else a dummy)
@@ -57,8 +58,9 @@ layout(constant_id = 3) const uint LANES = 8;        // weight layout interleave
 layout(constant_id = 4) const uint TM = 4;           // tokens per invocation
 layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
 layout(constant_id = 6) const uint CB = 1;           // channel blocks per invocation
-// HAS_OFFSET: 0 every o is 0 (WO not read); 1 offsets; 2 offsets that are integer zero
-// points, o = -s z with |z| <= 120 (kernels may fold them into the integer sums)
+// HAS_OFFSET: 0 every o is 0; 1 float offsets (WO); 2 integer zero points z in [-8, 7],
+// o = -s z, held as z + 8 in the top 4 bits of the uint16 nibble sums (SUMS16 with
+// 15 GROUP_SIZE < 4096). WO is read with 1 only.
 layout(constant_id = 7) const uint HAS_OFFSET = 1;
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
@@ -252,7 +254,7 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
     u64vec4 ws = ws_vec(gb / 2u);
     s[0] = vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y)));
     s[1] = vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w)));
-    if (HAS_OFFSET != 0u) {
+    if (HAS_OFFSET == 1u) {
         u64vec4 wo = wo_vec(gb / 2u);
         o[0] = vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y)));
         o[1] = vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w)));
@@ -265,7 +267,7 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
 #else
     s[0] = WS[gb];
     s[1] = WS[gb + 1u];
-    if (HAS_OFFSET != 0u) {
+    if (HAS_OFFSET == 1u) {
         o[0] = WO[gb];
         o[1] = WO[gb + 1u];
     }
@@ -274,7 +276,7 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
         su[1] = WSU[gb + 1u];
     }
 #endif
-    if (HAS_OFFSET == 0u) {
+    if (HAS_OFFSET != 1u) {
         o[0] = vec4(0.0);
         o[1] = vec4(0.0);
     }
@@ -284,8 +286,15 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
 #else
         uvec4 v = WSU16[gb / 2u];
 #endif
-        su[0] = ivec4(uvec4(v.x, v.x >> 16, v.y, v.y >> 16) & 0xFFFFu);
-        su[1] = ivec4(uvec4(v.z, v.z >> 16, v.w, v.w >> 16) & 0xFFFFu);
+        uvec4 h[2] = uvec4[2](uvec4(v.x, v.x >> 16, v.y, v.y >> 16),
+                              uvec4(v.z, v.z >> 16, v.w, v.w >> 16));
+        // integer zero points (HAS_OFFSET 2): z + 8 in the top 4 bits, o = -s z exactly
+        // as the stored offset would be (one float32 multiply)
+        uint mask = (HAS_OFFSET == 2u) ? 0x0FFFu : 0xFFFFu;
+        [[unroll]] for (uint i = 0u; i < 2u; i++) {
+            su[i] = ivec4(h[i] & mask);
+            if (HAS_OFFSET == 2u) o[i] = -s[i] * vec4(ivec4((h[i] >> 12u) & 0xFu) - 8);
+        }
     }
 }
 

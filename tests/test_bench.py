@@ -140,13 +140,13 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     assert "auto's largest regret" in text
     p1 = doc["points"][0]                  # T = 1: the read calibration in every round
     assert len(p1["calibration_runs"]["read"]) == 4 and p1["best_over_read"] > 0
-    # bytes one T = 1 call moves: nibbles, group data (scale, offset, 16-bit nibble sum),
-    # activations with their qparams, output
-    moved = 64 * 48 // 2 + 48 * 2 * (4 + 4 + 2) + 64 + 8 + 48 * 4
+    # bytes one T = 1 call moves: nibbles, group data (scale, 16-bit nibble sum with the
+    # integer zero point), activations with their qparams, output
+    moved = 64 * 48 // 2 + 48 * 2 * (4 + 2) + 64 + 8 + 48 * 4
     assert p1["bytes"] == doc["calibration"]["read_bytes"] == moved
     # the same layer with symmetric weights, timed in the same rounds at T = 1 only
     sym = p1["symmetric"]
-    assert sym["bytes"] == moved - 48 * 2 * 4 and len(sym["runs_kernel"]) == 4
+    assert sym["bytes"] == moved and len(sym["runs_kernel"]) == 4   # zero points: in the sums
     assert sym["check"].startswith("max error / tolerance") and p1["symmetric_over_auto"] > 0
     assert "symmetric" not in doc["points"][1] and "symmetric weights" in text
     assert p1["calibration_work"]["read"] == moved // 16 * 16

@@ -122,3 +122,33 @@ def test_shared_gemm_shapes_conform(out, zeros, device):
                                                   d["x_zero_point"], d["bias"], *extra)
         ok, msg = C.check(y, d_check)
         assert ok, f"{kernel.describe()} ({zeros} zeros): {msg}"
+
+
+@pytest.mark.parametrize("out", ["float", "int8"])
+def test_zero_points_in_the_sums_give_the_stored_offsets_results(out, device):
+    """Integer zero points held as 4 bits beside the nibble sums give, bit for bit, the
+    results of the same weights with their float32 offsets stored, in every variant of the
+    TILED and COOPERATIVE kernels (the shaders form o = -s z as float32 does), at group
+    sizes 32 and 8 (2 groups a chunk of 16) and with the extreme zero points -8 and 7."""
+    import numpy as np
+
+    import vkqlinear as vq
+    from vkqlinear.kernels import OFFSETS_FLOAT
+    for g in (32, 8):
+        for alg, variant in C.kernel_variants(device):
+            if alg == "shared":      # folds integer zero points its own way: its own tests
+                continue
+            case = C.Case("zp", (C.SPECS[alg].check_tokens,), 256, 72, g, out=out, seed=g)
+            d = C.make_inputs(case)
+            d["w_zeros"][:, 0] = -8
+            d["w_zeros"][:, 1] = 7
+            packed = vq.prepack(d["w_packed"], g, d["w_scales"], d["w_zeros"])
+            stored = vq.prepack(d["w_packed"], g, d["w_scales"], d["w_zeros"])
+            stored.offset_kind, stored.zero_points = OFFSETS_FLOAT, None
+            assert packed.offset_kind == 2
+            x = (d["x_q"], d["x_scale"], d["x_zero_point"], d["bias"]) + (
+                (d["out_scale"], d["out_zero_point"]) if out == "int8" else ())
+            a = vq.DeviceLinear.of(packed, device).run(alg, *x, variant=variant)[0]
+            b = vq.DeviceLinear.of(stored, device).run(alg, *x, variant=variant)[0]
+            assert np.array_equal(a, b), f"{alg}/{variant.name} g={g}"
+            assert C.check(a, dict(d, w_offsets=None))[0], f"{alg}/{variant.name} g={g}"

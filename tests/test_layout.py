@@ -146,19 +146,47 @@ def test_nibble_sums_are_16_bit_while_they_fit(g):
     assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()
 
 
-@pytest.mark.parametrize("g,k,per_group", [(32, 64, 10), (20, 40, 10), (4376, 4376, 12)])
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_call_bytes_counts_what_the_kernels_read(g, k, per_group, symmetric):
-    """Nibbles of groups padded to 8, scale + offset (none for symmetric weights) +
-    nibble sum (16-bit while it fits) per channel and group, activations, output."""
+@pytest.mark.parametrize("g,k", [(32, 64), (20, 40), (4376, 4376)])
+@pytest.mark.parametrize("kind", ["symmetric", "integer", "float"])
+def test_call_bytes_counts_what_the_kernels_read(g, k, kind):
+    """Nibbles of groups padded to 8, per channel and group a scale, a float offset (only
+    for float offsets: integer zero points in [-8, 7] ride in the nibble sums' top bits
+    where the sums fit 12 bits), the nibble sum (16-bit while it fits), then activations
+    and output."""
     import vkqlinear as vq
+    from vkqlinear.layout import zeros_packed
     n, t = 16, 3
-    zeros = np.zeros((n, k // g), np.int32)
-    if not symmetric:
-        zeros[0, 0] = 1
-    s = np.ones((n, k // g), np.float32)      # (groups of 20: as from_executorch makes)
-    qw = vq.QuantizedWeights(np.zeros((n, k // 2), np.uint8), g, s, -s * zeros, zeros)
-    per = per_group - 4 * symmetric
-    assert group_data_bytes(g, not symmetric) == per
     g8 = -(-g // 8) * 8
+    zeros = np.zeros((n, k // g), np.int32)
+    s = np.ones((n, k // g), np.float32)      # (groups of 20: as from_executorch makes)
+    if kind != "symmetric":
+        zeros[0, 0] = 1
+    offsets = -s * zeros
+    if kind == "float":
+        offsets[1, 0] = 0.25
+    qw = vq.QuantizedWeights(np.zeros((n, k // 2), np.uint8), g, s, offsets)
+    floats = kind == "float" or (kind == "integer" and not zeros_packed(g8))
+    assert qw.offset_kind == (0 if kind == "symmetric" else 1 if floats else 2)
+    per = 4 + 4 * floats + (2 if sums16(g8) else 4)
+    assert group_data_bytes(g, qw.offset_kind) == per
     assert call_bytes(qw, t) == n * (k // g) * (g8 // 2 + per) + t * (k + 8) + t * n * 4
+
+
+@pytest.mark.parametrize("g, sym, integer, floats", [(32, 0.6875, 0.6875, 0.8125),
+                                                    (128, 0.546875, 0.546875, 0.578125)])
+def test_bytes_per_weight(g, sym, integer, floats):
+    """What a T = 1 call reads per weight of a 4096 x 4096 layer, activations and output
+    aside: symmetric weights and integer zero points in [-8, 7] read the nibbles, a
+    float32 scale and the 16-bit nibble sum; float offsets 4 bytes more a group."""
+    import vkqlinear as vq
+    from vkqlinear.quant import quantize_weights
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4096, 4096)).astype(np.float32)
+    packed, scales, zeros = quantize_weights(w, g)
+    qws = {"sym": vq.prepack(packed, g, scales, np.zeros_like(zeros)),
+           "integer": vq.prepack(packed, g, scales, zeros),
+           "floats": vq.prepack(packed, g, scales,
+                                w_offsets=(-scales * zeros + scales / 3).astype(np.float32))}
+    assert [qws[k].offset_kind for k in qws] == [0, 2, 1]
+    for key, want in (("sym", sym), ("integer", integer), ("floats", floats)):
+        assert call_bytes(qws[key], 0) / (4096 * 4096) == want, key

@@ -123,33 +123,38 @@ def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
 @pytest.mark.usefixtures("device")
 @pytest.mark.parametrize("algorithm", ["tiled", "shared", "cooperative"])
 def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
-    """Where every offset is 0 the offsets are not uploaded (nor read): the layer holds
-    N x G x 4 bytes less (less a 16-byte placeholder), and its results are the
-    reference's within the contract; with one offset not 0 they are uploaded again.
-    (N: the channels padded to the layout's interleave.)"""
+    """Where every offset is 0, or an integer zero point in [-8, 7] (held in the nibble
+    sums' top bits), no offsets are uploaded (nor read): the layer holds N x G x 4 bytes
+    less (less a 16-byte placeholder) than with one float offset, and its results are the
+    reference's within the contract. (N: the channels padded to the layout's
+    interleave.)"""
     from vkqlinear import conformance as C
     n, k, g = 64, 256, 32
     d = make_layer(rng, 3, k, n, g, symmetric=True)
     assert not d["w_zeros"].any()
     with vq.Device() as dev:
         held = {}
-        for name, zeros in (("symmetric", d["w_zeros"]), ("one zero point", d["w_zeros"].copy())):
-            if name == "one zero point":
+        for name, kind in (("symmetric", 0), ("one zero point", 2), ("one float offset", 1)):
+            zeros = d["w_zeros"].copy()
+            offsets = -d["w_scales"] * zeros.astype(np.float32)
+            if name != "symmetric":
                 zeros[5, 3] = 1
-            qw = vq.prepack(d["w_packed"], g, d["w_scales"], zeros)
+                offsets[5, 3] = -d["w_scales"][5, 3] * (1 if kind == 2 else 0.5)
+            qw = vq.prepack(d["w_packed"], g, d["w_scales"], w_offsets=offsets)
             before = dev.memory_used()
             dl = vq.DeviceLinear.of(qw, dev)
             buf = dl.buffers(dl.kernel(algorithm, 3))
             held[name] = dev.memory_used() - before
             n_padded = buf.pieces[0][2]                  # channels padded to the layout's lanes
-            assert buf.offsets == (0 if name == "symmetric" else 2)    # integer zero points
+            assert buf.offsets == qw.offset_kind == kind
             out = vq.linear_qta8a_qga4w(d["x_q"], d["x_scale"], d["x_zero_point"], qw,
                                         algorithm=algorithm, device=dev)
-            ok, msg = C.check(out, dict(d, w_zeros=zeros, w_offsets=None))
+            ok, msg = C.check(out, dict(d, w_zeros=None, w_offsets=offsets))
             assert ok, f"{name}: {msg}"
             del dl, qw, buf
             gc.collect()
-        assert held["one zero point"] - held["symmetric"] == n_padded * (k // g) * 4 - 16
+        assert held["one zero point"] == held["symmetric"]
+        assert held["one float offset"] - held["symmetric"] == n_padded * (k // g) * 4 - 16
 
 
 @pytest.mark.usefixtures("device")

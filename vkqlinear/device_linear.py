@@ -30,7 +30,14 @@ from . import tuning
 from .device import default_device, resolve
 from .dispatch import RecordedCall
 from .errors import user_stacklevel
-from .kernels import KERNEL_ALGORITHMS, Kernel, Variant, choose_kernel, kernel_from_config
+from .kernels import (
+    KERNEL_ALGORITHMS,
+    OFFSETS_FLOAT,
+    Kernel,
+    Variant,
+    choose_kernel,
+    kernel_from_config,
+)
 from .layout import device_layout, pad_groups, padded_group_size, split_channels
 from .quant import check_convention, pack_int4, unpack_int4
 
@@ -48,8 +55,9 @@ class WeightBuffers:
     shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums, and
     the piece's padded channel count ``NP``). ``offsets``: the weights'
     :attr:`~vkqlinear.QuantizedWeights.offset_kind` (the kernels' HAS_OFFSET); where every
-    offset is 0 (symmetric weights), a 16-byte placeholder stands for the offsets, which
-    the kernels then do not read."""
+    offset is 0 (symmetric weights) or an integer zero point (held in the nibble sums'
+    top bits), a 16-byte placeholder stands for the offsets, which the kernels then do
+    not read."""
 
     def __init__(self, device, weights, lanes, layout, order, split):
         g = weights.group_size
@@ -59,12 +67,14 @@ class WeightBuffers:
         self.offsets = weights.offset_kind
         self.pieces = []
         for n0, n1 in split:
+            zeros = weights.zero_points
             words, ws, wo, wsu, n_padded = device_layout(
                 packed[n0:n1], padded_group_size(g), weights.w_scales[n0:n1],
-                weights.w_offsets[n0:n1], lanes, layout, order)
+                weights.w_offsets[n0:n1], lanes, layout, order,
+                None if zeros is None else zeros[n0:n1])
             for name, a in (("w_packed (prepacked)", words), ("w_scales", ws)):
                 device.check_binding(a.nbytes, name)
-            if not self.offsets:
+            if self.offsets != OFFSETS_FLOAT:      # none, or in the nibble sums
                 wo = np.zeros(4, np.float32)
             tensors = device.upload([words, ws, wo, wsu], f"the weights of an {weights.N} x "
                                     f"{weights.K} layer (channels {n0} to {n1 - 1})")

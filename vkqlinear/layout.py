@@ -24,7 +24,11 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
   ``sum u`` is uint16 while ``15 * group_size`` fits 16 bits (:func:`sums16`; two per
   uint32 word, the lower channel in the low half), else int32. Where every ``o`` is 0
   (symmetric weights) the shaders do not read the offsets
-  (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none).
+  (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none); where every ``o`` is
+  ``-s z`` for an integer ``z`` in [-8, 7] and ``15 * group_size`` fits 12 bits
+  (:func:`zeros_packed`), ``z + 8`` rides in the top 4 bits of the uint16 sums and no
+  offsets are uploaded either: the shaders form ``o = -s z`` as float32 does, so every
+  result is the one the stored offsets give.
 
 Groups whose size is not a multiple of 8 (ExecuTorch allows multiples of 4) are padded to
 the next multiple of 8 with ``q = 0`` (:func:`padded_group_size`, :func:`pad_groups`); the
@@ -41,10 +45,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import OFFSETS_FLOAT
 from .quant import unpack_int4
 
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
-           "split_channels", "sums16", "group_data_bytes", "call_bytes"]
+           "split_channels", "sums16", "zeros_packed", "group_data_bytes", "call_bytes"]
 
 
 def sums16(group_size):
@@ -53,10 +58,21 @@ def sums16(group_size):
     return 15 * group_size <= 0xFFFF
 
 
-def group_data_bytes(group_size, offsets=True):
-    """Bytes of group data the kernels read per channel and group: the scale, the offset
-    (only where some offset is not 0) and the nibble sum (16-bit where :func:`sums16`)."""
-    return 4 + 4 * bool(offsets) + (2 if sums16(padded_group_size(group_size)) else 4)
+def zeros_packed(group_size):
+    """Whether 4-bit integer zero points fit beside the nibble sums of groups of
+    ``group_size`` (the shaders' size) in their 16 bits: ``sum u <= 15 * group_size`` in
+    12 bits, the zero point plus 8 in the top 4 (the weights' offset kind
+    :data:`~vkqlinear.kernels.OFFSETS_INTEGER`)."""
+    return 15 * group_size <= 0x0FFF
+
+
+def group_data_bytes(group_size, offsets=OFFSETS_FLOAT):
+    """Bytes of group data the kernels read per channel and group: the scale, the float
+    offset (``offsets``: the weights' offset kind; only float offsets are stored as such,
+    integer zero points ride in the nibble sums' top bits) and the nibble sum (16-bit
+    where :func:`sums16`)."""
+    return 4 + 4 * (int(offsets) == OFFSETS_FLOAT) + \
+        (2 if sums16(padded_group_size(group_size)) else 4)
 
 
 def call_bytes(weights, t):
@@ -65,7 +81,7 @@ def call_bytes(weights, t):
     their scale and zero point, and the float output."""
     w = weights
     nibbles = w.N * w.G * padded_group_size(w.group_size) // 2
-    group = w.N * w.G * group_data_bytes(w.group_size, w.has_offsets)
+    group = w.N * w.G * group_data_bytes(w.group_size, w.offset_kind)
     return nibbles + group + t * (w.K + 8) + t * w.N * 4
 
 
@@ -96,12 +112,14 @@ def pad_groups(a, group_size, fill):
 
 
 def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar",
-                  order="blocks"):
+                  order="blocks", w_zeros=None):
     """The shaders' weight layout: ``layout`` ``"swar"``, ``"swar64"`` or ``"dot"`` in
     ``order`` ``"blocks"`` or ``"groups"`` (see the module doc).
 
     Returns ``(words uint32, s float32, o float32, sum_u, NP)``, each flat; ``sum_u`` is
-    int32, or uint16 pairs in uint32 words where :func:`sums16`.
+    int32, or uint16 pairs in uint32 words where :func:`sums16`. With ``w_zeros``
+    (integer zero points in [-8, 7], ``[N, G]``, where :func:`zeros_packed`) each uint16
+    holds ``sum u`` in its low 12 bits and ``z + 8`` in its top 4.
     """
     n, k2 = w_packed.shape
     k = 2 * k2
@@ -143,9 +161,14 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
             return full.reshape(nb, 8, g).transpose(0, 2, 1).ravel()
         return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
 
-    sum_u = u.reshape(n_padded, g, group_size).sum(axis=2, dtype=np.int32)
-    sums = groups(sum_u[:n], np.int32) if not sums16(group_size) else \
-        np.ascontiguousarray(groups(sum_u[:n], np.uint16)).view(np.uint32)
+    sum_u = u.reshape(n_padded, g, group_size).sum(axis=2, dtype=np.int32)[:n]
+    if w_zeros is not None:
+        if not zeros_packed(group_size) or np.any((w_zeros < -8) | (w_zeros > 7)):
+            raise ValueError("w_zeros: zero points in [-8, 7] with groups of at most 273 "
+                             "ride in the nibble sums; these do not fit")
+        sum_u = sum_u | ((np.asarray(w_zeros, np.int32) + 8) << 12)
+    sums = groups(sum_u, np.int32) if not sums16(group_size) else \
+        np.ascontiguousarray(groups(sum_u, np.uint16)).view(np.uint32)
     return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
             groups(w_offsets, np.float32), sums, n_padded)
 

@@ -138,8 +138,9 @@ class QLinear:
             out_scale, out_zero_point: per-token int8 output qparams (both or neither):
                 the result is then int8, requantized as in docs/spec.md.
             algorithm: ``"auto"``, ``"tiled"``, ``"shared"``, ``"cooperative"`` or
-                ``"reference"`` (the CPU path: :func:`~vkqlinear.quantize_per_token` and the int8 reference),
-                with the same fallback as the ops (:mod:`vkqlinear.ops`).
+                ``"reference"`` (the CPU path: :func:`~vkqlinear.quantize_per_token` and
+                the int8 reference), with the same fallback as the ops
+                (:mod:`vkqlinear.ops`).
             output: ``"host"`` (an array; a torch tensor if ``x`` was one) or
                 ``"device"`` (a :class:`DeviceTensor`, float output only).
             variant: force a kernel code shape, as in the ops.

@@ -15,20 +15,24 @@ from . import args
 from .device import resolve
 from .device_linear import DeviceLinear
 from .kernels import OFFSETS_FLOAT, OFFSETS_INTEGER, OFFSETS_NONE
+from .layout import padded_group_size, zeros_packed
 from .quant import scales_and_zeros_to_offsets
 
 __all__ = ["QuantizedWeights", "prepack"]
 
 
-def _offset_kind(scales, offsets):
-    """:data:`OFFSETS_INTEGER` where every float32 offset is float32's ``-s * z`` for an
-    integer ``|z| <= 120`` (0 where ``s`` is 0), else :data:`OFFSETS_FLOAT`."""
+def _integer_zeros(scales, offsets, group_size):
+    """The integer zero points ``z`` in [-8, 7] (int32 ``[N, G]``, 0 where ``s`` is 0) of
+    which every float32 offset is float32's ``-s * z``, where the layout can hold them
+    beside the nibble sums (:func:`~vkqlinear.layout.zeros_packed`); else ``None``."""
+    if not zeros_packed(padded_group_size(group_size)):
+        return None
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(scales != 0, np.rint(-offsets / scales), 0)
-    if not np.all(np.abs(z) <= 120):
-        return OFFSETS_FLOAT
-    return OFFSETS_INTEGER if np.array_equal(-scales * z.astype(np.float32), offsets) \
-        else OFFSETS_FLOAT
+    if not np.all((z >= -8) & (z <= 7)):
+        return None
+    z = z.astype(np.int32)
+    return z if np.array_equal(-scales * z.astype(np.float32), offsets) else None
 
 
 class QuantizedWeights:
@@ -40,8 +44,9 @@ class QuantizedWeights:
     ``G``, ``w_zeros`` (int32 ``[N, G]`` when made from integer zero points, else
     ``None``), ``has_offsets`` (whether any offset is not 0; not for symmetric weights)
     and ``offset_kind`` (:data:`~vkqlinear.kernels.OFFSETS_NONE`, ``_FLOAT`` or
-    ``_INTEGER``: every offset is ``-s * z`` for an integer ``|z| <= 120``, as float32
-    computes it, which a kernel may fold into its integer sums).
+    ``_INTEGER``: every offset is float32's ``-s * z`` for an integer ``z`` in [-8, 7],
+    ``zero_points``, which the device holds in 4 bits and a kernel may fold into its
+    integer sums).
     """
 
     def __init__(self, w_packed, group_size, w_scales, w_offsets64, w_zeros=None):
@@ -71,8 +76,11 @@ class QuantizedWeights:
         self.w_offsets = self.w_offsets64.astype(np.float32)
         # False for symmetric weights: the kernels then neither hold nor read offsets
         self.has_offsets = bool(np.any(self.w_offsets))
-        self.offset_kind = _offset_kind(self.w_scales, self.w_offsets) if self.has_offsets \
-            else OFFSETS_NONE
+        # integer zero points in [-8, 7] ride in the nibble sums' top bits on the device
+        self.zero_points = _integer_zeros(self.w_scales, self.w_offsets, self.group_size) \
+            if self.has_offsets else None
+        self.offset_kind = OFFSETS_NONE if not self.has_offsets else \
+            OFFSETS_FLOAT if self.zero_points is None else OFFSETS_INTEGER
 
     def symmetric(self):
         """The same nibbles and scales with every offset 0 (zero points 0)."""

@@ -431,7 +431,7 @@ def analyse(points, calib):
         p["auto_regret_interval"] = median_interval(regrets)
         p["coop_over_best"] = round_ratio(ks["cooperative"]["runs_kernel"], rk)
         p["e2e_over_kernel"] = round_ratio(ks[best]["runs_e2e"], rk)
-        if "symmetric" in p:     # the same kernel on the same nibbles, no offsets to read
+        if "symmetric" in p:     # the same kernel on the same nibbles, no zero points
             p["symmetric_over_auto"] = round_ratio(p["symmetric"]["runs_kernel"],
                                                    ks["auto"]["runs_kernel"])
         cr = p.get("calibration_runs", {})
@@ -535,7 +535,7 @@ def print_table(points, crossovers, calib, figures):
     print("x np32 / x ref / x torch: baseline end-to-end time / best kernel end-to-end time")
     sym = [p for p in points if "symmetric_over_auto" in p]
     if sym:
-        print("symmetric weights (no offsets to read), auto's time over the asymmetric "
+        print("symmetric weights (no zero points), auto's time over the asymmetric "
               "layer's: " + ", ".join(f"{p['K']}x{p['N']} g{p['group_size']} T{p['T']} "
                                       f"{p['symmetric_over_auto']:.3f}" for p in sym))
     if points:
@@ -718,9 +718,10 @@ def _read_bytes(shapes, gsizes):
     T = 1."""
     k0, n0 = (4096, 4096) if (4096, 4096) in shapes else max(shapes, key=lambda s: s[0] * s[1])
     g0 = 32 if k0 % 32 == 0 else gsizes[0]
+    # integer zero points, as the sweep's weights (quantize_weights) have them
     return call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
-                                       np.zeros((n0, k0 // g0), np.float32),
-                                       np.ones((n0, k0 // g0))), 1)
+                                       np.ones((n0, k0 // g0), np.float32),
+                                       -np.ones((n0, k0 // g0))), 1)
 
 
 def _calibrate(dev, read_bytes, warm_up_s):

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..device_linear import DeviceLinear
+from ..kernels import OFFSETS_INTEGER
 from ..layout import call_bytes, group_data_bytes
 from ..qlinear import QLinear
 from ..weights import QuantizedWeights
@@ -212,7 +213,7 @@ def run_model(device, name, decode_steps=5, prefill_tokens=128, prefill_steps=2,
                       n for _, _, n in shapes),
                   "int4_g32_packed": params // 2,
                   "int4_g32_with_group_data": params // 2 + params // GROUP_SIZE
-                  * group_data_bytes(GROUP_SIZE)}}
+                  * group_data_bytes(GROUP_SIZE, OFFSETS_INTEGER)}}
     log(f"{name}: {len(shapes)} Linear layers, {params / 1e9:.3f} B parameters, random 4-bit "
         f"weights at g={GROUP_SIZE} (the shapes are real, the weights are not); on "
         f"{device.name}")
