@@ -16,7 +16,7 @@
 //   6 WSU    ivec4             per-group sum of raw nibbles u over the group; uint16 (two
 //                              per word, the lower channel in the low half) while
 //                              15 * GROUP_SIZE fits 16 bits (SUMS16); with HAS_OFFSET 2
-//                              the top 4 bits hold the integer zero point z + 8
+//                              the top 4 bits hold the integer zero point z
 //   7 BIAS   vec4 [NP/4]       bias (zeros when the op has none)
 //   8 OS     float[T]          output scale      (int8 output only; else a dummy)
 //   9 OZ     int  [T]          output zero point (int8 output only; else a dummy)
@@ -59,8 +59,8 @@ layout(constant_id = 4) const uint TM = 4;           // tokens per invocation
 layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
 layout(constant_id = 6) const uint CB = 1;           // channel blocks per invocation
 // HAS_OFFSET: 0 every o is 0; 1 float offsets (WO); 2 integer zero points z in [-8, 7],
-// o = -s z, held as z + 8 in the top 4 bits of the uint16 nibble sums (SUMS16 with
-// 15 GROUP_SIZE < 4096). WO is read with 1 only.
+// o = -s z, held in the top 4 bits (two's complement) of the uint16 nibble sums (SUMS16
+// with 15 GROUP_SIZE < 4096). WO is read with 1 only.
 layout(constant_id = 7) const uint HAS_OFFSET = 1;
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
@@ -288,12 +288,12 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
 #endif
         uvec4 h[2] = uvec4[2](uvec4(v.x, v.x >> 16, v.y, v.y >> 16),
                               uvec4(v.z, v.z >> 16, v.w, v.w >> 16));
-        // integer zero points (HAS_OFFSET 2): z + 8 in the top 4 bits, o = -s z exactly
-        // as the stored offset would be (one float32 multiply)
+        // integer zero points (HAS_OFFSET 2): z in the top 4 bits (two's complement),
+        // o = -s z exactly as the stored offset would be (one float32 multiply)
         uint mask = (HAS_OFFSET == 2u) ? 0x0FFFu : 0xFFFFu;
         [[unroll]] for (uint i = 0u; i < 2u; i++) {
             su[i] = ivec4(h[i] & mask);
-            if (HAS_OFFSET == 2u) o[i] = -s[i] * vec4(ivec4((h[i] >> 12u) & 0xFu) - 8);
+            if (HAS_OFFSET == 2u) o[i] = -s[i] * vec4(bitfieldExtract(ivec4(h[i]), 12, 4));
         }
     }
 }

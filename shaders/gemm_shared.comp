@@ -51,10 +51,10 @@ void stage_channel(uint j, uint n, uint g, uint G, uint h) {
     uint stride, unit = weight_unit(b, g, G, stride);
     uint gb = group_base(b, g, G) + c / 4u;   // the vec4 of channel c
     float s = WS[gb][c % 4u], off = (HAS_OFFSET == 1u) ? WO[gb][c % 4u] : 0.0;
-    // Integer zero points (HAS_OFFSET 2: o = -s z, z + 8 in the nibble sum's top 4 bits):
+    // Integer zero points (HAS_OFFSET 2: o = -s z, z in the nibble sum's top 4 bits):
     // the weights become q - z, which folds o * S into the integer sum.
     int z = 0;
-    if (HAS_OFFSET == 2u) z = int((WSU16[gb / 2u][c / 2u] >> (16u * (c % 2u) + 12u)) & 0xFu) - 8;
+    if (HAS_OFFSET == 2u) z = bitfieldExtract(int(WSU16[gb / 2u][c / 2u]), int(16u * (c % 2u) + 12u), 4);
     uint bias = uint(120 - z) * 0x01010101u;
     int sq = 0;
     [[unroll]] for (uint o = 0u; o < SO; o++) {

@@ -15,9 +15,12 @@ void main() {
     uint G = p.K / GROUP_SIZE;
 
     tile_begin(v, t0);
-    for (uint g = 0u; g < G; g++) {
-        tile_group(g, G);
-        if (g % GROUP_BLOCK == GROUP_BLOCK - 1u) tile_flush();
+    // a flush after every GROUP_BLOCK groups: a loop of its own (a test in the group loop
+    // costs selects on every iteration)
+    for (uint g0 = 0u; g0 < G; g0 += GROUP_BLOCK) {
+        uint end = min(G, g0 + GROUP_BLOCK);
+        for (uint g = g0; g < end; g++) tile_group(g, G);
+        if (end - g0 == GROUP_BLOCK) tile_flush();
     }
     tile_flush();
     tile_store(t0);

@@ -76,10 +76,12 @@ void main() {
 
     tile_begin(b, min(t0, p.T - 1u));
     if (live) {
-        uint n = 0u;
-        for (uint g = w; g < G; g += WORKERS) {
-            tile_group(g, G);
-            if (++n == GROUP_BLOCK) { tile_flush(); n = 0u; }
+        // every GROUP_BLOCK groups of this worker, a flush: a loop of its own (a test in
+        // the group loop costs selects on every iteration)
+        for (uint g0 = w; g0 < G; g0 += WORKERS * GROUP_BLOCK) {
+            uint end = min(G, g0 + WORKERS * GROUP_BLOCK);
+            for (uint g = g0; g < end; g += WORKERS) tile_group(g, G);
+            if (g0 + WORKERS * GROUP_BLOCK <= G) tile_flush();
         }
     }
     tile_flush();

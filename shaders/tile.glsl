@@ -74,7 +74,8 @@ void tile_units(uint g, uint G, out uint wi[TILE_CB], out uint stride) {
 // P[j][i][c] = sum x * u over group g of block j, sx[i] = sum x, four products per OpSDot.
 // Weight word c of an octet holds channel c's nibbles u(8o + m) in the low and u(8o + 4 + m)
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
-// the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot.
+// the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot,
+// accumulating (dot4_acc: one instruction each where the compiler does not fuse an add).
 void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
     sums_zero(P, sx);
     uint stride, wi[TILE_CB];
@@ -85,7 +86,7 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             x0[i] = X[tile_row[i] + xi + 2u * o];
             x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
-            sx[i] += dot4(x0[i], 0x01010101u) + dot4(x1[i], 0x01010101u);
+            sx[i] = dot4_acc(x1[i], 0x01010101u, dot4_acc(x0[i], 0x01010101u, sx[i]));
         }
         [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
             uint at = 2u * (wi[j] + o * stride);
@@ -93,7 +94,9 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
                 uint w = wv[c / 4u][c % 4u];
                 uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
-                [[unroll]] for (uint i = 0u; i < TM; i++) P[j][i][c] += dot4(lo, x0[i]) + dot4(hi, x1[i]);
+                [[unroll]] for (uint i = 0u; i < TM; i++) {
+                    P[j][i][c] = dot4_acc(hi, x1[i], dot4_acc(lo, x0[i], P[j][i][c]));
+                }
             }
         }
     }

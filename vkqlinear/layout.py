@@ -26,7 +26,7 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
   (symmetric weights) the shaders do not read the offsets
   (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none); where every ``o`` is
   ``-s z`` for an integer ``z`` in [-8, 7] and ``15 * group_size`` fits 12 bits
-  (:func:`zeros_packed`), ``z + 8`` rides in the top 4 bits of the uint16 sums and no
+  (:func:`zeros_packed`), ``z`` rides in the top 4 bits of the uint16 sums and no
   offsets are uploaded either: the shaders form ``o = -s z`` as float32 does, so every
   result is the one the stored offsets give.
 
@@ -61,7 +61,7 @@ def sums16(group_size):
 def zeros_packed(group_size):
     """Whether 4-bit integer zero points fit beside the nibble sums of groups of
     ``group_size`` (the shaders' size) in their 16 bits: ``sum u <= 15 * group_size`` in
-    12 bits, the zero point plus 8 in the top 4 (the weights' offset kind
+    12 bits, the zero point in the top 4 (two's complement; the weights' offset kind
     :data:`~vkqlinear.kernels.OFFSETS_INTEGER`)."""
     return 15 * group_size <= 0x0FFF
 
@@ -119,7 +119,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     Returns ``(words uint32, s float32, o float32, sum_u, NP)``, each flat; ``sum_u`` is
     int32, or uint16 pairs in uint32 words where :func:`sums16`. With ``w_zeros``
     (integer zero points in [-8, 7], ``[N, G]``, where :func:`zeros_packed`) each uint16
-    holds ``sum u`` in its low 12 bits and ``z + 8`` in its top 4.
+    holds ``sum u`` in its low 12 bits and ``z`` in its top 4 (two's complement).
     """
     n, k2 = w_packed.shape
     k = 2 * k2
@@ -166,7 +166,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         if not zeros_packed(group_size) or np.any((w_zeros < -8) | (w_zeros > 7)):
             raise ValueError("w_zeros: zero points in [-8, 7] with groups of at most 273 "
                              "ride in the nibble sums; these do not fit")
-        sum_u = sum_u | ((np.asarray(w_zeros, np.int32) + 8) << 12)
+        sum_u = sum_u | ((np.asarray(w_zeros, np.int32) & 0xF) << 12)
     sums = groups(sum_u, np.int32) if not sums16(group_size) else \
         np.ascontiguousarray(groups(sum_u, np.uint16)).view(np.uint32)
     return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
