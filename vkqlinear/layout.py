@@ -37,8 +37,10 @@ to either integer sum.
 
 ``lanes`` is the number of neighbouring invocations that read neighbouring units;
 :mod:`vkqlinear.kernels` picks it per device and kernel (the subgroup size; at least 8 for
-``"blocks"``). A layer used by both kernels (``auto`` across token counts) keeps both
-orders on the device: twice the weight memory.
+``"blocks"``; the SHARED GEMM reads the subgroup GEMV's ``"groups"`` order and lanes where
+the device's GEMV reduces in a subgroup). A layer that two kernels read in different
+layouts (the TILED GEMM and the subgroup GEMV, where ``auto`` runs both, or a tuned
+variant of another layout) keeps both on the device: twice the weight memory.
 """
 
 from __future__ import annotations
