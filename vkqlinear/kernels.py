@@ -33,8 +33,8 @@ __all__ = ["ALGORITHMS", "KERNEL_ALGORITHMS", "SPECS", "KernelSpec", "Variant", 
 
 DEFAULT_AUTO_THRESHOLD = 4
 # The weights' offsets, the shaders' HAS_OFFSET: none (symmetric), float offsets, or
-# offsets that are integer zero points (o = -s z, |z| <= 120), which a kernel may fold into
-# its integer sums.
+# integer zero points (o = -s z, z in [-8, 7], held in the nibble sums' top 4 bits), which
+# a kernel may fold into its integer sums.
 OFFSETS_NONE, OFFSETS_FLOAT, OFFSETS_INTEGER = 0, 1, 2
 
 
