@@ -193,10 +193,9 @@ def configurations(info, tokens=TOKENS, group_sizes=GROUP_SIZES, outputs=(False,
     points = [(t, g, o) for t in tokens for g in group_sizes for o in outputs]
     if "default" in roles:
         for t, g, o in points:
-            for alg in SPECS:
+            for alg in (a for a in SPECS if caps.variants(a)):
                 for n in DEFAULT_WIDTHS:
-                    if caps.variants(alg):
-                        add("default", choose_kernel(alg, t, g, o, caps, n=n))
+                    add("default", choose_kernel(alg, t, g, o, caps, n=n))
     if "tuned" in roles:
         for key, e in sorted(tuning.device_entries(info).items()):
             try:     # tuning.point_key: "KxN g32 float T8"
