@@ -55,12 +55,15 @@ void tile_flush() {
 }
 
 // Zeroes a group's integer sums (group_sums' outputs).
-void sums_zero(out int P[TILE_CB][TM][8], out int sx[TM]) {
+void sums_zero(out int P[TILE_CB][TM][8], out int sx[TM], out int su[TILE_CB][8]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
         [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
             [[unroll]] for (uint c = 0u; c < 8u; c++) P[j][i][c] = 0;
         }
+    }
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) su[j][c] = 0;
     }
 }
 
@@ -76,61 +79,82 @@ void tile_units(uint g, uint G, out uint wi[TILE_CB], out uint stride) {
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
 // the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot,
 // accumulating (dot4_acc: one instruction each where the compiler does not fuse an add).
-void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
-    sums_zero(P, sx);
+// The nibble sums (FORM_SUMS): lo + hi added bytewise over up to 4 octets (each byte at
+// most 120, so no carry), then summed across the bytes by one OpSDot.
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
+                out int su[TILE_CB][8]) {
+    sums_zero(P, sx, su);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
-    for (uint o = 0u; o < GROUP_SIZE / 8u; o++) {
-        uint x0[TM], x1[TM];
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            x0[i] = X[tile_row[i] + xi + 2u * o];
-            x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
-            sx[i] = dot4_acc(x1[i], 0x01010101u, dot4_acc(x0[i], 0x01010101u, sx[i]));
-        }
+    for (uint o0 = 0u; o0 < GROUP_SIZE / 8u; o0 += 4u) {
+        uint sb[TILE_CB][8];
         [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-            uint at = 2u * (wi[j] + o * stride);
-            uvec4 wv[2] = uvec4[2](W[at], W[at + 1u]);
-            [[unroll]] for (uint c = 0u; c < 8u; c++) {
-                uint w = wv[c / 4u][c % 4u];
-                uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
-                [[unroll]] for (uint i = 0u; i < TM; i++) {
-                    P[j][i][c] = dot4_acc(hi, x1[i], dot4_acc(lo, x0[i], P[j][i][c]));
+            [[unroll]] for (uint c = 0u; c < 8u; c++) sb[j][c] = 0u;
+        }
+        for (uint o = o0; o < min(o0 + 4u, GROUP_SIZE / 8u); o++) {
+            uint x0[TM], x1[TM];
+            [[unroll]] for (uint i = 0u; i < TM; i++) {
+                x0[i] = X[tile_row[i] + xi + 2u * o];
+                x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
+                sx[i] = dot4_acc(x1[i], 0x01010101u, dot4_acc(x0[i], 0x01010101u, sx[i]));
+            }
+            [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+                uint at = 2u * (wi[j] + o * stride);
+                uvec4 wv[2] = uvec4[2](W[at], W[at + 1u]);
+                [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                    uint w = wv[c / 4u][c % 4u];
+                    uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
+                    if (FORM_SUMS) sb[j][c] += lo + hi;
+                    [[unroll]] for (uint i = 0u; i < TM; i++) {
+                        P[j][i][c] = dot4_acc(hi, x1[i], dot4_acc(lo, x0[i], P[j][i][c]));
+                    }
                 }
+            }
+        }
+        if (FORM_SUMS) {
+            [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+                [[unroll]] for (uint c = 0u; c < 8u; c++) su[j][c] = dot4_acc(sb[j][c], 0x01010101u, su[j][c]);
             }
         }
     }
 }
 #else
 // The SWAR multiply-adds of one k: weight word w (the nibbles of a block's 8 channels)
-// times each token's activation xv[i], two channels per int32 product (see common.glsl).
-void swar_madd(uint w, int xv[TM], inout int acc[TM][4]) {
-    int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
-    int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
-    [[unroll]] for (uint i = 0u; i < TM; i++) {
-        acc[i][0] += xv[i] * w0;
-        acc[i][1] += xv[i] * w1;
-        acc[i][2] += xv[i] * w2;
-        acc[i][3] += xv[i] * w3;
+// times each token's activation xv[i], two channels per int32 product (see common.glsl);
+// with FORM_SUMS the nibble pairs themselves are summed too (sacc: the nibble sums).
+void swar_madd(uint w, int xv[TM], inout int acc[TM][4], inout int sacc[4]) {
+    int wp[4] = int[4](nibble_pair(w, 0u), nibble_pair(w, 1u), nibble_pair(w, 2u),
+                       nibble_pair(w, 3u));
+    [[unroll]] for (uint h = 0u; h < 4u; h++) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) acc[i][h] += xv[i] * wp[h];
+        if (FORM_SUMS) sacc[h] += wp[h];
     }
 }
 
-void swar_zero(out int acc[TILE_CB][TM][4]) {
+void swar_zero(out int acc[TILE_CB][TM][4], out int sacc[TILE_CB][4]) {
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint h = 0u; h < 4u; h++) acc[j][i][h] = 0;
+        [[unroll]] for (uint h = 0u; h < 4u; h++) {
+            sacc[j][h] = 0;
+            [[unroll]] for (uint i = 0u; i < TM; i++) acc[j][i][h] = 0;
         }
     }
 }
 
-// Adds the two halves of each SWAR accumulator of a finished chunk into P.
-void swar_flush(int acc[TILE_CB][TM][4], inout int P[TILE_CB][TM][8]) {
+// Adds the two halves of each SWAR accumulator of a finished chunk into P (and su).
+void swar_flush(int acc[TILE_CB][TM][4], int sacc[TILE_CB][4], inout int P[TILE_CB][TM][8],
+                inout int su[TILE_CB][8]) {
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-        [[unroll]] for (uint i = 0u; i < TM; i++) {
-            [[unroll]] for (uint h = 0u; h < 4u; h++) {
+        [[unroll]] for (uint h = 0u; h < 4u; h++) {
+            [[unroll]] for (uint i = 0u; i < TM; i++) {
                 ivec2 v = swar_split(acc[j][i][h]);
                 P[j][i][h] += v.x;
                 P[j][i][h + 4u] += v.y;
+            }
+            if (FORM_SUMS) {
+                ivec2 v = swar_split(sacc[j][h]);
+                su[j][h] += v.x;
+                su[j][h + 4u] += v.y;
             }
         }
     }
@@ -145,14 +169,15 @@ u64vec2 x_chunk(uint word) {
 }
 
 // As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
-void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
-    sums_zero(P, sx);
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
+                out int su[TILE_CB][8]) {
+    sums_zero(P, sx, su);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[TILE_CB][TM][4];
-        swar_zero(acc);
+        int acc[TILE_CB][TM][4], sacc[TILE_CB][4];
+        swar_zero(acc, sacc);
         u64vec2 xs[TM];
         [[unroll]] for (uint i = 0u; i < TM; i++) xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
         [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
@@ -166,23 +191,24 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
                     xv[i] = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
                     sx[i] += xv[i];
                 }
-                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j]);
+                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j], sacc[j]);
             }
         }
-        swar_flush(acc, P);
+        swar_flush(acc, sacc, P, su);
     }
 }
 #else
-// P[j][i][c] = sum x * u over group g of block j and sx[i] = sum x, two channels per int32
-// multiply (SWAR, see common.glsl).
-void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
-    sums_zero(P, sx);
+// P[j][i][c] = sum x * u over group g of block j, sx[i] = sum x and (FORM_SUMS)
+// su[j][c] = sum u, two channels per int32 multiply or add (SWAR, see common.glsl).
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
+                out int su[TILE_CB][8]) {
+    sums_zero(P, sx, su);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[TILE_CB][TM][4];
-        swar_zero(acc);
+        int acc[TILE_CB][TM][4], sacc[TILE_CB][4];
+        swar_zero(acc, sacc);
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
@@ -192,10 +218,10 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
                     xv[i] = xq[i][kk];
                     sx[i] += xv[i];
                 }
-                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j]);
+                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j], sacc[j]);
             }
         }
-        swar_flush(acc, P);
+        swar_flush(acc, sacc, P, su);
     }
 }
 #endif  // INT64_LOADS
@@ -204,8 +230,8 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
 // Adds group g of the invocation's blocks: exact integer sums, then s * A + o * S.
 void tile_group(uint g, uint G) {
     int P[TILE_CB][TM][8];
-    int sx[TM];
-    group_sums(g, G, P, sx);
+    int sx[TM], su_formed[TILE_CB][8];
+    group_sums(g, G, P, sx, su_formed);
     int S[TM];
     [[unroll]] for (uint i = 0u; i < TM; i++) S[i] = sx[i] - tile_zp[i] * int(GROUP_SIZE);
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
@@ -215,7 +241,8 @@ void tile_group(uint g, uint G) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             float Sf = float(S[i]);
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
-                int A = P[j][i][c] - tile_zp[i] * su[c / 4u][c % 4u] - 8 * S[i];
+                int sum_u = FORM_SUMS ? su_formed[j][c] : su[c / 4u][c % 4u];
+                int A = P[j][i][c] - tile_zp[i] * sum_u - 8 * S[i];
                 float v = s[c / 4u][c % 4u] * float(A);
                 tile_block[j][i][c] += (HAS_OFFSET != 0u) ? v + o[c / 4u][c % 4u] * Sf : v;
             }

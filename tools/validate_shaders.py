@@ -40,7 +40,7 @@ DEVICES = {
                                   max_shared_memory=16384),
 }
 TOKENS = (1, 2, 3, 4, 8, 512)
-GROUP_SIZES = (8, 32, 128, 4376)      # 4376: nibble sums past 16 bits (32-bit sums)
+GROUP_SIZES = (8, 32, 128, 4376)      # 4376: nibble sums past 16 bits
 
 
 def variants():

@@ -52,12 +52,13 @@ _warned_fallback = False
 class WeightBuffers:
     """A layer's weights uploaded to a device in one layout, split along N into pieces that
     each fit one binding (``pieces``: ``[(n0, n1, NP, tensors)]``, the four tensors the
-    shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums, and
-    the piece's padded channel count ``NP``). ``offsets``: the weights'
+    shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums with
+    zero points, and the piece's padded channel count ``NP``). ``offsets``: the weights'
     :attr:`~vkqlinear.QuantizedWeights.offset_kind` (the kernels' HAS_OFFSET); where every
     offset is 0 (symmetric weights) or an integer zero point (held in the nibble sums'
-    top bits), a 16-byte placeholder stands for the offsets, which the kernels then do
-    not read."""
+    top bits), a 16-byte placeholder stands for the offsets, and where they are not
+    integer zero points, for the nibble sums (the kernels form them): the kernels read
+    neither placeholder."""
 
     def __init__(self, device, weights, lanes, layout, order, split):
         g = weights.group_size
@@ -76,6 +77,8 @@ class WeightBuffers:
                 device.check_binding(a.nbytes, name)
             if self.offsets != OFFSETS_FLOAT:      # none, or in the nibble sums
                 wo = np.zeros(4, np.float32)
+            if wsu is None:                        # formed by the kernels
+                wsu = np.zeros(4, np.uint32)
             tensors = device.upload([words, ws, wo, wsu], f"the weights of an {weights.N} x "
                                     f"{weights.K} layer (channels {n0} to {n1 - 1})")
             self.pieces.append((n0, n1, n_padded, tensors))

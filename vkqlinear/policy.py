@@ -152,8 +152,9 @@ QUIRKS = (
     # so none after the last one known right is trusted. Reproducer and analysis:
     # tests/test_policy.py, docs/design.md ("Driver quirks").
     Quirk("llvmpipe", (22, 4), None, "texelBufferLoads",
-          "lavapipe after Mesa 22.3 returns wrong texels when a shader reads two uniform "
-          "texel buffers"),
+          "lavapipe after Mesa 22.3 returns wrong texels (or crashes) when a shader reads "
+          "uniform texel buffers with pipelines from its shader cache filled at another "
+          "LP_NATIVE_VECTOR_WIDTH"),
 )
 
 _MESA = re.compile(r"Mesa (\d+)\.(\d+)(?:\.(\d+))?")
