@@ -13,11 +13,11 @@
 //   4 WS     vec4              per-group weight scale s, same order as WSU
 //   5 WO     vec4              per-group weight offset o (w = s * q + o); read only when
 //                              HAS_OFFSET is 1 (float offsets)
-//   6 WSU    uvec4             with HAS_OFFSET 2 only: per group, the sum of raw nibbles
-//                              u over the group (low 12 bits) and the integer zero point
-//                              z (top 4 bits, two's complement) as uint16, two per word,
-//                              the lower channel in the low half. Otherwise not read:
-//                              the kernels form the nibble sums from the weights
+//   6 WSU    ivec4             per-group sum of raw nibbles u over the group; uint16 (two
+//                              per word, the lower channel in the low half) while
+//                              15 * GROUP_SIZE fits 16 bits (SUMS16); with HAS_OFFSET 2
+//                              the top 4 bits hold the integer zero point z. Not read
+//                              (nor stored) where the kernel forms the sums (FORM_SUMS)
 //   7 BIAS   vec4 [NP/4]       bias (zeros when the op has none)
 //   8 OS     float[T]          output scale      (int8 output only; else a dummy)
 //   9 OZ     int  [T]          output zero point (int8 output only; else a dummy)
@@ -61,7 +61,7 @@ layout(constant_id = 5) const uint OUT_INT8 = 0;     // 1: requantize to int8
 layout(constant_id = 6) const uint CB = 1;           // channel blocks per invocation
 // HAS_OFFSET: 0 every o is 0; 1 float offsets (WO); 2 integer zero points z in [-8, 7],
 // o = -s z, held in the top 4 bits (two's complement) of the uint16 nibble sums (WSU,
-// 15 GROUP_SIZE < 4096). WO is read with 1 only, WSU with 2 only.
+// 15 GROUP_SIZE < 4096). WO is read with 1 only.
 layout(constant_id = 7) const uint HAS_OFFSET = 1;
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
@@ -69,9 +69,18 @@ const uint CHUNK = (GROUP_SIZE % 16u == 0u) ? 16u : 8u;
 // Float partial sums are added into the total every GROUP_BLOCK groups, so that the float
 // accumulation error grows with G / GROUP_BLOCK + GROUP_BLOCK, not with G.
 const uint GROUP_BLOCK = 32u;
-// The nibble sums are stored only where they carry the integer zero points; otherwise
-// the group loop forms them from the weight words it has loaded: fewer bytes a call.
+// The nibble sums take half the bytes while they fit 16 bits (the host's
+// layout.sums16 is the same rule).
+const bool SUMS16 = GROUP_SIZE * 15u <= 65535u;
+// The OpSDot kernels form the nibble sums in their group loop (one add a weight word and
+// one OpSDot a channel and 4 octets), so the "dot" layout stores them only where they
+// carry integer zero points: fewer bytes a call. The SWAR kernels read them (forming
+// them there costs registers GCN's occupancy cannot spare).
+#ifdef DOT_PRODUCT
 const bool FORM_SUMS = HAS_OFFSET != 2u;
+#else
+const bool FORM_SUMS = false;
+#endif
 
 layout(push_constant) uniform Params {
     uint T;           // tokens
@@ -119,12 +128,14 @@ layout(binding = 6) uniform usamplerBuffer WSUT;
 // The same group data as 64-bit words: one u64vec4 = the 8 values of a block and group.
 layout(std430, binding = 4) readonly buffer WSBuf { u64vec4 WS[]; };
 layout(std430, binding = 5) readonly buffer WOBuf { u64vec4 WO[]; };
+layout(std430, binding = 6) readonly buffer WSUBuf { u64vec4 WSU[]; };
 #else
 layout(std430, binding = 4) readonly buffer WSBuf { vec4 WS[]; };
 layout(std430, binding = 5) readonly buffer WOBuf { vec4 WO[]; };
+layout(std430, binding = 6) readonly buffer WSUBuf { ivec4 WSU[]; };
 #endif
 #ifndef TEXEL_LOADS
-// uint16 nibble sums with the zero points, 8 per uvec4 (HAS_OFFSET 2).
+// The same nibble sums as uint16, 8 per uvec4 (SUMS16; descriptor aliasing).
 layout(std430, binding = 6) readonly buffer WSU16Buf { uvec4 WSU16[]; };
 #endif
 layout(std430, binding = 7) readonly buffer BiasBuf { vec4 BIAS[]; };
@@ -146,6 +157,7 @@ u64vec4 texels32(usamplerBuffer buf, uint i) {   // the 32 bytes from byte 32 i
 u64vec4 w_unit(uint i) { return texels32(WT, i); }      // weight unit i (8 k of a block)
 u64vec4 ws_vec(uint i) { return texels32(WST, i); }     // s of a block and group
 u64vec4 wo_vec(uint i) { return texels32(WOT, i); }     // o
+u64vec4 wsu_vec(uint i) { return texels32(WSUT, i); }   // sum u
 u64vec2 x16(uint i) {                                   // activation bytes 16 i ..
     uvec4 a = texelFetch(XT, int(i));
     return u64vec2(pack64(a.xy), pack64(a.zw));
@@ -158,6 +170,7 @@ uint64_t x8(uint i) {                                   // activation bytes 8 i 
 u64vec4 w_unit(uint i) { return W[i]; }
 u64vec4 ws_vec(uint i) { return WS[i]; }
 u64vec4 wo_vec(uint i) { return WO[i]; }
+u64vec4 wsu_vec(uint i) { return WSU[i]; }
 u64vec2 x16(uint i) { return X2[i]; }
 uint64_t x8(uint i) { return X[i]; }
 #endif
@@ -246,7 +259,7 @@ uint group_base(uint b, uint g, uint G) {
 }
 
 // The group data of a block and group, 8 channels as two vec4; gb from group_base. The
-// nibble sums su only with HAS_OFFSET 2 (else the caller forms them: FORM_SUMS).
+// nibble sums su are read unless the kernel forms them (FORM_SUMS; then 0 here).
 void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
 #ifdef INT64_LOADS
     u64vec4 ws = ws_vec(gb / 2u);
@@ -257,6 +270,11 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
         o[0] = vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y)));
         o[1] = vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w)));
     }
+    if (!SUMS16 && !FORM_SUMS) {
+        u64vec4 wu = wsu_vec(gb / 2u);
+        su[0] = ivec4(unpack32(wu.x), unpack32(wu.y));
+        su[1] = ivec4(unpack32(wu.z), unpack32(wu.w));
+    }
 #else
     s[0] = WS[gb];
     s[1] = WS[gb + 1u];
@@ -264,14 +282,20 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
         o[0] = WO[gb];
         o[1] = WO[gb + 1u];
     }
+    if (!SUMS16 && !FORM_SUMS) {
+        su[0] = WSU[gb];
+        su[1] = WSU[gb + 1u];
+    }
 #endif
     if (HAS_OFFSET != 1u) {
         o[0] = vec4(0.0);
         o[1] = vec4(0.0);
     }
-    su[0] = ivec4(0);
-    su[1] = ivec4(0);
-    if (HAS_OFFSET == 2u) {
+    if (FORM_SUMS) {
+        su[0] = ivec4(0);
+        su[1] = ivec4(0);
+    }
+    if (SUMS16 && !FORM_SUMS) {
 #ifdef TEXEL_LOADS
         uvec4 v = texelFetch(WSUT, int(gb / 2u));
 #else
@@ -279,11 +303,12 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
 #endif
         uvec4 h[2] = uvec4[2](uvec4(v.x, v.x >> 16, v.y, v.y >> 16),
                               uvec4(v.z, v.z >> 16, v.w, v.w >> 16));
-        // z in the top 4 bits (two's complement): o = -s z exactly as the stored offset
-        // would be (one float32 multiply)
+        // integer zero points (HAS_OFFSET 2): z in the top 4 bits (two's complement),
+        // o = -s z exactly as the stored offset would be (one float32 multiply)
+        uint mask = (HAS_OFFSET == 2u) ? 0x0FFFu : 0xFFFFu;
         [[unroll]] for (uint i = 0u; i < 2u; i++) {
-            su[i] = ivec4(h[i] & 0x0FFFu);
-            o[i] = -s[i] * vec4(bitfieldExtract(ivec4(h[i]), 12, 4));
+            su[i] = ivec4(h[i] & mask);
+            if (HAS_OFFSET == 2u) o[i] = -s[i] * vec4(bitfieldExtract(ivec4(h[i]), 12, 4));
         }
     }
 }

@@ -121,40 +121,34 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
 }
 #else
 // The SWAR multiply-adds of one k: weight word w (the nibbles of a block's 8 channels)
-// times each token's activation xv[i], two channels per int32 product (see common.glsl);
-// with FORM_SUMS the nibble pairs themselves are summed too (sacc: the nibble sums).
-void swar_madd(uint w, int xv[TM], inout int acc[TM][4], inout int sacc[4]) {
-    int wp[4] = int[4](nibble_pair(w, 0u), nibble_pair(w, 1u), nibble_pair(w, 2u),
-                       nibble_pair(w, 3u));
-    [[unroll]] for (uint h = 0u; h < 4u; h++) {
-        [[unroll]] for (uint i = 0u; i < TM; i++) acc[i][h] += xv[i] * wp[h];
-        if (FORM_SUMS) sacc[h] += wp[h];
+// times each token's activation xv[i], two channels per int32 product (see common.glsl).
+void swar_madd(uint w, int xv[TM], inout int acc[TM][4]) {
+    int w0 = nibble_pair(w, 0u), w1 = nibble_pair(w, 1u);
+    int w2 = nibble_pair(w, 2u), w3 = nibble_pair(w, 3u);
+    [[unroll]] for (uint i = 0u; i < TM; i++) {
+        acc[i][0] += xv[i] * w0;
+        acc[i][1] += xv[i] * w1;
+        acc[i][2] += xv[i] * w2;
+        acc[i][3] += xv[i] * w3;
     }
 }
 
-void swar_zero(out int acc[TILE_CB][TM][4], out int sacc[TILE_CB][4]) {
+void swar_zero(out int acc[TILE_CB][TM][4]) {
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-        [[unroll]] for (uint h = 0u; h < 4u; h++) {
-            sacc[j][h] = 0;
-            [[unroll]] for (uint i = 0u; i < TM; i++) acc[j][i][h] = 0;
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint h = 0u; h < 4u; h++) acc[j][i][h] = 0;
         }
     }
 }
 
-// Adds the two halves of each SWAR accumulator of a finished chunk into P (and su).
-void swar_flush(int acc[TILE_CB][TM][4], int sacc[TILE_CB][4], inout int P[TILE_CB][TM][8],
-                inout int su[TILE_CB][8]) {
+// Adds the two halves of each SWAR accumulator of a finished chunk into P.
+void swar_flush(int acc[TILE_CB][TM][4], inout int P[TILE_CB][TM][8]) {
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-        [[unroll]] for (uint h = 0u; h < 4u; h++) {
-            [[unroll]] for (uint i = 0u; i < TM; i++) {
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            [[unroll]] for (uint h = 0u; h < 4u; h++) {
                 ivec2 v = swar_split(acc[j][i][h]);
                 P[j][i][h] += v.x;
                 P[j][i][h + 4u] += v.y;
-            }
-            if (FORM_SUMS) {
-                ivec2 v = swar_split(sacc[j][h]);
-                su[j][h] += v.x;
-                su[j][h + 4u] += v.y;
             }
         }
     }
@@ -176,8 +170,8 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[TILE_CB][TM][4], sacc[TILE_CB][4];
-        swar_zero(acc, sacc);
+        int acc[TILE_CB][TM][4];
+        swar_zero(acc);
         u64vec2 xs[TM];
         [[unroll]] for (uint i = 0u; i < TM; i++) xs[i] = x_chunk(tile_row[i] + xi + c0 / 4u);
         [[unroll]] for (uint k8 = 0u; k8 < CHUNK; k8 += 8u) {
@@ -191,15 +185,15 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
                     xv[i] = bitfieldExtract(int(xw[i][kk / 4u]), int(8u * (kk % 4u)), 8);
                     sx[i] += xv[i];
                 }
-                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j], sacc[j]);
+                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(unpack32(wq[j][kk / 2u])[kk % 2u], xv, acc[j]);
             }
         }
-        swar_flush(acc, sacc, P, su);
+        swar_flush(acc, P);
     }
 }
 #else
-// P[j][i][c] = sum x * u over group g of block j, sx[i] = sum x and (FORM_SUMS)
-// su[j][c] = sum u, two channels per int32 multiply or add (SWAR, see common.glsl).
+// P[j][i][c] = sum x * u over group g of block j and sx[i] = sum x, two channels per int32
+// multiply (SWAR, see common.glsl).
 void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
                 out int su[TILE_CB][8]) {
     sums_zero(P, sx, su);
@@ -207,8 +201,8 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
     for (uint c0 = 0u; c0 < GROUP_SIZE; c0 += CHUNK) {
-        int acc[TILE_CB][TM][4], sacc[TILE_CB][4];
-        swar_zero(acc, sacc);
+        int acc[TILE_CB][TM][4];
+        swar_zero(acc);
         [[unroll]] for (uint k4 = 0u; k4 < CHUNK; k4 += 4u) {
             ivec4 xq[TM];
             [[unroll]] for (uint i = 0u; i < TM; i++) xq[i] = x_quad(tile_row[i] + xi + (c0 + k4) / 4u);
@@ -218,10 +212,10 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
                     xv[i] = xq[i][kk];
                     sx[i] += xv[i];
                 }
-                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j], sacc[j]);
+                [[unroll]] for (uint j = 0u; j < TILE_CB; j++) swar_madd(W[wi[j] + (c0 + k4 + kk) * stride], xv, acc[j]);
             }
         }
-        swar_flush(acc, sacc, P, su);
+        swar_flush(acc, P);
     }
 }
 #endif  // INT64_LOADS

@@ -146,8 +146,9 @@ def test_tiny_sweep_end_to_end(tmp_path, monkeypatch, capsys, device):
     assert p1["bytes"] == doc["calibration"]["read_bytes"] == moved
     # the same layer with symmetric weights, timed in the same rounds at T = 1 only
     sym = p1["symmetric"]
-    # symmetric weights: no nibble sums stored (the kernels form them)
-    assert sym["bytes"] == moved - 48 * 2 * 2 and len(sym["runs_kernel"]) == 4
+    # symmetric weights: the same bytes (lavapipe's T = 1 kernel is a SWAR one: its layout
+    # stores the nibble sums, as it does the zero points')
+    assert sym["bytes"] == moved and len(sym["runs_kernel"]) == 4
     assert sym["check"].startswith("max error / tolerance") and p1["symmetric_over_auto"] > 0
     assert "symmetric" not in doc["points"][1] and "symmetric weights" in text
     assert p1["calibration_work"]["read"] == moved // 16 * 16

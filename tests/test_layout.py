@@ -4,8 +4,13 @@ vkqlinear/weights.py and shaders/common.glsl (no GPU needed)."""
 import numpy as np
 import pytest
 
-from vkqlinear.layout import call_bytes, device_layout, group_data_bytes
+from vkqlinear.layout import call_bytes, device_layout, group_data_bytes, sums16
 from vkqlinear.quant import pack_int4
+
+
+def _sums(wsu, g):
+    """The nibble sums of a layout, one value per channel and group."""
+    return wsu.view(np.uint16) if sums16(g) else wsu
 
 
 def _weights(n, k, g, seed=0):
@@ -49,7 +54,7 @@ def test_dot_layout(lanes, n):
     k, g = 64, 32
     q, packed, s, o = _weights(n, k, g, seed=1)
     words, ws, wo, wsu, n_padded = device_layout(packed, g, s, o, lanes, "dot")
-    assert wsu is None                    # no zero points: the kernels form the sums
+    assert wsu is None               # the OpSDot kernels form the sums (no zero points here)
     assert words.size == n_padded * k // 8
     for ch in range(n):
         b, c = divmod(ch, 8)
@@ -68,6 +73,7 @@ def test_dot_layout(lanes, n):
         for gi in range(k // g):
             idx = (((b // lanes) * (k // g) + gi) * lanes + b % lanes) * 8 + c
             assert ws[idx] == s[ch, gi] and wo[idx] == o[ch, gi]
+            assert _sums(same[3], g)[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
 
 
 def _unit_of(layout, b, kk, k, g, lanes, order):
@@ -130,31 +136,48 @@ def test_unknown_layout_is_refused():
         device_layout(packed, 32, s, o, 8, "swar", "rows")
 
 
-@pytest.mark.parametrize("g", [8, 272])
-def test_nibble_sums_are_stored_only_with_integer_zero_points(g):
-    """All nibbles 15 and z = -8: the largest sums beside the most negative zero point,
-    12 + 4 bits; without zero points nothing is stored (the kernels form the sums); zero
-    points past what 12 bits of sums allow are refused."""
+@pytest.mark.parametrize("g", [8, 4368, 4376])
+def test_nibble_sums_are_16_bit_while_they_fit(g):
+    """All nibbles 15: the largest sums; uint16 up to g = 4369, int32 past it."""
     n, k = 8, g * 2
     packed = np.full((n, k // 2), 0xFF, np.uint8)
     s = np.ones((n, 2), np.float32)
-    assert device_layout(packed, g, s, np.zeros_like(s), 8)[3] is None
-    *_, wsu, n_padded = device_layout(packed, g, s, 8 * s, 8, w_zeros=np.full((n, 2), -8))
+    *_, wsu, n_padded = device_layout(packed, g, s, np.zeros_like(s), 8)
+    assert sums16(g) == (g <= 4369)
+    assert wsu.dtype == (np.uint32 if sums16(g) else np.int32)
+    assert wsu.nbytes == n_padded * 2 * (2 if sums16(g) else 4)
+    v = _sums(wsu, g)                     # padding channels sum to 0
+    assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()
+
+
+@pytest.mark.parametrize("g", [8, 272])
+def test_the_dot_layout_stores_nibble_sums_only_with_integer_zero_points(g):
+    """All nibbles 15 and z = -8: the largest sums beside the most negative zero point,
+    12 + 4 bits; without zero points the "dot" layout stores none (its kernels form the
+    sums); zero points past what 12 bits of sums allow are refused."""
+    n, k = 8, g * 2
+    packed = np.full((n, k // 2), 0xFF, np.uint8)
+    s = np.ones((n, 2), np.float32)
+    assert device_layout(packed, g, s, np.zeros_like(s), 8, "dot")[3] is None
+    *_, wsu, n_padded = device_layout(packed, g, s, 8 * s, 8, "dot",
+                                      w_zeros=np.full((n, 2), -8))
     assert wsu.dtype == np.uint32 and wsu.nbytes == n_padded * 2 * 2
     v = wsu.view(np.uint16)               # padding channels: sum 0, z 0
     assert (v != 0).sum() == n * 2 and (v[v != 0] == (15 * g | 0x8000)).all()
     with pytest.raises(ValueError, match="w_zeros"):
-        device_layout(np.full((n, 280), 0xFF, np.uint8), 280, s, 8 * s, 8,
+        device_layout(np.full((n, 280), 0xFF, np.uint8), 280, s, 8 * s, 8, "dot",
                       w_zeros=np.full((n, 2), -8))
 
 
+@pytest.mark.parametrize("layout", ["dot", "swar64"])
 @pytest.mark.parametrize("g,k", [(32, 64), (20, 40), (4376, 4376)])
 @pytest.mark.parametrize("kind", ["symmetric", "integer", "float"])
-def test_call_bytes_counts_what_the_kernels_read(g, k, kind):
+def test_call_bytes_counts_what_the_kernels_read(g, k, kind, layout):
     """Nibbles of groups padded to 8, per channel and group a scale, a float offset (only
-    for float offsets) and, with integer zero points in [-8, 7] where the nibble sums fit
-    12 bits, the 16-bit nibble sum holding the zero point (the kernels form the sums of
-    other weights), then activations and output."""
+    for float offsets: integer zero points in [-8, 7] ride in the nibble sums' top bits
+    where the sums fit 12 bits), the nibble sum (16-bit while it fits; with the OpSDot
+    kernels' layout only where it holds the zero points: they form the others), then
+    activations and output."""
     import vkqlinear as vq
     from vkqlinear.layout import zeros_packed
     n, t = 16, 3
@@ -169,18 +192,20 @@ def test_call_bytes_counts_what_the_kernels_read(g, k, kind):
     qw = vq.QuantizedWeights(np.zeros((n, k // 2), np.uint8), g, s, offsets)
     floats = kind == "float" or (kind == "integer" and not zeros_packed(g8))
     assert qw.offset_kind == (0 if kind == "symmetric" else 1 if floats else 2)
-    per = 4 + 4 * floats + 2 * (qw.offset_kind == 2)
-    assert group_data_bytes(g, qw.offset_kind) == per
-    assert call_bytes(qw, t) == n * (k // g) * (g8 // 2 + per) + t * (k + 8) + t * n * 4
+    stored = layout != "dot" or qw.offset_kind == 2
+    per = 4 + 4 * floats + stored * (2 if sums16(g8) else 4)
+    assert group_data_bytes(g, qw.offset_kind, layout) == per
+    assert call_bytes(qw, t, layout) == n * (k // g) * (g8 // 2 + per) + t * (k + 8) + t * n * 4
 
 
 @pytest.mark.parametrize("g, sym, integer, floats", [(32, 0.625, 0.6875, 0.75),
                                                     (128, 0.53125, 0.546875, 0.5625)])
 def test_bytes_per_weight(g, sym, integer, floats):
-    """What a T = 1 call reads per weight of a 4096 x 4096 layer, activations and output
-    aside: symmetric weights read the nibbles and a float32 scale a group; integer zero
-    points in [-8, 7] the 16-bit nibble sum holding them besides; float offsets a float32
-    offset besides the scale."""
+    """What a T = 1 call of the OpSDot kernels (a GPU's) reads per weight of a 4096 x 4096
+    layer, activations and output aside: symmetric weights read the nibbles and a float32
+    scale a group; integer zero points in [-8, 7] the 16-bit nibble sum holding them
+    besides; float offsets a float32 offset besides the scale. The SWAR kernels read a
+    16-bit nibble sum with every kind (0.0625 more a weight at g = 32)."""
     import vkqlinear as vq
     from vkqlinear.quant import quantize_weights
     rng = np.random.default_rng(0)
@@ -193,3 +218,5 @@ def test_bytes_per_weight(g, sym, integer, floats):
     assert [qws[k].offset_kind for k in qws] == [0, 2, 1]
     for key, want in (("sym", sym), ("integer", integer), ("floats", floats)):
         assert call_bytes(qws[key], 0) / (4096 * 4096) == want, key
+        swar = want + (1 / 16 if key != "integer" else 0) * 32 / g
+        assert call_bytes(qws[key], 0, "swar64") / (4096 * 4096) == swar, key

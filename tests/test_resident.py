@@ -125,7 +125,9 @@ def test_memory_used_counts_what_is_held_and_drops_with_it(rng, device):
 def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
     """Where every offset is 0, or an integer zero point in [-8, 7] (held in the nibble
     sums' top bits), no offsets are uploaded (nor read): the layer holds N x G x 4 bytes
-    less (less a 16-byte placeholder) than with one float offset, and its results are the
+    less (less a 16-byte placeholder) than with one float offset; in the OpSDot kernels'
+    layout symmetric weights and float offsets hold no nibble sums either (the kernels
+    form them), integer zero points N x G x 2 bytes of them; and the results are the
     reference's within the contract. (N: the channels padded to the layout's
     interleave.)"""
     from vkqlinear import conformance as C
@@ -144,6 +146,7 @@ def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
             before = dev.memory_used()
             dl = vq.DeviceLinear.of(qw, dev)
             buf = dl.buffers(dl.kernel(algorithm, 3))
+            dl_layout = dl.kernel(algorithm, 3).layout
             held[name] = dev.memory_used() - before
             n_padded = buf.pieces[0][2]                  # channels padded to the layout's lanes
             assert buf.offsets == qw.offset_kind == kind
@@ -153,7 +156,8 @@ def test_symmetric_weights_hold_no_offsets_and_stay_right(rng, algorithm):
             assert ok, f"{name}: {msg}"
             del dl, qw, buf
             gc.collect()
-        assert held["one zero point"] == held["symmetric"]
+        formed = dl_layout == "dot"       # sums formed by the kernels, but for zero points
+        assert held["one zero point"] - held["symmetric"] == formed * (n_padded * (k // g) * 2 - 16)
         assert held["one float offset"] - held["symmetric"] == n_padded * (k // g) * 4 - 16
 
 

@@ -19,16 +19,17 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
   of one block): ``[b][g // lanes][k unit within the group][g % lanes]``, the last round
   holding only the ``G % lanes`` groups left. Either way neighbouring invocations read
   neighbouring memory at each step;
-* per group: ``s`` and ``o`` (float32), ordered ``[b // lanes][g][b % lanes][8]``
-  (``"blocks"``) or ``[b][g][8]`` (``"groups"``). Where every ``o`` is 0 (symmetric
-  weights) the shaders do not read the offsets
-  (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none). The kernels form each
-  group's nibble sum ``sum u`` from the weight words they load, except where every ``o``
-  is ``-s z`` for an integer ``z`` in [-8, 7] and ``15 * group_size`` fits 12 bits
-  (:func:`zeros_packed`): then ``sum u`` (low 12 bits) and ``z`` (top 4, two's
-  complement) are stored as uint16, two per uint32 word (the lower channel in the low
-  half), in the same order, and no offsets are uploaded: the shaders form ``o = -s z``
-  as float32 does, so every result is the one the stored offsets give.
+* per group: ``s``, ``o`` (float32) and ``sum u``, ordered
+  ``[b // lanes][g][b % lanes][8]`` (``"blocks"``) or ``[b][g][8]`` (``"groups"``).
+  ``sum u`` is uint16 while ``15 * group_size`` fits 16 bits (:func:`sums16`; two per
+  uint32 word, the lower channel in the low half), else int32; the ``"dot"`` layout
+  stores none (its kernels form them from the weight words, :func:`stores_sums`) unless
+  they carry zero points. Where every ``o`` is 0 (symmetric weights) the shaders do not
+  read the offsets (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none);
+  where every ``o`` is ``-s z`` for an integer ``z`` in [-8, 7] and ``15 * group_size``
+  fits 12 bits (:func:`zeros_packed`), ``z`` rides in the top 4 bits of the uint16 sums
+  and no offsets are uploaded either: the shaders form ``o = -s z`` as float32 does, so
+  every result is the one the stored offsets give.
 
 Groups whose size is not a multiple of 8 (ExecuTorch allows multiples of 4) are padded to
 the next multiple of 8 with ``q = 0`` (:func:`padded_group_size`, :func:`pad_groups`); the
@@ -51,7 +52,21 @@ from .kernels import OFFSETS_FLOAT, OFFSETS_INTEGER
 from .quant import unpack_int4
 
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
-           "split_channels", "zeros_packed", "group_data_bytes", "call_bytes"]
+           "split_channels", "sums16", "stores_sums", "zeros_packed", "group_data_bytes",
+           "call_bytes"]
+
+
+def sums16(group_size):
+    """Whether the nibble sums of groups of ``group_size`` (the shaders' size) are stored
+    as uint16: ``sum u <= 15 * group_size`` fits. ``shaders/common.glsl``'s SUMS16."""
+    return 15 * group_size <= 0xFFFF
+
+
+def stores_sums(layout, offsets):
+    """Whether weights of offset kind ``offsets`` hold nibble sums in ``layout``: the
+    OpSDot kernels (``"dot"``) form them, so there only integer zero points, which ride
+    in the sums, keep them. ``shaders/common.glsl``'s FORM_SUMS is the same rule."""
+    return layout != "dot" or int(offsets) == OFFSETS_INTEGER
 
 
 def zeros_packed(group_size):
@@ -62,21 +77,24 @@ def zeros_packed(group_size):
     return 15 * group_size <= 0x0FFF
 
 
-def group_data_bytes(group_size, offsets=OFFSETS_FLOAT):
-    """Bytes of group data the kernels read per channel and group (``offsets``: the
-    weights' offset kind): the float32 scale, the float32 offset where offsets are
-    floats, and the 16-bit nibble sum with the zero point where they are integer zero
-    points (otherwise the kernels form the sums); the same for every ``group_size``."""
-    return 4 + 4 * (int(offsets) == OFFSETS_FLOAT) + 2 * (int(offsets) == OFFSETS_INTEGER)
+def group_data_bytes(group_size, offsets=OFFSETS_FLOAT, layout="dot"):
+    """Bytes of group data the kernels of ``layout`` read per channel and group
+    (``offsets``: the weights' offset kind): the float32 scale, the float32 offset where
+    offsets are floats (integer zero points ride in the nibble sums' top bits) and the
+    nibble sum where :func:`stores_sums` (16-bit where :func:`sums16`)."""
+    sums = (2 if sums16(padded_group_size(group_size)) else 4) \
+        if stores_sums(layout, offsets) else 0
+    return 4 + 4 * (int(offsets) == OFFSETS_FLOAT) + sums
 
 
-def call_bytes(weights, t):
-    """Bytes one call at ``t`` tokens moves (channels unpadded): the nibbles as the kernels
-    read them (groups padded to a multiple of 8), the group data, the activations with
-    their scale and zero point, and the float output."""
+def call_bytes(weights, t, layout="dot"):
+    """Bytes one call at ``t`` tokens moves (channels unpadded) with a kernel reading
+    ``layout`` (the OpSDot kernels' by default, a GPU's): the nibbles as the kernels read
+    them (groups padded to a multiple of 8), the group data, the activations with their
+    scale and zero point, and the float output."""
     w = weights
     nibbles = w.N * w.G * padded_group_size(w.group_size) // 2
-    group = w.N * w.G * group_data_bytes(w.group_size, w.offset_kind)
+    group = w.N * w.G * group_data_bytes(w.group_size, w.offset_kind, layout)
     return nibbles + group + t * (w.K + 8) + t * w.N * 4
 
 
@@ -111,10 +129,11 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     """The shaders' weight layout: ``layout`` ``"swar"``, ``"swar64"`` or ``"dot"`` in
     ``order`` ``"blocks"`` or ``"groups"`` (see the module doc).
 
-    Returns ``(words uint32, s float32, o float32, sums, NP)``, each flat; ``sums`` is
-    ``None`` unless ``w_zeros`` (integer zero points in [-8, 7], ``[N, G]``, where
-    :func:`zeros_packed`) is given: then uint16 pairs in uint32 words, each uint16
-    holding ``sum u`` in its low 12 bits and ``z`` in its top 4 (two's complement).
+    Returns ``(words uint32, s float32, o float32, sum_u, NP)``, each flat; ``sum_u`` is
+    int32, or uint16 pairs in uint32 words where :func:`sums16`, or ``None`` where the
+    layout's kernels form the sums (:func:`stores_sums`). With ``w_zeros`` (integer zero
+    points in [-8, 7], ``[N, G]``, where :func:`zeros_packed`) each uint16 holds ``sum u``
+    in its low 12 bits and ``z`` in its top 4 (two's complement).
     """
     n, k2 = w_packed.shape
     k = 2 * k2
@@ -157,13 +176,15 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
 
     sums = None
-    if w_zeros is not None:
-        if not zeros_packed(group_size) or np.any((w_zeros < -8) | (w_zeros > 7)):
-            raise ValueError("w_zeros: zero points in [-8, 7] with groups of at most 273 "
-                             "ride in the nibble sums; these do not fit")
+    if w_zeros is not None or layout != "dot":
         sum_u = u.reshape(n_padded, g, group_size).sum(axis=2, dtype=np.int32)[:n]
-        sum_u = sum_u | ((np.asarray(w_zeros, np.int32) & 0xF) << 12)
-        sums = np.ascontiguousarray(groups(sum_u, np.uint16)).view(np.uint32)
+        if w_zeros is not None:
+            if not zeros_packed(group_size) or np.any((w_zeros < -8) | (w_zeros > 7)):
+                raise ValueError("w_zeros: zero points in [-8, 7] with groups of at most "
+                                 "273 ride in the nibble sums; these do not fit")
+            sum_u = sum_u | ((np.asarray(w_zeros, np.int32) & 0xF) << 12)
+        sums = groups(sum_u, np.int32) if not sums16(group_size) else \
+            np.ascontiguousarray(groups(sum_u, np.uint16)).view(np.uint32)
     return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
             groups(w_offsets, np.float32), sums, n_padded)
 

@@ -148,7 +148,8 @@ class PointTimer:
                  group_size=g, w_scales=qw.w_scales, w_zeros=qw.w_zeros, w_offsets=None,
                  bias=None)
         self.point = point = {
-            "T": t, "K": k, "N": n, "group_size": g, "kernels": {}, "bytes": call_bytes(qw, t),
+            "T": t, "K": k, "N": n, "group_size": g, "kernels": {},
+            "bytes": call_bytes(qw, t, dl.kernel("auto", t).layout),
             "calibration_runs": {c: [] for c in calibrations},
             "calibration_work": {c: cal.work for c, cal in calibrations.items()}}
         self.kernels = device_kernels(dev)
@@ -168,7 +169,8 @@ class PointTimer:
                 raise AssertionError(f"auto on symmetric weights at T={t} K={k} N={n} "
                                      f"g={g} is wrong: {msg}")
             point["symmetric"] = {"check": msg, "runs_kernel": [],
-                                  "bytes": call_bytes(symmetric, t)}
+                                  "bytes": call_bytes(symmetric, t,
+                                                      self.sym.kernel("auto", t).layout)}
         for alg in self.kernels:   # the plain calls' first run records their sequences
             self._e2e(alg)
         t0 = time.perf_counter()
