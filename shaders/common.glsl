@@ -10,9 +10,11 @@
 //   1 XS     float[T]          per-token activation scale
 //   2 XZ     int  [T]          per-token activation zero point
 //   3 W      uint              weights, "block-of-8-channels" layout (below)
-//   4 WS     vec4              per-group weight scale s, same order as WSU
+//   4 WS     vec4              per-group weight scale s, same order as WSU (fp16 with
+//                              HALF_DATA bit 0, below)
 //   5 WO     vec4              per-group weight offset o (w = s * q + o); read only when
-//                              HAS_OFFSET is 1 (float offsets)
+//                              HAS_OFFSET is 1 (float offsets; the fp16 m of o = m + 8 s
+//                              with HALF_DATA bit 1)
 //   6 WSU    ivec4             per-group sum of raw nibbles u over the group; uint16 (two
 //                              per word, the lower channel in the low half) while
 //                              15 * GROUP_SIZE fits 16 bits (SUMS16); with HAS_OFFSET 2
@@ -63,6 +65,13 @@ layout(constant_id = 6) const uint CB = 1;           // channel blocks per invoc
 // o = -s z, held in the top 4 bits (two's complement) of the uint16 nibble sums (WSU,
 // 15 GROUP_SIZE < 4096). WO is read with 1 only.
 layout(constant_id = 7) const uint HAS_OFFSET = 1;
+// HALF_DATA: bit 0, the scales as fp16 (WS: 8 a block and group in one uvec4); bit 1 (with
+// HAS_OFFSET 1), the offsets as the fp16 m of o = m + 8 s (GGUF Q4_1's min; WO as WS),
+// o formed in float32. The host stores fp16 only where every value is 0 or a normal fp16
+// and o comes out as its float32 offset bit for bit.
+layout(constant_id = 8) const uint HALF_DATA = 0;
+const bool HALF_SCALES = (HALF_DATA & 1u) != 0u;
+const bool HALF_OFFSETS = (HALF_DATA & 2u) != 0u;
 layout(local_size_x_id = 0, local_size_y_id = 1, local_size_z = 1) in;
 
 const uint CHUNK = (GROUP_SIZE % 16u == 0u) ? 16u : 8u;
@@ -137,7 +146,21 @@ layout(std430, binding = 6) readonly buffer WSUBuf { ivec4 WSU[]; };
 #ifndef TEXEL_LOADS
 // The same nibble sums as uint16, 8 per uvec4 (SUMS16; descriptor aliasing).
 layout(std430, binding = 6) readonly buffer WSU16Buf { uvec4 WSU16[]; };
+// fp16 scales and offsets, 8 per uvec4 (HALF_DATA; descriptor aliasing).
+layout(std430, binding = 4) readonly buffer WS16Buf { uvec4 WS16[]; };
+layout(std430, binding = 5) readonly buffer WO16Buf { uvec4 WO16[]; };
+uvec4 ws16(uint i) { return WS16[i]; }
+uvec4 wo16(uint i) { return WO16[i]; }
+#else
+uvec4 ws16(uint i) { return texelFetch(WST, int(i)); }
+uvec4 wo16(uint i) { return texelFetch(WOT, int(i)); }
 #endif
+
+// The 8 fp16 values of a uvec4 (the lower channel in the low half of each word).
+void halves8(uvec4 h, out vec4 v[2]) {
+    v[0] = vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y));
+    v[1] = vec4(unpackHalf2x16(h.z), unpackHalf2x16(h.w));
+}
 layout(std430, binding = 7) readonly buffer BiasBuf { vec4 BIAS[]; };
 layout(std430, binding = 8) readonly buffer OSBuf { float OS[]; };
 layout(std430, binding = 9) readonly buffer OZBuf { int OZ[]; };
@@ -258,14 +281,18 @@ uint group_base(uint b, uint g, uint G) {
 #endif
 }
 
-// The group data of a block and group, 8 channels as two vec4; gb from group_base. The
-// nibble sums su are read unless the kernel forms them (FORM_SUMS; then 0 here).
+// The group data of a block and group, 8 channels as two vec4; gb from group_base (in
+// float32 vec4 units; fp16 data is one uvec4 a block and group, at gb / 2). The nibble
+// sums su are read unless the kernel forms them (FORM_SUMS; then 0 here).
 void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
+    if (HALF_SCALES) halves8(ws16(gb / 2u), s);
 #ifdef INT64_LOADS
-    u64vec4 ws = ws_vec(gb / 2u);
-    s[0] = vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y)));
-    s[1] = vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w)));
-    if (HAS_OFFSET == 1u) {
+    if (!HALF_SCALES) {
+        u64vec4 ws = ws_vec(gb / 2u);
+        s[0] = vec4(uintBitsToFloat(unpack32(ws.x)), uintBitsToFloat(unpack32(ws.y)));
+        s[1] = vec4(uintBitsToFloat(unpack32(ws.z)), uintBitsToFloat(unpack32(ws.w)));
+    }
+    if (HAS_OFFSET == 1u && !HALF_OFFSETS) {
         u64vec4 wo = wo_vec(gb / 2u);
         o[0] = vec4(uintBitsToFloat(unpack32(wo.x)), uintBitsToFloat(unpack32(wo.y)));
         o[1] = vec4(uintBitsToFloat(unpack32(wo.z)), uintBitsToFloat(unpack32(wo.w)));
@@ -276,9 +303,11 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
         su[1] = ivec4(unpack32(wu.z), unpack32(wu.w));
     }
 #else
-    s[0] = WS[gb];
-    s[1] = WS[gb + 1u];
-    if (HAS_OFFSET == 1u) {
+    if (!HALF_SCALES) {
+        s[0] = WS[gb];
+        s[1] = WS[gb + 1u];
+    }
+    if (HAS_OFFSET == 1u && !HALF_OFFSETS) {
         o[0] = WO[gb];
         o[1] = WO[gb + 1u];
     }
@@ -287,6 +316,12 @@ void group_data(uint gb, out vec4 s[2], out vec4 o[2], out ivec4 su[2]) {
         su[1] = WSU[gb + 1u];
     }
 #endif
+    if (HAS_OFFSET == 1u && HALF_OFFSETS) {     // o = m + 8 s, as the host checked
+        vec4 m[2];
+        halves8(wo16(gb / 2u), m);
+        o[0] = m[0] + 8.0 * s[0];
+        o[1] = m[1] + 8.0 * s[1];
+    }
     if (HAS_OFFSET != 1u) {
         o[0] = vec4(0.0);
         o[1] = vec4(0.0);

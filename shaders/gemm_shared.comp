@@ -49,8 +49,13 @@ const uint X_REPS = (BT + INVOCATIONS - 1u) / INVOCATIONS;
 void stage_channel(uint j, uint n, uint g, uint G, uint h) {
     uint b = n / 8u, c = n % 8u;
     uint stride, unit = weight_unit(b, g, G, stride);
-    uint gb = group_base(b, g, G) + c / 4u;   // the vec4 of channel c
-    float s = WS[gb][c % 4u], off = (HAS_OFFSET == 1u) ? WO[gb][c % 4u] : 0.0;
+    uint gb0 = group_base(b, g, G), gb = gb0 + c / 4u;   // the vec4 of channel c
+    float s = HALF_SCALES ? unpackHalf2x16(WS16[gb0 / 2u][c / 2u])[c % 2u] : WS[gb][c % 4u];
+    float off = 0.0;
+    if (HAS_OFFSET == 1u) {
+        off = HALF_OFFSETS ? unpackHalf2x16(WO16[gb0 / 2u][c / 2u])[c % 2u] + 8.0 * s
+                           : WO[gb][c % 4u];
+    }
     // Integer zero points (HAS_OFFSET 2: o = -s z, z in the nibble sum's top 4 bits):
     // the weights become q - z, which folds o * S into the integer sum.
     int z = 0;

@@ -152,3 +152,37 @@ def test_zero_points_in_the_sums_give_the_stored_offsets_results(out, device):
             b = vq.DeviceLinear.of(stored, device).run(alg, *x, variant=variant)[0]
             assert np.array_equal(a, b), f"{alg}/{variant.name} g={g}"
             assert C.check(a, dict(d, w_offsets=None))[0], f"{alg}/{variant.name} g={g}"
+
+
+@pytest.mark.parametrize("out", ["float", "int8"])
+def test_half_group_data_gives_the_float32_results(out, device):
+    """Scales and Q4_1-style offsets (o = m + 8 s, GGUF's d and m) held as float16 give,
+    bit for bit, the results of the same weights with float32 group data, in every
+    variant of every kernel (the shaders read float16 exactly and form o = m + 8 s as
+    float32 does), at group sizes 32 and 8, for offsets o = m + 8 s, none and integer
+    zero points."""
+    import numpy as np
+
+    import vkqlinear as vq
+    from vkqlinear.weights import QuantizedWeights
+    for g in (32, 8):
+        for alg, variant in C.kernel_variants(device):
+            case = C.Case("half", (C.SPECS[alg].check_tokens,), 256, 72, g, out=out, seed=g)
+            d = C.make_inputs(case)
+            rng = np.random.default_rng(g)
+            s = d["w_scales"].astype(np.float16).astype(np.float32)
+            m = (-s * rng.uniform(0.5, 8, s.shape)).astype(np.float16).astype(np.float64)
+            x = (d["x_q"], d["x_scale"], d["x_zero_point"], d["bias"]) + (
+                (d["out_scale"], d["out_zero_point"]) if out == "int8" else ())
+            for offsets, half in ((m + 8 * s, 3), (0 * m, 1), (-3.0 * s.astype(np.float64), 1)):
+                halved = QuantizedWeights(d["w_packed"], g, s, offsets)
+                stored = QuantizedWeights(d["w_packed"], g, s, offsets)
+                stored.half_scales = stored.offset_bases = None
+                stored.half_data = 0
+                assert halved.half_data == half
+                a = vq.DeviceLinear.of(halved, device).run(alg, *x, variant=variant)[0]
+                b = vq.DeviceLinear.of(stored, device).run(alg, *x, variant=variant)[0]
+                what = f"{alg}/{variant.name} g={g} half={half} kind={halved.offset_kind}"
+                assert np.array_equal(a, b), what
+                ref = dict(d, w_scales=s, w_zeros=None, w_offsets=offsets.astype(np.float32))
+                assert C.check(a, ref)[0], what

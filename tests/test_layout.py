@@ -73,7 +73,8 @@ def test_dot_layout(lanes, n):
         for gi in range(k // g):
             idx = (((b // lanes) * (k // g) + gi) * lanes + b % lanes) * 8 + c
             assert ws[idx] == s[ch, gi] and wo[idx] == o[ch, gi]
-            assert _sums(same[3], g)[idx] == int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
+            want = int(q[ch, gi * g:(gi + 1) * g].astype(int).sum() + 8 * g)
+            assert _sums(same[3], g)[idx] == want
 
 
 def _unit_of(layout, b, kk, k, g, lanes, order):
@@ -183,7 +184,8 @@ def test_call_bytes_counts_what_the_kernels_read(g, k, kind, layout):
     n, t = 16, 3
     g8 = -(-g // 8) * 8
     zeros = np.zeros((n, k // g), np.int32)
-    s = np.ones((n, k // g), np.float32)      # (groups of 20: as from_executorch makes)
+    # (groups of 20: as from_executorch makes; scales not float16, so stored as float32)
+    s = np.full((n, k // g), 1.1, np.float32)
     if kind != "symmetric":
         zeros[0, 0] = 1
     offsets = -s * zeros
@@ -192,6 +194,7 @@ def test_call_bytes_counts_what_the_kernels_read(g, k, kind, layout):
     qw = vq.QuantizedWeights(np.zeros((n, k // 2), np.uint8), g, s, offsets)
     floats = kind == "float" or (kind == "integer" and not zeros_packed(g8))
     assert qw.offset_kind == (0 if kind == "symmetric" else 1 if floats else 2)
+    assert qw.half_data == 0
     stored = layout != "dot" or qw.offset_kind == 2
     per = 4 + 4 * floats + stored * (2 if sums16(g8) else 4)
     assert group_data_bytes(g, qw.offset_kind, layout) == per
@@ -216,7 +219,70 @@ def test_bytes_per_weight(g, sym, integer, floats):
            "floats": vq.prepack(packed, g, scales,
                                 w_offsets=(-scales * zeros + scales / 3).astype(np.float32))}
     assert [qws[k].offset_kind for k in qws] == [0, 2, 1]
+    assert [qws[k].half_data for k in qws] == [0, 0, 0]
     for key, want in (("sym", sym), ("integer", integer), ("floats", floats)):
         assert call_bytes(qws[key], 0) / (4096 * 4096) == want, key
         swar = want + (1 / 16 if key != "integer" else 0) * 32 / g
         assert call_bytes(qws[key], 0, "swar64") / (4096 * 4096) == swar, key
+
+
+@pytest.mark.parametrize("g, q4_0, q4_1", [(32, 0.5625, 0.625), (128, 0.515625, 0.53125)])
+def test_bytes_per_weight_with_float16_group_data(g, q4_0, q4_1):
+    """GGUF's forms, float16 d (and m): Q4_0 reads the nibbles and a float16 scale a group
+    (GGUF's own 18 bytes a block of 32), Q4_1 a float16 m besides (GGUF's 20)."""
+    import vkqlinear as vq
+    rng = np.random.default_rng(1)
+    n, k = 256, 4096
+    packed = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
+    d = rng.uniform(1e-3, 0.1, (n, k // g)).astype(np.float16).astype(np.float32)
+    m = (-d * rng.uniform(0.5, 8, d.shape)).astype(np.float16).astype(np.float64)
+    a = vq.QuantizedWeights(packed, g, d, 0 * m)
+    b = vq.QuantizedWeights(packed, g, d, m + 8 * d)
+    assert (a.half_data, b.half_data) == (1, 3)
+    assert call_bytes(a, 0) / (n * k) == q4_0 and call_bytes(b, 0) / (n * k) == q4_1
+
+
+@pytest.mark.parametrize("order", ["blocks", "groups"])
+def test_half_group_data(order):
+    """float16 scales and offset bases in the group data's order, 8 a block and group in
+    16 bytes, the lower channel in the low half of each word."""
+    n, k, g, lanes = 20, 64, 16, 8
+    q, packed, s, o = _weights(n, k, g, seed=5)
+    s16, m16 = s.astype(np.float16), (o / 4).astype(np.float16)
+    words, ws, wo, wsu, n_padded = device_layout(packed, g, s, o, lanes, "dot", order,
+                                                 scales16=s16, bases16=m16)
+    assert ws.dtype == wo.dtype == np.uint32 and ws.nbytes == wo.nbytes == n_padded * (k // g) * 2
+    hs, ho = ws.view(np.float16), wo.view(np.float16)
+    for ch in range(n):
+        b, i = divmod(ch, 8)
+        for gi in range(k // g):
+            idx = ((((b // lanes) * (k // g) + gi) * lanes + b % lanes) if order == "blocks"
+                   else b * (k // g) + gi) * 8 + i
+            assert hs[idx] == s16[ch, gi] and ho[idx] == m16[ch, gi]
+
+
+def test_half_data_is_chosen_where_every_value_reads_back_exactly():
+    """Scales in float16 where every one is 0 or a normal float16; float offsets as the
+    float16 m of o = m + 8 s where float32's m + 8 s is every offset (GGUF Q4_1)."""
+    import vkqlinear as vq
+    from vkqlinear.kernels import HALF_OFFSETS, HALF_SCALES
+    n, k, g = 8, 64, 32
+    packed = np.zeros((n, k // 2), np.uint8)
+    d = np.random.default_rng(0).uniform(0.01, 1, (n, 2)).astype(np.float16).astype(np.float32)
+    m = (-3 * d).astype(np.float16).astype(np.float64)
+
+    def half(s, o):
+        return vq.QuantizedWeights(packed, g, s, np.asarray(o, np.float64)).half_data
+    assert half(d, m + 8 * d) == HALF_SCALES | HALF_OFFSETS          # Q4_1
+    assert half(d, 0 * m) == HALF_SCALES                             # Q4_0, symmetric
+    assert half(d, -2.0 * d) == HALF_SCALES                          # integer zero points
+    assert half(d, m + 8 * d + 1e-3) == HALF_SCALES                  # offsets not m + 8 s
+    assert half(d + np.float32(1e-4), m + 8 * d) == 0                # scales not float16
+    tiny = d.copy()
+    tiny[0, 0] = 2.0 ** -20                                          # float16 subnormal
+    assert half(tiny, 0 * m) == 0
+    tiny[0, 0] = 0.0                                                 # zero is exact
+    assert half(tiny, 0 * m) == HALF_SCALES
+    big = d.copy()
+    big[0, 0] = 1e5                                                  # past float16's range
+    assert half(big, 0 * m) == 0

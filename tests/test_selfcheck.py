@@ -119,6 +119,20 @@ def test_a_limit_met_by_the_check_is_an_error_not_a_verdict(fresh, monkeypatch, 
     assert y.shape == (16, 96) and again.wrong_variants() == {}
 
 
+@pytest.mark.parametrize("algorithm", ["tiled", "cooperative"])
+def test_a_first_call_with_int8_output_is_checked_and_right(fresh, rng, algorithm):
+    """The first call of a variant on a device asking for int8 output: the check runs the
+    variant's float-output kernel, then the call's result is the reference's."""
+    dev = fresh()
+    args = _layer(rng, 5)
+    out_s, out_z = np.full(5, 0.05, np.float32), np.arange(5, dtype=np.int32)
+    y = vq.linear_qta8a_qga4w_qta8o(*args, out_scale=out_s, out_zero_point=out_z,
+                                    algorithm=algorithm, device=dev)
+    ref = vq.linear_qta8a_qga4w_qta8o(*args, out_scale=out_s, out_zero_point=out_z,
+                                      algorithm="reference")
+    assert y.dtype == np.int8 and np.abs(y.astype(int) - ref).max() <= 1   # rounding ties
+
+
 def test_the_self_check_can_be_turned_off(fresh, monkeypatch):
     monkeypatch.setenv(selfcheck.SELF_CHECK_ENV, "0")
     dev = fresh()

@@ -58,9 +58,11 @@ def variants():
                     for g in GROUP_SIZES:
                         for int8 in (False, True):
                             k = choose_kernel(alg, t, g, int8, caps, variant=variant)
-                            # HAS_OFFSET, which the weights add: each kind of offsets
+                            # HAS_OFFSET and HALF_DATA, which the weights add: each
+                            # kind of offsets, float32 or float16 group data
                             out.setdefault((k.shader, k.defines), set()).update(
-                                k.pipeline_constants(offsets) for offsets in (0, 1, 2))
+                                k.pipeline_constants(offsets, half) for offsets in (0, 1, 2)
+                                for half in (0, 1, 3))
     # the on-device activation quantizer (vkqlinear.dispatch) and the calibration kernels
     out[("quantize_tokens.comp", ())] = {tuple(int(c) for c in quantizer_constants(name))
                                          for name in CONVENTIONS}

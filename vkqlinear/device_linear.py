@@ -54,7 +54,8 @@ class WeightBuffers:
     each fit one binding (``pieces``: ``[(n0, n1, NP, tensors)]``, the four tensors the
     shaders bind for channels ``n0 .. n1 - 1``: units, scales, offsets, nibble sums with
     zero points, and the piece's padded channel count ``NP``). ``offsets``: the weights'
-    :attr:`~vkqlinear.QuantizedWeights.offset_kind` (the kernels' HAS_OFFSET); where every
+    :attr:`~vkqlinear.QuantizedWeights.offset_kind` (the kernels' HAS_OFFSET), ``half``
+    its :attr:`~vkqlinear.QuantizedWeights.half_data` (HALF_DATA); where every
     offset is 0 (symmetric weights) or an integer zero point (held in the nibble sums'
     top bits), a 16-byte placeholder stands for the offsets, and where they are not
     integer zero points, for the nibble sums (the kernels form them): the kernels read
@@ -66,13 +67,14 @@ class WeightBuffers:
         if padded_group_size(g) != g:   # groups padded with q = 0 (nibble 8)
             packed = pack_int4(pad_groups(unpack_int4(packed), g, 0))
         self.offsets = weights.offset_kind
+        self.half = weights.half_data
         self.pieces = []
         for n0, n1 in split:
-            zeros = weights.zero_points
+            zeros, s16, m16 = (None if a is None else a[n0:n1] for a in (
+                weights.zero_points, weights.half_scales, weights.offset_bases))
             words, ws, wo, wsu, n_padded = device_layout(
                 packed[n0:n1], padded_group_size(g), weights.w_scales[n0:n1],
-                weights.w_offsets[n0:n1], lanes, layout, order,
-                None if zeros is None else zeros[n0:n1])
+                weights.w_offsets[n0:n1], lanes, layout, order, zeros, s16, m16)
             for name, a in (("w_packed (prepacked)", words), ("w_scales", ws)):
                 device.check_binding(a.nbytes, name)
             if self.offsets != OFFSETS_FLOAT:      # none, or in the nibble sums

@@ -136,7 +136,8 @@ class RecordedCall:
             [np.zeros(x_words, np.uint32), np.zeros(t, np.float32), np.zeros(t, np.int32),
              np.ones(q, np.float32), np.zeros(q, np.int32)], f"a recorded call at T={t}")
         self.pipelines = []        # what keeps the algorithms' pipelines (Device.algorithm)
-        self._pieces = [self._make_piece(piece, spirv, limits, weight_buffers.offsets)
+        self._pieces = [self._make_piece(piece, spirv, limits, weight_buffers.offsets,
+                                         weight_buffers.half)
                         for piece in pieces]
         self.n_dispatch = sum(p.n_dispatch for p in self._pieces)
         # one piece (the common case): its output is the call's, readable by a next layer
@@ -153,9 +154,10 @@ class RecordedCall:
         self._record(inputs, n_quant, float_input is not None, download, timed)
         self._make_views(float_input is not None)
 
-    def _make_piece(self, piece, spirv, limits, offsets):
+    def _make_piece(self, piece, spirv, limits, offsets, half):
         """The bias and output tensors and the linear kernel's algorithm of one piece of
-        the layer's channels (``piece``: ``(n0, n1, NP, weight tensors)``)."""
+        the layer's channels (``piece``: ``(n0, n1, NP, weight tensors)``; ``offsets`` and
+        ``half``: the weights' HAS_OFFSET and HALF_DATA)."""
         n0, n1, n_padded, wt = piece
         device, kernel, t = self.device, self.kernel, self.t
         out_words = t * n_padded // 4 if kernel.out_int8 else t * n_padded
@@ -171,7 +173,7 @@ class RecordedCall:
             texel = [R32G32B32A32_UINT if any(u is v for v in [self.x] + wt) else 0
                      for u in tensors]
         gx, gy, n_disp = kernel.grid(t, n_padded, limits)
-        spec = np.array(kernel.pipeline_constants(offsets), np.uint32)
+        spec = np.array(kernel.pipeline_constants(offsets, half), np.uint32)
         pipe = device.algorithm(tensors, spirv, (gx, gy, 1), spec,
                                 self._push(n1 - n0, n_padded, 0), texel)
         self.pipelines.append(pipe)

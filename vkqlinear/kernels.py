@@ -36,6 +36,9 @@ DEFAULT_AUTO_THRESHOLD = 4
 # integer zero points (o = -s z, z in [-8, 7], held in the nibble sums' top 4 bits), which
 # a kernel may fold into its integer sums.
 OFFSETS_NONE, OFFSETS_FLOAT, OFFSETS_INTEGER = 0, 1, 2
+# The weights' group data in 16 bits (the kernels' HALF_DATA bits): fp16 scales; fp16 m of
+# float offsets o = m + 8 s (GGUF Q4_1's min), formed in float32 by the kernels.
+HALF_SCALES, HALF_OFFSETS = 1, 2
 
 
 @dataclass(frozen=True)
@@ -244,11 +247,12 @@ class Kernel:
         return (self.local_size[0], self.local_size[1], self.group_size, self.lanes,
                 self.tm, int(self.out_int8), self.cb)
 
-    def pipeline_constants(self, offsets=OFFSETS_FLOAT):
-        """:attr:`spec_constants` and the weights' HAS_OFFSET (``offsets``: an
-        ``OFFSETS_*`` kind, :attr:`~vkqlinear.QuantizedWeights.offset_kind`): what a
-        pipeline of it is specialized with."""
-        return self.spec_constants + (int(offsets),)
+    def pipeline_constants(self, offsets=OFFSETS_FLOAT, half=0):
+        """:attr:`spec_constants`, the weights' HAS_OFFSET (``offsets``: an ``OFFSETS_*``
+        kind, :attr:`~vkqlinear.QuantizedWeights.offset_kind`) and HALF_DATA (``half``,
+        :attr:`~vkqlinear.QuantizedWeights.half_data`): what a pipeline of it is
+        specialized with."""
+        return self.spec_constants + (int(offsets), int(half))
 
     @property
     def tokens_per_row(self):

@@ -30,6 +30,11 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
   fits 12 bits (:func:`zeros_packed`), ``z`` rides in the top 4 bits of the uint16 sums
   and no offsets are uploaded either: the shaders form ``o = -s z`` as float32 does, so
   every result is the one the stored offsets give.
+* in 16 bits where every value reads back exactly
+  (:attr:`~vkqlinear.QuantizedWeights.half_data`): the scales as float16, and float
+  offsets as the float16 ``m`` of ``o = m + 8 s`` (GGUF Q4_1's min; the shaders form
+  ``o`` in float32, bit for bit the stored one), 8 a block and group in 16 bytes, the
+  lower channel in the low half of each word.
 
 Groups whose size is not a multiple of 8 (ExecuTorch allows multiples of 4) are padded to
 the next multiple of 8 with ``q = 0`` (:func:`padded_group_size`, :func:`pad_groups`); the
@@ -48,7 +53,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import OFFSETS_FLOAT, OFFSETS_INTEGER
+from .kernels import HALF_OFFSETS, HALF_SCALES, OFFSETS_FLOAT, OFFSETS_INTEGER
 from .quant import unpack_int4
 
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
@@ -77,14 +82,19 @@ def zeros_packed(group_size):
     return 15 * group_size <= 0x0FFF
 
 
-def group_data_bytes(group_size, offsets=OFFSETS_FLOAT, layout="dot"):
+def group_data_bytes(group_size, offsets=OFFSETS_FLOAT, layout="dot", half=0):
     """Bytes of group data the kernels of ``layout`` read per channel and group
-    (``offsets``: the weights' offset kind): the float32 scale, the float32 offset where
-    offsets are floats (integer zero points ride in the nibble sums' top bits) and the
-    nibble sum where :func:`stores_sums` (16-bit where :func:`sums16`)."""
+    (``offsets``: the weights' offset kind; ``half``: their HALF_* bits): the scale
+    (float32, or float16 with :data:`~vkqlinear.kernels.HALF_SCALES`), the offset where
+    offsets are floats (float32, or the float16 ``m`` with
+    :data:`~vkqlinear.kernels.HALF_OFFSETS`; integer zero points ride in the nibble sums'
+    top bits) and the nibble sum where :func:`stores_sums` (16-bit where
+    :func:`sums16`)."""
+    scale = 2 if int(half) & HALF_SCALES else 4
+    offset = 0 if int(offsets) != OFFSETS_FLOAT else 2 if int(half) & HALF_OFFSETS else 4
     sums = (2 if sums16(padded_group_size(group_size)) else 4) \
         if stores_sums(layout, offsets) else 0
-    return 4 + 4 * (int(offsets) == OFFSETS_FLOAT) + sums
+    return scale + offset + sums
 
 
 def call_bytes(weights, t, layout="dot"):
@@ -94,7 +104,7 @@ def call_bytes(weights, t, layout="dot"):
     scale and zero point, and the float output."""
     w = weights
     nibbles = w.N * w.G * padded_group_size(w.group_size) // 2
-    group = w.N * w.G * group_data_bytes(w.group_size, w.offset_kind, layout)
+    group = w.N * w.G * group_data_bytes(w.group_size, w.offset_kind, layout, w.half_data)
     return nibbles + group + t * (w.K + 8) + t * w.N * 4
 
 
@@ -125,7 +135,7 @@ def pad_groups(a, group_size, fill):
 
 
 def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar",
-                  order="blocks", w_zeros=None):
+                  order="blocks", w_zeros=None, scales16=None, bases16=None):
     """The shaders' weight layout: ``layout`` ``"swar"``, ``"swar64"`` or ``"dot"`` in
     ``order`` ``"blocks"`` or ``"groups"`` (see the module doc).
 
@@ -134,6 +144,8 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
     layout's kernels form the sums (:func:`stores_sums`). With ``w_zeros`` (integer zero
     points in [-8, 7], ``[N, G]``, where :func:`zeros_packed`) each uint16 holds ``sum u``
     in its low 12 bits and ``z`` in its top 4 (two's complement).
+    ``scales16`` / ``bases16`` (float16 ``[N, G]``): the scales / the ``m`` of the offsets
+    to store instead, as float16 pairs in uint32 words.
     """
     n, k2 = w_packed.shape
     k = 2 * k2
@@ -185,8 +197,13 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
             sum_u = sum_u | ((np.asarray(w_zeros, np.int32) & 0xF) << 12)
         sums = groups(sum_u, np.int32) if not sums16(group_size) else \
             np.ascontiguousarray(groups(sum_u, np.uint16)).view(np.uint32)
-    return (np.ascontiguousarray(units).ravel(), groups(w_scales, np.float32),
-            groups(w_offsets, np.float32), sums, n_padded)
+
+    def data(a, a16):
+        if a16 is None:
+            return groups(a, np.float32)
+        return np.ascontiguousarray(groups(a16, np.float16)).view(np.uint32)
+    return (np.ascontiguousarray(units).ravel(), data(w_scales, scales16),
+            data(w_offsets, bases16), sums, n_padded)
 
 
 def split_channels(n, k, group_size, lanes, t, out_bytes, limit):

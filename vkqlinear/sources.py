@@ -201,9 +201,11 @@ def load_gguf(path, names=None):
 
     Q4_0 (``w = d * (u - 8)``) gives ``q = u - 8``, ``s = d``, ``o = 0``; Q4_1
     (``w = d * u + m``) gives ``q = u - 8``, ``s = d``, ``o = m + 8 d`` (exact in float64;
-    the kernels read it rounded to float32). A tensor named in ``names`` that is missing, or
-    of another type, is a ``ValueError`` naming it; an unreadable, truncated or corrupt
-    file is a ``ValueError`` too.
+    the kernels read it rounded to float32). The device holds ``d`` and ``m`` as the
+    float16 they are (:attr:`~vkqlinear.QuantizedWeights.half_data`, where every one is 0
+    or a normal float16), and the kernels form ``o`` from them as float32 does. A tensor
+    named in ``names`` that is missing, or of another type, is a ``ValueError`` naming
+    it; an unreadable, truncated or corrupt file is a ``ValueError`` too.
     """
     gguf = require("gguf", "gguf")
     wanted = None if names is None else [names] if isinstance(names, str) else list(names)

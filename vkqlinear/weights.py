@@ -14,7 +14,7 @@ import numpy as np
 from . import args
 from .device import resolve
 from .device_linear import DeviceLinear
-from .kernels import OFFSETS_FLOAT, OFFSETS_INTEGER, OFFSETS_NONE
+from .kernels import HALF_OFFSETS, HALF_SCALES, OFFSETS_FLOAT, OFFSETS_INTEGER, OFFSETS_NONE
 from .layout import padded_group_size, zeros_packed
 from .quant import scales_and_zeros_to_offsets
 
@@ -35,6 +35,28 @@ def _integer_zeros(scales, offsets, group_size):
     return z if np.array_equal(-scales * z.astype(np.float32), offsets) else None
 
 
+def _fp16_exact(a):
+    """``a`` (float32) as float16 where every value is 0 or a normal float16 that reads
+    back as the same float32 bits (a subnormal may flush to 0 on a GPU); else ``None``."""
+    with np.errstate(over="ignore"):
+        h = a.astype(np.float16)
+    back = h.astype(np.float32)
+    ok = np.array_equal(back.view(np.uint32), a.view(np.uint32)) and \
+        bool(np.all((a == 0) | (np.abs(a) >= np.float32(2.0 ** -14))))
+    return h if ok else None
+
+
+def _half_offset_bases(scales, offsets64, offsets):
+    """The float16 ``m`` of ``o = m + 8 s`` (GGUF Q4_1's min) where every float32 offset is
+    float32's ``m + 8 s`` (the kernels form it so) and every ``m`` is 0 or a normal float16;
+    else ``None``."""
+    m = _fp16_exact((offsets64 - 8.0 * scales.astype(np.float64)).astype(np.float32))
+    if m is None:
+        return None
+    formed = m.astype(np.float32) + np.float32(8) * scales
+    return m if np.array_equal(formed.view(np.uint32), offsets.view(np.uint32)) else None
+
+
 class QuantizedWeights:
     """4-bit group-quantized weights ``w = s * q + o`` for one linear layer.
 
@@ -46,7 +68,11 @@ class QuantizedWeights:
     and ``offset_kind`` (:data:`~vkqlinear.kernels.OFFSETS_NONE`, ``_FLOAT`` or
     ``_INTEGER``: every offset is float32's ``-s * z`` for an integer ``z`` in [-8, 7],
     ``zero_points``, which the device holds in 4 bits and a kernel may fold into its
-    integer sums).
+    integer sums). ``half_data`` says which group data the device holds in 16 bits
+    (:data:`~vkqlinear.kernels.HALF_SCALES`: every scale is 0 or a normal float16, as
+    GGUF's ``d`` and fp16 / bf16 scales within float16's range are;
+    :data:`~vkqlinear.kernels.HALF_OFFSETS`: float offsets that are float32's ``m + 8 s``
+    for a float16 ``m``, ``offset_bases``, as GGUF Q4_1's), with the same results.
     """
 
     def __init__(self, w_packed, group_size, w_scales, w_offsets64, w_zeros=None):
@@ -81,6 +107,13 @@ class QuantizedWeights:
             if self.has_offsets else None
         self.offset_kind = OFFSETS_NONE if not self.has_offsets else \
             OFFSETS_FLOAT if self.zero_points is None else OFFSETS_INTEGER
+        # 16-bit group data where every value reads back exactly
+        self.half_scales = _fp16_exact(self.w_scales)
+        self.offset_bases = _half_offset_bases(self.w_scales, self.w_offsets64,
+                                               self.w_offsets) \
+            if self.offset_kind == OFFSETS_FLOAT else None
+        self.half_data = HALF_SCALES * (self.half_scales is not None) + \
+            HALF_OFFSETS * (self.offset_bases is not None)
 
     def symmetric(self):
         """The same nibbles and scales with every offset 0 (zero points 0)."""

@@ -720,10 +720,11 @@ def _read_bytes(shapes, gsizes):
     T = 1."""
     k0, n0 = (4096, 4096) if (4096, 4096) in shapes else max(shapes, key=lambda s: s[0] * s[1])
     g0 = 32 if k0 % 32 == 0 else gsizes[0]
-    # integer zero points, as the sweep's weights (quantize_weights) have them
-    return call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0,
-                                       np.ones((n0, k0 // g0), np.float32),
-                                       -np.ones((n0, k0 // g0))), 1)
+    # integer zero points and float32 scales (not float16 values), as the sweep's weights
+    # (quantize_weights) have them
+    scales = np.full((n0, k0 // g0), 1.1, np.float32)
+    return call_bytes(QuantizedWeights(np.zeros((n0, k0 // 2), np.uint8), g0, scales,
+                                       -scales.astype(np.float64)), 1)
 
 
 def _calibrate(dev, read_bytes, warm_up_s):

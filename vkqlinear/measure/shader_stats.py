@@ -26,6 +26,8 @@ from pathlib import Path
 
 from ..compiler import compile_shader
 from ..kernels import (
+    HALF_OFFSETS,
+    HALF_SCALES,
     OFFSETS_FLOAT,
     OFFSETS_INTEGER,
     OFFSETS_NONE,
@@ -253,14 +255,18 @@ def loop_instructions(assembly):
 
 # The weights' offsets a pipeline is compiled for (HAS_OFFSET): float offsets are the
 # heaviest case, and the default.
-OFFSET_KINDS = {"none": OFFSETS_NONE, "float": OFFSETS_FLOAT, "integer": OFFSETS_INTEGER}
+# (HAS_OFFSET, HALF_DATA) of each: float32 group data, or GGUF's forms with float16 d (q4_0)
+# and m (q4_1).
+OFFSET_KINDS = {"none": (OFFSETS_NONE, 0), "float": (OFFSETS_FLOAT, 0),
+                "integer": (OFFSETS_INTEGER, 0), "q4_0": (OFFSETS_NONE, HALF_SCALES),
+                "q4_1": (OFFSETS_FLOAT, HALF_SCALES | HALF_OFFSETS)}
 
 
 def _job(kernel, offsets="float"):
     """A worker job: the kernel's SPIR-V and constants for weights with ``offsets`` (a key
     of :data:`OFFSET_KINDS`)."""
     return (compile_shader(kernel.shader, dict(kernel.defines)),
-            kernel.pipeline_constants(OFFSET_KINDS[offsets]))
+            kernel.pipeline_constants(*OFFSET_KINDS[offsets]))
 
 
 def _stat(stats, field):
@@ -272,7 +278,8 @@ def _row(compiler, role, kernel, result, offsets="float"):
     row = {"family": compiler.family or compiler.label, "compiler": compiler.label,
            "kernel": kernel.describe(), "config": kernel_config(kernel),
            "group_size": kernel.group_size, "out_int8": kernel.out_int8,
-           "has_offset": offsets != "none", "offsets": offsets, "role": role}
+           "has_offset": OFFSET_KINDS[offsets][0] != OFFSETS_NONE, "offsets": offsets,
+           "role": role}
     if "error" in result:
         return dict(row, error=result["error"], **{f: None for f in FIELDS[3:]})
     exe = result["executables"][0]
@@ -402,7 +409,8 @@ def _parser():
                     help="output kinds: float, int8 or float,int8 (default both)")
     ap.add_argument("--offsets", default="float",
                     help="the weights' offsets: none (symmetric), float, integer (zero "
-                         "points), comma-separated (default float, the heaviest)")
+                         "points), q4_0 / q4_1 (GGUF's, float16 group data), "
+                         "comma-separated (default float, the heaviest)")
     ap.add_argument("--roles", default="default,tuned,candidate",
                     help="which configurations: default, tuned, candidate (default all)")
     ap.add_argument("--json", help="write the rows here")
@@ -417,7 +425,7 @@ def main(argv=None):
         ap.error(f"--roles: expected default, tuned or candidate, got {a.roles!r}")
     offsets = tuple(o.strip() for o in a.offsets.split(",") if o.strip())
     if not offsets or set(offsets) - set(OFFSET_KINDS):
-        ap.error(f"--offsets: expected none, float or integer, got {a.offsets!r}")
+        ap.error(f"--offsets: expected {', '.join(OFFSET_KINDS)}, got {a.offsets!r}")
     if a.device is not None:
         compilers = [device_compiler(a.device)]
     else:
