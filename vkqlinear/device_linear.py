@@ -57,9 +57,9 @@ class WeightBuffers:
     :attr:`~vkqlinear.QuantizedWeights.offset_kind` (the kernels' HAS_OFFSET), ``half``
     its :attr:`~vkqlinear.QuantizedWeights.half_data` (HALF_DATA); where every
     offset is 0 (symmetric weights) or an integer zero point (held in the nibble sums'
-    top bits), a 16-byte placeholder stands for the offsets, and where they are not
-    integer zero points, for the nibble sums (the kernels form them): the kernels read
-    neither placeholder."""
+    top bits), a 16-byte placeholder stands for the offsets, and where the layout's
+    kernels form the nibble sums (:func:`~vkqlinear.layout.stores_sums`), for the sums:
+    the kernels read neither placeholder."""
 
     def __init__(self, device, weights, lanes, layout, order, split):
         g = weights.group_size

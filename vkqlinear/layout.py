@@ -188,7 +188,7 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
 
     sums = None
-    if w_zeros is not None or layout != "dot":
+    if stores_sums(layout, OFFSETS_INTEGER if w_zeros is not None else OFFSETS_FLOAT):
         sum_u = u.reshape(n_padded, g, group_size).sum(axis=2, dtype=np.int32)[:n]
         if w_zeros is not None:
             if not zeros_packed(group_size) or np.any((w_zeros < -8) | (w_zeros > 7)):

@@ -91,7 +91,7 @@ def run_check(device, kernel):
     x_q, x_scales, x_zps, w_packed, ws, wz, bias, want = known_answer(t, k, n, kernel.group_size)
     weights = prepack(w_packed, kernel.group_size, ws, wz)
     # float32 group data, as most layers have (its power-of-two scales are float16 values)
-    weights.half_scales, weights.offset_bases, weights.half_data = None, None, 0
+    weights.half_scales = weights.offset_bases = None
     try:
         got, _ = DeviceLinear.of(weights, device).run(kernel, x_q, x_scales, x_zps, bias)
     except (ValueError, TypeError, MemoryError):

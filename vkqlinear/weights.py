@@ -112,7 +112,12 @@ class QuantizedWeights:
         self.offset_bases = _half_offset_bases(self.w_scales, self.w_offsets64,
                                                self.w_offsets) \
             if self.offset_kind == OFFSETS_FLOAT else None
-        self.half_data = HALF_SCALES * (self.half_scales is not None) + \
+
+    @property
+    def half_data(self):
+        """The group data the device holds in float16 (the kernels' HALF_DATA bits), from
+        ``half_scales`` and ``offset_bases``."""
+        return HALF_SCALES * (self.half_scales is not None) + \
             HALF_OFFSETS * (self.offset_bases is not None)
 
     def symmetric(self):
