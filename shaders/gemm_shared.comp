@@ -2,48 +2,76 @@
 #extension GL_GOOGLE_include_directive : require
 // SHARED GEMM for linear_qta8a_qga4w (docs/spec.md): the workgroup computes a tile of
 // BT tokens x BN channels and walks K in stages of SO octets (8 k each), one group or an
-// equal part of one. Each stage's weights (unpacked to the two nibble words OpSDot takes)
-// and int8 activations pass through shared memory once for the whole workgroup, with what
-// the fold needs: per token S = sum (x - zp) and its zero point, per channel s, o and the
-// stage's sum of q (formed here from the nibbles: nothing per group is read for it).
-// Each invocation keeps one float accumulator per output of its TM tokens x TN channels
-// and folds each stage's exact integer sum into it at once:
-//   A = sum (x - zp) q = P - zp * sum q   (P = sum x * q; exact as floats: below 2^24)
-//   acc += s * A + o * S,  or s * A with q - z for q where o = -s z (HAS_OFFSET 2)
-// then y = x_scale * acc + bias, or its int8 requantization.
+// equal part of one. Each stage's weights and activations pass through shared memory once
+// for the whole workgroup, with what the fold needs: per token its zero point and S =
+// sum (x - zp) over the stage, per channel s and o. Each invocation keeps one float
+// accumulator per output of its TM tokens x TN channels and folds each stage's exact
+// integer sum A = sum (x - zp)(q - z) into it at once: acc += s * A (+ o * S with float
+// offsets), then y = x_scale * acc + bias, or its int8 requantization. Two code shapes:
+//
+//   DOT_PRODUCT  the weights staged as q - z in int8 (z: the integer zero point,
+//                HAS_OFFSET 2, else 0), four products per OpSDot;
+//                A = P - zp * sum (q - z), P = sum x (q - z), the sum of the weights
+//                formed by the loader (nothing per group is read for it).
+//   otherwise    SWAR: the weights staged as the four nibble pairs of each word (channels
+//                j and j + 4 in the 16-bit halves, common.glsl), the activations as
+//                x + 128 (0..255, unsigned); each multiply-add forms two products, the
+//                halves split every 16 k (16 * 255 * 15 < 2^16). With the stage's
+//                nibble sums Su (formed by the loader):
+//                A = P' - (128 + zp) Su - 8 S, P' = sum (x + 128) u, u = q + 8;
+//                o = -s z for integer zero points, as the TILED GEMM forms it.
+//
 // Grid: x = channel tiles of BN, y = token tiles of BT from p.token_base. Workgroup:
-// LOCAL_X invocations along the channels (each TN = 8 CB channels: CB x 2 quads of 4
-// neighbouring channels, quads LOCAL_X apart, so that neighbouring invocations read and
-// write neighbouring memory), LOCAL_Y along the tokens (TM neighbouring tokens each).
-// Needs DOT_PRODUCT (OpSDot) and the "dot" weight layout; either unit order.
+// LOCAL_X invocations along the channels, each TN = 8 CB channels (DOT_PRODUCT: CB x 2
+// quads of 4 neighbouring channels, quads LOCAL_X apart; SWAR: CB blocks of 8, blocks
+// LOCAL_X apart), so that neighbouring invocations read and write neighbouring memory;
+// LOCAL_Y along the tokens (TM neighbouring tokens each). Either unit order; every
+// weight layout but 8-bit storage's.
 #include "common.glsl"
 
-#ifndef DOT_PRODUCT
-#error "gemm_shared.comp multiplies with OpSDot: compile with DOT_PRODUCT"
+#ifdef STORAGE8
+#error "gemm_shared.comp reads 32- or 64-bit words: compile without STORAGE8"
 #endif
 
 const uint TN = 8u * CB;                 // channels per invocation
 const uint QUADS = TN / 4u;
 const uint BN = LOCAL_X * TN;            // channels per workgroup
+const uint BB = BN / 8u;                 // channel blocks per workgroup
 const uint BT = LOCAL_Y * TM;            // tokens per workgroup
 const uint INVOCATIONS = LOCAL_X * LOCAL_Y;
 const uint OCTETS = GROUP_SIZE / 8u;     // octets per group
-// Octets per stage: the whole group up to 64 k, else the largest of 8, 4, 2, 1 dividing it
-// (kernels.SharedSpec.stage_octets is the same rule: shared memory is sized by it).
-const uint SO = (OCTETS <= 8u) ? OCTETS : ((OCTETS % 8u == 0u) ? 8u :
+// Octets per stage: the whole group up to MAX_SO octets, else the largest of 8 (OpSDot
+// only), 4, 2, 1 dividing it (kernels.SharedSpec.stage_octets is the same rule: shared
+// memory is sized by it). SWAR stages hold twice the weight bytes: at most 4 octets.
+#ifdef DOT_PRODUCT
+const uint MAX_SO = 8u;
+#else
+const uint MAX_SO = 4u;
+#endif
+const uint SO = (OCTETS <= MAX_SO) ? OCTETS : ((OCTETS % 8u == 0u && MAX_SO >= 8u) ? 8u :
                 ((OCTETS % 4u == 0u) ? 4u : ((OCTETS % 2u == 0u) ? 2u : 1u)));
 const uint STAGES = OCTETS / SO;         // stages per group
+const uint SK = 8u * SO;                 // k per stage
 
+// The 8 int8 activations of octet word pair `word`, `word` + 1 of X.
+uvec2 x_octet(uint word) {
+#ifdef INT64_LOADS
+    return unpack32(x8(word / 2u));
+#else
+    return uvec2(X[word], X[word + 1u]);
+#endif
+}
+
+// Loaders: work items are spread over the workgroup's invocations, the kinds counted from
+// different ends so that they fall on different invocations. Rows past the layer read its
+// last one; their results are not stored.
+uint reps(uint items) { return (items + INVOCATIONS - 1u) / INVOCATIONS; }
+
+#ifdef DOT_PRODUCT
 shared uvec2 w_sh[SO][BN];   // octet o of channel j: q (- z) as int8 (k 8o..8o+3, 8o+4..)
 shared uvec2 x_sh[SO][BT];   // octet o of token i: activation words 2o, 2o + 1
 shared vec4 ch_sh[BN];       // channel j: s, o, sum q over the stage (exact as a float)
 shared vec2 tok_sh[BT];      // token i: -zp, S (exact as floats)
-
-// Loaders: invocation li stages channels li, li + INVOCATIONS, ... and tokens counted from
-// the other end of the workgroup (the two loads spread over different invocations). Rows
-// past the layer read its last one; their results are not stored.
-const uint W_REPS = (BN + INVOCATIONS - 1u) / INVOCATIONS;
-const uint X_REPS = (BT + INVOCATIONS - 1u) / INVOCATIONS;
 
 // Channel j of the tile (layer channel n): stage h of group g.
 void stage_channel(uint j, uint n, uint g, uint G, uint h) {
@@ -78,12 +106,181 @@ void stage_token(uint i, uint t, uint g, uint h) {
     uint xw = t * (p.K / 4u) + 2u * (g * OCTETS + h * SO);
     int zp = XZ[t], sx = 0;
     [[unroll]] for (uint o = 0u; o < SO; o++) {
-        uvec2 v = uvec2(X[xw + 2u * o], X[xw + 2u * o + 1u]);
+        uvec2 v = x_octet(xw + 2u * o);
         sx = dot4_acc(v.y, 0x01010101u, dot4_acc(v.x, 0x01010101u, sx));
         x_sh[o][i] = v;
     }
-    tok_sh[i] = vec2(float(-zp), float(sx - zp * int(8u * SO)));
+    tok_sh[i] = vec2(float(-zp), float(sx - zp * int(SK)));
 }
+
+void stage(uint n0, uint t0, uint g, uint G, uint h, uint li) {
+    [[unroll]] for (uint rep = 0u; rep < reps(BN); rep++) {
+        uint j = li + rep * INVOCATIONS;
+        if (j < BN) stage_channel(j, min(n0 + j, p.NP - 1u), g, G, h);
+    }
+    [[unroll]] for (uint rep = 0u; rep < reps(BT); rep++) {
+        uint i = INVOCATIONS - 1u - li + rep * INVOCATIONS;
+        if (i < BT) stage_token(i, min(t0 + i, p.T - 1u), g, h);
+    }
+}
+
+// Tile channel of channel c of quad q of invocation ix: 4 neighbouring ones a quad.
+uint quad_channel(uint ix, uint q) { return 4u * (ix + LOCAL_X * q); }
+
+// Adds the staged products of the invocation's tokens and channels into acc.
+void multiply(uint ix, uint iy, inout float acc[TM][TN]) {
+    // The invocation's tokens, cached for all its channels.
+    uvec2 xc[TM][SO];
+    vec2 td[TM];
+    [[unroll]] for (uint r = 0u; r < TM; r++) {
+        td[r] = tok_sh[iy * TM + r];
+        [[unroll]] for (uint o = 0u; o < SO; o++) xc[r][o] = x_sh[o][iy * TM + r];
+    }
+    [[unroll]] for (uint q = 0u; q < QUADS; q++) {
+        [[unroll]] for (uint m = 0u; m < 4u; m++) {
+            uint j = quad_channel(ix, q) + m;
+            vec4 cd = ch_sh[j];
+            uvec2 wv[SO];
+            [[unroll]] for (uint o = 0u; o < SO; o++) wv[o] = w_sh[o][j];
+            [[unroll]] for (uint r = 0u; r < TM; r++) {
+                int P = 0;
+                [[unroll]] for (uint o = 0u; o < SO; o++) {
+                    P = dot4_acc(wv[o].y, xc[r][o].y, dot4_acc(wv[o].x, xc[r][o].x, P));
+                }
+                float A = float(P) + td[r].x * cd.z;
+                float v = acc[r][4u * q + m] + cd.x * A;
+                acc[r][4u * q + m] = (HAS_OFFSET == 1u) ? v + cd.y * td[r].y : v;
+            }
+        }
+    }
+}
+#else
+shared uvec4 w_sh[SK][BB];   // k of block jb: its four nibble pairs
+shared uvec4 su_sh[SO][BB];  // octet o of block jb: the sums of its four nibble pairs
+shared uvec2 x_sh[SO][BT];   // octet o of token i: x + 128 in each byte
+shared vec2 ch_sh[BN];       // channel j: s, o
+shared vec4 tok_sh[BT];      // token i: -(128 + zp), -8 S, S (exact as floats)
+
+// Octet o of block jb of the tile (layer block b): stage h of group g.
+void stage_octet(uint jb, uint b, uint g, uint G, uint h, uint o) {
+    uint stride, unit = weight_unit(b, g, G, stride);
+    uint k = 8u * (h * SO + o);          // within the group
+    uint w[8];
+#ifdef INT64_LOADS
+    u64vec4 v = w_unit(unit + (k / 8u) * stride);
+    [[unroll]] for (uint m = 0u; m < 4u; m++) {
+        uvec2 pair = unpack32(v[m]);
+        w[2u * m] = pair.x;
+        w[2u * m + 1u] = pair.y;
+    }
+#else
+    [[unroll]] for (uint m = 0u; m < 8u; m++) w[m] = W[unit + (k + m) * stride];
+#endif
+    uvec4 sum = uvec4(0u);               // at most 8 * 15 a half
+    [[unroll]] for (uint m = 0u; m < 8u; m++) {
+        uvec4 pr = uvec4(nibble_pair(w[m], 0u), nibble_pair(w[m], 1u),
+                         nibble_pair(w[m], 2u), nibble_pair(w[m], 3u));
+        w_sh[8u * o + m][jb] = pr;
+        sum += pr;
+    }
+    su_sh[o][jb] = sum;
+}
+
+// The group data of block jb of the tile (layer block b) at group g.
+void stage_block(uint jb, uint b, uint g, uint G) {
+    vec4 s[2], off[2];
+    ivec4 su[2];   // the stored group sums: not needed, the stage's are formed
+    group_data(group_base(b, g, G), s, off, su);
+    [[unroll]] for (uint c = 0u; c < 8u; c++) {
+        ch_sh[8u * jb + c] = vec2(s[c / 4u][c % 4u], off[c / 4u][c % 4u]);
+    }
+}
+
+// Token i of the tile (layer token t): stage h of group g.
+void stage_token(uint i, uint t, uint g, uint h) {
+    uint xw = t * (p.K / 4u) + 2u * (g * OCTETS + h * SO);
+    int zp = XZ[t];
+    uint sx2 = 0u;                       // sums of alternate bytes, at most 8 * 510 a half
+    [[unroll]] for (uint o = 0u; o < SO; o++) {
+        uvec2 v = x_octet(xw + 2u * o) ^ 0x80808080u;   // x + 128 in each byte
+        sx2 += (v.x & 0x00FF00FFu) + ((v.x >> 8u) & 0x00FF00FFu) +
+               (v.y & 0x00FF00FFu) + ((v.y >> 8u) & 0x00FF00FFu);
+        x_sh[o][i] = v;
+    }
+    int S = int((sx2 & 0xFFFFu) + (sx2 >> 16u)) - (128 + zp) * int(SK);
+    tok_sh[i] = vec4(float(-(128 + zp)), float(-8 * S), float(S), 0.0);
+}
+
+void stage(uint n0, uint t0, uint g, uint G, uint h, uint li) {
+    [[unroll]] for (uint rep = 0u; rep < reps(BB * SO); rep++) {
+        uint it = li + rep * INVOCATIONS;
+        if (it < BB * SO) stage_octet(it % BB, min(n0 / 8u + it % BB, p.NP / 8u - 1u), g, G, h, it / BB);
+    }
+    [[unroll]] for (uint rep = 0u; rep < reps(BB); rep++) {
+        uint jb = (li + INVOCATIONS / 2u) % INVOCATIONS + rep * INVOCATIONS;
+        if (jb < BB) stage_block(jb, min(n0 / 8u + jb, p.NP / 8u - 1u), g, G);
+    }
+    [[unroll]] for (uint rep = 0u; rep < reps(BT); rep++) {
+        uint i = INVOCATIONS - 1u - li + rep * INVOCATIONS;
+        if (i < BT) stage_token(i, min(t0 + i, p.T - 1u), g, h);
+    }
+}
+
+// Tile channel of the first channel of quad q of invocation ix: block q / 2 of the
+// invocation (blocks LOCAL_X apart), its lower or upper 4 channels.
+uint quad_channel(uint ix, uint q) { return 8u * (ix + LOCAL_X * (q / 2u)) + 4u * (q % 2u); }
+
+// Adds the staged products of the invocation's tokens and channels into acc: SWAR sums of
+// up to 16 k, split and folded (the stage's corrections with the first). The integers are
+// exact as floats (below 2^24: |A| < 2^18), so the fold's float steps are too.
+void multiply(uint ix, uint iy, inout float acc[TM][TN]) {
+    vec4 td[TM];
+    [[unroll]] for (uint r = 0u; r < TM; r++) td[r] = tok_sh[iy * TM + r];
+    uvec4 su2[CB];                       // the stage's nibble sums, two channels a word
+    [[unroll]] for (uint q = 0u; q < CB; q++) {
+        su2[q] = uvec4(0u);
+        [[unroll]] for (uint o = 0u; o < SO; o++) su2[q] += su_sh[o][ix + LOCAL_X * q];
+    }
+    [[unroll]] for (uint k0 = 0u; k0 < SK; k0 += 16u) {
+        uint a[CB][TM][4];
+        [[unroll]] for (uint q = 0u; q < CB; q++) {
+            [[unroll]] for (uint r = 0u; r < TM; r++) {
+                [[unroll]] for (uint j = 0u; j < 4u; j++) a[q][r][j] = 0u;
+            }
+        }
+        [[unroll]] for (uint kk = 0u; kk < 16u; kk++) {
+            uint k = k0 + kk;
+            if (k >= SK) break;
+            // the bounds tell the compiler that both factors fit 24 bits (a full-rate
+            // 24-bit multiply-add on GCN, where a 32-bit multiply runs at a quarter)
+            uint xv[TM];
+            [[unroll]] for (uint r = 0u; r < TM; r++) {
+                xv[r] = bitfieldExtract(x_sh[k / 8u][iy * TM + r][(k / 4u) % 2u], int(8u * (k % 4u)), 8);
+            }
+            [[unroll]] for (uint q = 0u; q < CB; q++) {
+                uvec4 pr = w_sh[k][ix + LOCAL_X * q] & 0x000F000Fu;
+                [[unroll]] for (uint r = 0u; r < TM; r++) {
+                    [[unroll]] for (uint j = 0u; j < 4u; j++) a[q][r][j] += xv[r] * pr[j];
+                }
+            }
+        }
+        [[unroll]] for (uint q = 0u; q < CB; q++) {
+            [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                uint j = 8u * (ix + LOCAL_X * q) + c;
+                vec2 cd = ch_sh[j];
+                float su = float(c < 4u ? su2[q][c] & 0xFFFFu : su2[q][c - 4u] >> 16u);
+                [[unroll]] for (uint r = 0u; r < TM; r++) {
+                    uint h = a[q][r][c % 4u];
+                    float A = float(c < 4u ? h & 0xFFFFu : h >> 16u);
+                    if (k0 == 0u) A = fma(td[r].x, su, A) + td[r].y;
+                    float v = fma(cd.x, A, acc[r][8u * q + c]);
+                    acc[r][8u * q + c] = (HAS_OFFSET != 0u && k0 == 0u) ? fma(cd.y, td[r].z, v) : v;
+                }
+            }
+        }
+    }
+}
+#endif  // DOT_PRODUCT
 
 void main() {
     uint ix = gl_LocalInvocationID.x, iy = gl_LocalInvocationID.y;
@@ -100,40 +297,9 @@ void main() {
     for (uint g = 0u; g < G; g++) {
         for (uint h = 0u; h < STAGES; h++) {
             barrier();   // the previous stage is read by all
-            [[unroll]] for (uint rep = 0u; rep < W_REPS; rep++) {
-                uint j = li + rep * INVOCATIONS;
-                if (j < BN) stage_channel(j, min(n0 + j, p.NP - 1u), g, G, h);
-            }
-            [[unroll]] for (uint rep = 0u; rep < X_REPS; rep++) {
-                uint i = INVOCATIONS - 1u - li + rep * INVOCATIONS;
-                if (i < BT) stage_token(i, min(t0 + i, p.T - 1u), g, h);
-            }
+            stage(n0, t0, g, G, h, li);
             barrier();
-
-            // The invocation's tokens, cached for all its channels.
-            uvec2 xc[TM][SO];
-            vec2 td[TM];
-            [[unroll]] for (uint r = 0u; r < TM; r++) {
-                td[r] = tok_sh[iy * TM + r];
-                [[unroll]] for (uint o = 0u; o < SO; o++) xc[r][o] = x_sh[o][iy * TM + r];
-            }
-            [[unroll]] for (uint q = 0u; q < QUADS; q++) {
-                [[unroll]] for (uint m = 0u; m < 4u; m++) {
-                    uint j = 4u * (ix + LOCAL_X * q) + m;
-                    vec4 cd = ch_sh[j];
-                    uvec2 wv[SO];
-                    [[unroll]] for (uint o = 0u; o < SO; o++) wv[o] = w_sh[o][j];
-                    [[unroll]] for (uint r = 0u; r < TM; r++) {
-                        int P = 0;
-                        [[unroll]] for (uint o = 0u; o < SO; o++) {
-                            P = dot4_acc(wv[o].y, xc[r][o].y, dot4_acc(wv[o].x, xc[r][o].x, P));
-                        }
-                        float A = float(P) + td[r].x * cd.z;
-                        float v = acc[r][4u * q + m] + cd.x * A;
-                        acc[r][4u * q + m] = (HAS_OFFSET == 1u) ? v + cd.y * td[r].y : v;
-                    }
-                }
-            }
+            multiply(ix, iy, acc);
         }
     }
 
@@ -145,7 +311,7 @@ void main() {
         float os = (OUT_INT8 != 0u) ? OS[t] : 1.0;
         int oz = (OUT_INT8 != 0u) ? OZ[t] : 0;
         [[unroll]] for (uint q = 0u; q < QUADS; q++) {
-            uint n = n0 + 4u * (ix + LOCAL_X * q);
+            uint n = n0 + quad_channel(ix, q);
             if (n >= p.NP) continue;
             vec4 b = BIAS[n / 4u];
             vec4 y = xs * vec4(acc[r][4u * q], acc[r][4u * q + 1u], acc[r][4u * q + 2u],

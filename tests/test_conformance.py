@@ -14,7 +14,7 @@ CASES = C.cases()
 
 # Every variant the library ships (a device runs those its features allow; lavapipe all).
 KERNELS = ([("tiled", v) for v in ("portable", "int64", "texel+int64", "dot", "storage8")]
-           + [("shared", "dot")]
+           + [("shared", v) for v in ("portable", "int64", "texel+int64", "dot")]
            + [("cooperative", v) for v in ("portable", "int64", "texel+int64", "dot", "storage8",
                                            "subgroup", "subgroup+int64",
                                            "subgroup+texel+int64", "subgroup+dot",
@@ -92,16 +92,17 @@ SHARED_SHAPES = [(8, 1, 1, (8, 16)), (8, 8, 1, (32, 1)), (40, 2, 1, (16, 4)),
                  (32, 2, 2, (8, 4))]
 
 
+@pytest.mark.parametrize("variant", ["dot", "int64"])
 @pytest.mark.parametrize("zeros", ["int", "float", "sym"])
 @pytest.mark.parametrize("out", ["float", "int8"])
-def test_shared_gemm_shapes_conform(out, zeros, device):
-    """The SHARED GEMM at every kind of stage and a spread of shapes, channels and tokens
-    that leave the last workgroup part empty, with float offsets, integer zero points
-    (folded into the weights) and symmetric weights."""
+def test_shared_gemm_shapes_conform(out, zeros, variant, device):
+    """The SHARED GEMM, with OpSDot and SWAR, at every kind of stage and a spread of
+    shapes, channels and tokens that leave the last workgroup part empty, with float
+    offsets, integer zero points and symmetric weights."""
     import vkqlinear as vq
     from vkqlinear.kernels import kernel_from_config
-    if not device.caps.variants("shared"):
-        pytest.skip(f"{device.name} has no SHARED GEMM (OpSDot)")
+    if Variant.parse(variant) not in device.caps.variants("shared"):
+        pytest.skip(f"{device.name} has no {variant} SHARED GEMM")
     for g, tm, cb, local in SHARED_SHAPES[:-1] + (SHARED_SHAPES[-1:] if
                                                   (zeros, out) == ("int", "float") else []):
         case = C.Case("shared", (37,), g * max(3, 512 // g), 300, g, zeros, out,
@@ -114,7 +115,7 @@ def test_shared_gemm_shapes_conform(out, zeros, device):
             qw = vq.prepack(d["w_packed"], g, d["w_scales"], d["w_zeros"])
             d_check = dict(d, w_offsets=None)
         assert qw.offset_kind == {"int": 2, "float": 1, "sym": 0}[zeros]
-        kernel = kernel_from_config({"algorithm": "shared", "variant": "dot", "tm": tm,
+        kernel = kernel_from_config({"algorithm": "shared", "variant": variant, "tm": tm,
                                      "cb": cb, "local_size": list(local)}, case.t, g,
                                     out == "int8", device.caps)
         extra = (d["out_scale"], d["out_zero_point"]) if out == "int8" else ()

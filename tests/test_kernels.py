@@ -253,13 +253,18 @@ def test_untuned_gpu_kernels_hold_few_outputs_and_small_workgroups():
     assert K.choose_kernel("cooperative", 4, 32, False, cpu).local_size == (64, 16)
 
 
-def test_untuned_shared_gemm_fits_registers_and_is_auto_only_where_dot_is_fast():
+def dict_caps(caps, **changes):
+    """``caps`` with ``changes``."""
+    return K.DeviceCaps(**{**caps.__dict__, **changes})
+
+
+def test_untuned_shared_gemm_fits_registers_and_is_auto_on_every_gpu():
     """CPU only: the SHARED GEMM's untuned tile keeps its cached activations within 64
     registers and one accumulator per output (at most 128), grows to CB = 2 only for a grid
     that fills a GPU with it, halves where the compiler allows few registers (Mesa 22.3 on
     RDNA3), and keeps 4 token tiles a workgroup where t has them; auto runs it above the
-    threshold only on a GPU that accelerates OpSDot; a GPU that emulates OpSDot is not
-    offered it."""
+    threshold on every GPU: with OpSDot where the driver accelerates it, else SWAR with
+    the TILED GEMM's outputs an invocation twice (emulated OpSDot offered last)."""
     from vkqlinear import policy
     rdna = K.DeviceCaps(subgroup_size=64, min_subgroup_size=32, max_invocations=1024,
                         max_shared_memory=65536, subgroup_arithmetic=True, int64=True,
@@ -286,9 +291,21 @@ def test_untuned_shared_gemm_fits_registers_and_is_auto_only_where_dot_is_fast()
     assert K.choose_kernel("auto", 64, 32, False, cpu).algorithm == "tiled"
     assert K.choose_kernel("shared", 64, 32, False, cpu).algorithm == "shared"
     slow = K.DeviceCaps(**{**rdna.__dict__, "dot_accelerated": False})
-    assert slow.variants("shared") == () and K.candidates("shared", 64, 32, False, slow) == []
-    assert K.choose_kernel("auto", 64, 32, False, slow).algorithm == "tiled"
-    # a forced variant the SHARED GEMM lacks: auto's GEMM is the TILED one
+    assert [v.name for v in slow.variants("shared")] == ["int64", "portable", "dot"]
+    gcn = K.DeviceCaps(**{**slow.__dict__, "min_subgroup_size": 64})
+    for caps, most in ((slow, 4), (gcn, 2)):
+        for t in (5, 16, 64, 512, 4096):
+            k = K.choose_kernel("auto", t, 32, False, caps, n=4096)
+            assert (k.algorithm, k.variant.name, k.cb) == ("shared", "int64", 1)
+            assert k.tm == min(most, max(1, t // 4)) and K.fits(k, caps)
+    assert K.candidates("shared", 64, 32, False, slow)[0].variant.name == "int64"
+    # a forced variant the SHARED GEMM lacks (or every one failing the self-check): auto's
+    # GEMM is the TILED one
+    assert K.choose_kernel("auto", 64, 32, False, dict_caps(rdna, storage8=True),
+                           variant=K.Variant(storage8=True)).algorithm == "tiled"
     assert K.choose_kernel("auto", 64, 32, False, rdna,
-                           variant=K.Variant(int64=True)).algorithm == "tiled"
+                           variant=K.Variant(int64=True)).algorithm == "shared"
+    failed = frozenset(("shared", v) for v in rdna.variants("shared"))
+    assert K.choose_kernel("auto", 64, 32, False,
+                           dict_caps(rdna, excluded=failed)).algorithm == "tiled"
     assert policy.gemm_algorithm(rdna) == "shared"

@@ -263,16 +263,19 @@ def test_fill_device_script(monkeypatch, capsys):
 
 @pytest.mark.parametrize("decode, prefill", [
     (("auto", None), ("auto", None)),
-    # a GPU's untuned choices where OpSDot is accelerated: both read the "groups" order
-    (("cooperative", "subgroup+dot"), ("shared", None)),
+    # a GPU's untuned choices where OpSDot is accelerated, and where it is not (SWAR, the
+    # int64 layout): both kernels read the "groups" order
+    (("cooperative", "subgroup+dot"), ("shared", "dot")),
+    (("cooperative", "subgroup+int64"), ("shared", "int64")),
 ])
 def test_decode_and_prefill_hold_one_copy_of_the_weights(rng, device, decode, prefill):
     """A layer called at T = 1 and at T = 512 holds its weights on the device once
     (Device.memory_used() without the recorded calls' tensors): with auto's choices here,
     and with the subgroup GEMV and the SHARED GEMM, which read one layout."""
     from vkqlinear.kernels import Variant
-    if not (device.caps.subgroup_reduce and device.caps.variants("shared")):
-        pytest.skip(f"{device.name} has no subgroup GEMV or SHARED GEMM")
+    for alg, variant in (decode, prefill):
+        if variant and Variant.parse(variant) not in device.caps.variants(alg):
+            pytest.skip(f"{device.name} has no {variant} {alg} kernel")
     with vq.Device() as dev:
         d = make_layer(rng, 1, 512, 256, 32)
         qw = vq.prepack(d["w_packed"], 32, d["w_scales"], d["w_zeros"])

@@ -178,8 +178,6 @@ class DeviceCaps:
                 maths + [dict(dot=True)]
         if self.storage8:
             maths.append(dict(storage8=True))
-        if spec.needs_fast_dot and self.device_type != "cpu" and not self.dot_accelerated:
-            return ()
         return tuple(v for v in (Variant(subgroup=r, **m) for r in reductions for m in maths)
                      if spec.runs(v) and (algorithm, v) not in self.excluded)
 
@@ -328,7 +326,6 @@ class KernelSpec:
     tms = (1,)                  # tunable tokens per invocation
     cbs = (1,)                  # tunable channel blocks per invocation
     max_outputs = TILE_OUTPUTS  # most outputs (TM x 8 CB) an invocation may accumulate
-    needs_fast_dot = False      # whether a GPU must accelerate OpSDot to be offered it
 
     def runs(self, variant):
         """Whether the spec's shader has a code shape for ``variant``."""
@@ -476,8 +473,9 @@ class SharedSpec(KernelSpec):
     """The SHARED GEMM: a workgroup computes ``local_size[1] * TM`` tokens x
     ``local_size[0] * 8 CB`` channels, staging each step of K (a group, or an equal part
     of one) in shared memory once for all its invocations; an invocation keeps one float
-    accumulator per output of its TM tokens x 8 CB channels. OpSDot only (``dot``); its
-    workgroup's x is free of the weight layout's lanes."""
+    accumulator per output of its TM tokens x 8 CB channels. It multiplies with OpSDot
+    (``dot``) or with the SWAR int32 path (reading 32-bit words, ``int64`` or
+    ``texel+int64``); its workgroup's x is free of the weight layout's lanes."""
     algorithm = "shared"
     shader = "gemm_shared.comp"
     role = "GEMM: a workgroup tile staged through shared memory, one accumulator an output"
@@ -485,14 +483,13 @@ class SharedSpec(KernelSpec):
     tms = (1, 2, 4, 8)
     cbs = (1, 2)
     max_outputs = 128       # one register each
-    # OpSDot is all it multiplies with: a GPU that emulates it (GCN before Vega 20) runs
-    # the TILED GEMM's SWAR code instead. CPU devices (lavapipe) run and check it.
-    needs_fast_dot = True
     XS = (8, 16, 32)
-    MAX_STAGE_OCTETS = 8
+    # Octets (8 k) a stage holds at most: OpSDot stages 8 bytes an octet of a channel,
+    # SWAR 18 (a nibble-pair word a k, and their sums)
+    MAX_STAGE_OCTETS = {True: 8, False: 4}
 
     def runs(self, variant):
-        return variant.dot and not variant.subgroup
+        return not (variant.subgroup or variant.storage8)
 
     def order(self, variant, caps):
         # the subgroup GEMV's order where the device's GEMV reduces in a subgroup: a layer
@@ -504,21 +501,29 @@ class SharedSpec(KernelSpec):
         return caps.subgroup_size if caps.subgroup_reduce else lanes_for(caps)
 
     @classmethod
-    def stage_octets(cls, group_size):
-        """Octets (8 k) a stage holds: the whole group up to 64 k, else the largest of 8,
-        4, 2, 1 that divides it (``shaders/gemm_shared.comp``'s SO)."""
+    def stage_octets(cls, group_size, dot=True):
+        """Octets (8 k) a stage holds: the whole group up to 8 (``dot``) or 4 octets
+        (SWAR), else the largest of 8 (``dot`` only), 4, 2, 1 that divides it
+        (``shaders/gemm_shared.comp``'s SO)."""
         octets = group_size // 8
-        if octets <= cls.MAX_STAGE_OCTETS:
+        most = cls.MAX_STAGE_OCTETS[bool(dot)]
+        if octets <= most:
             return octets
-        return next(d for d in (8, 4, 2, 1) if octets % d == 0)
+        return next(d for d in (8, 4, 2, 1) if d <= most and octets % d == 0)
 
     @classmethod
     def shared_bytes(cls, kernel):
-        """Its shared memory: a stage's weights and activations (8 bytes an octet of a
-        channel or token) and 16 bytes of fold data per channel and token."""
+        """Its shared memory by code shape: a stage's weights and activations and the fold
+        data per channel and token (``shaders/gemm_shared.comp``'s declarations)."""
         x, y = kernel.local_size
-        rows = x * 8 * kernel.cb + y * kernel.tm
-        return rows * (8 * cls.stage_octets(kernel.group_size) + 16)
+        channels, tokens = x * 8 * kernel.cb, y * kernel.tm
+        dot = kernel.variant.dot
+        so = cls.stage_octets(kernel.group_size, dot)
+        if dot:
+            return (channels + tokens) * (8 * so + 16)
+        # per channel: a nibble-pair word a k and half a word of their sums an octet, s
+        # and o; per token: a byte a k and its fold data
+        return channels * (18 * so + 8) + tokens * (8 * so + 16)
 
     def xs(self, variant, caps):
         # a CPU device runs the workgroup as one thread's loop: its width matters little,
@@ -542,17 +547,23 @@ class SharedSpec(KernelSpec):
         # the stage is long;
         # 16 channels where the grid is large enough to fill a GPU with half the
         # workgroups.
-        so = self.stage_octets(group_size)
+        # SWAR on a GPU: the TILED GEMM's outputs an invocation, twice (an accumulator and
+        # half a SWAR sum an output, where the TILED GEMM keeps three): the most that keep
+        # 4 subgroups a SIMD on GCN (shader-stats)
+        so = self.stage_octets(group_size, variant.dot)
         few = 0 < caps.register_limit <= 128     # half the registers: half the tile
         cache = self.X_CACHE // 2 if few else self.X_CACHE
-        tm = token_tile(max(1, t // self.MIN_Y), min(self.TM // (1 + few), cache // (2 * so)))
+        most = min(self.TM // (1 + few), cache // (2 * so))
+        if not variant.dot and caps.device_type != "cpu":
+            most = min(most, 2 * policy.max_tile_outputs(caps) // 8)
+        tm = token_tile(max(1, t // self.MIN_Y), most)
         x = self.X
         # at least MIN_Y token tiles, idle where t has fewer: a workgroup as narrow as one
         # token stages 8 channels an invocation, and shared memory then bounds occupancy
         y = max(1, min(policy.max_workgroup(caps) // x, 16,
                        max(self.MIN_Y, token_tiles(t, tm))))
         cb = 1
-        if n is not None and tm * so >= 16 and not few:
+        if n is not None and tm * so >= 16 and not few and variant.dot:
             tiles = -(-n // (8 * 2 * x)) * -(-t // (tm * y))
             cb = 2 if tiles >= self.WIDE_WORKGROUPS else 1
         kernel = self.kernel(variant, (x, y), tm, caps, group_size, out_int8, cb)
@@ -575,7 +586,8 @@ class SharedSpec(KernelSpec):
 
     def loop_macs(self, kernel, has_float_epilogue):
         # an iteration is one stage, its fold included
-        return 8 * self.stage_octets(kernel.group_size) * kernel.tm * 8 * kernel.cb
+        return 8 * self.stage_octets(kernel.group_size, kernel.variant.dot) * kernel.tm * 8 * \
+            kernel.cb
 
 
 # Every kernel algorithm, in the order tables list them.

@@ -88,12 +88,13 @@ def max_tile_outputs(caps):
 
 def gemm_algorithm(caps, variant=None):
     """The GEMM ``auto`` runs above its threshold where nothing is tuned: the SHARED GEMM
-    on a GPU whose driver says OpSDot is accelerated (with ``variant`` forced, only if it
-    is one the SHARED GEMM has), else the TILED GEMM (CPU devices: lavapipe pays for every
-    barrier, and the tuner measures which wins there)."""
-    if caps.device_type == "cpu" or not (caps.integer_dot and caps.dot_accelerated):
+    on a GPU (with ``variant`` forced, only if it is one the SHARED GEMM has: OpSDot where
+    the driver accelerates it, else SWAR), else the TILED GEMM (CPU devices: lavapipe pays
+    for every barrier, and the tuner measures which wins there; a device where every
+    SHARED variant failed the self-check)."""
+    if caps.device_type == "cpu" or not caps.variants("shared"):
         return "tiled"
-    if variant is not None and not (variant.dot and not variant.subgroup):
+    if variant is not None and variant not in caps.variants("shared"):
         return "tiled"
     return "shared"
 
