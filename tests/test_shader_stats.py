@@ -107,9 +107,10 @@ def test_the_defaults_compile_report_every_field_and_do_not_spill(family):
         assert r["subgroup_size"] in (32, 64) and r["vgprs"] > 0
         assert r["instructions"] > 0 and r["loop_instructions_per_32_macs"] > 0
         assert not S.spills(r) and r["occupancy"] >= 4, r
-    # the SHARED GEMM where OpSDot is accelerated (RDNA2), not where it is emulated (GCN5)
-    assert {r["config"]["algorithm"] for r in rows} == {
-        a for a in K.SPECS if a != "shared" or family != "vega10"}
+    # every kernel; the SHARED GEMM with OpSDot where it is accelerated (RDNA2), else SWAR
+    assert {r["config"]["algorithm"] for r in rows} == set(K.SPECS)
+    assert {r["config"]["variant"] for r in rows if r["config"]["algorithm"] == "shared"} \
+        == {"texel+int64" if family == "vega10" else "dot"}
 
 
 def test_shader_stats_cli_writes_json_and_refuses_bad_roles(tmp_path):

@@ -554,7 +554,8 @@ class SharedSpec(KernelSpec):
         few = 0 < caps.register_limit <= 128     # half the registers: half the tile
         cache = self.X_CACHE // 2 if few else self.X_CACHE
         most = min(self.TM // (1 + few), cache // (2 * so))
-        if not variant.dot and caps.device_type != "cpu":
+        swar_gpu = not variant.dot and caps.device_type != "cpu"
+        if swar_gpu:
             most = min(most, 2 * policy.max_tile_outputs(caps) // 8)
         tm = token_tile(max(1, t // self.MIN_Y), most)
         x = self.X
@@ -562,6 +563,10 @@ class SharedSpec(KernelSpec):
         # token stages 8 channels an invocation, and shared memory then bounds occupancy
         y = max(1, min(policy.max_workgroup(caps) // x, 16,
                        max(self.MIN_Y, token_tiles(t, tm))))
+        if swar_gpu:
+            # the SWAR stage's weights take 80 bytes a channel of shared memory: fewer than
+            # 16 token tiles leave GCN under 4 subgroups a SIMD
+            y = max(1, min(policy.max_workgroup(caps) // x, 16))
         cb = 1
         if n is not None and tm * so >= 16 and not few and variant.dot:
             tiles = -(-n // (8 * 2 * x)) * -(-t // (tm * y))

@@ -74,8 +74,8 @@ KERNELS = KERNEL_ALGORITHMS + ("auto",)
 
 
 def device_kernels(dev):
-    """The kernel algorithms ``dev`` runs (a GPU that emulates OpSDot has no SHARED GEMM),
-    and ``"auto"``: what a point times."""
+    """The kernel algorithms ``dev`` runs (those with a variant that passed its
+    self-check), and ``"auto"``: what a point times."""
     return tuple(a for a in KERNEL_ALGORITHMS if dev.caps.variants(a)) + ("auto",)
 
 
