@@ -547,15 +547,15 @@ class SharedSpec(KernelSpec):
         # the stage is long;
         # 16 channels where the grid is large enough to fill a GPU with half the
         # workgroups.
-        # SWAR on a GPU: the TILED GEMM's outputs an invocation, twice (an accumulator and
-        # half a SWAR sum an output, where the TILED GEMM keeps three): the most that keep
-        # 4 subgroups a SIMD on GCN (shader-stats)
         so = self.stage_octets(group_size, variant.dot)
         few = 0 < caps.register_limit <= 128     # half the registers: half the tile
         cache = self.X_CACHE // 2 if few else self.X_CACHE
         most = min(self.TM // (1 + few), cache // (2 * so))
         swar_gpu = not variant.dot and caps.device_type != "cpu"
         if swar_gpu:
+            # twice the TILED GEMM's outputs an invocation (an accumulator and half a SWAR
+            # sum an output, where the TILED GEMM keeps three registers): the most that
+            # keep 4 subgroups a SIMD on GCN (shader-stats)
             most = min(most, 2 * policy.max_tile_outputs(caps) // 8)
         tm = token_tile(max(1, t // self.MIN_Y), most)
         x = self.X
