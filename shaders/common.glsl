@@ -81,12 +81,13 @@ const uint GROUP_BLOCK = 32u;
 // The nibble sums take half the bytes while they fit 16 bits (the host's
 // layout.sums16 is the same rule).
 const bool SUMS16 = GROUP_SIZE * 15u <= 65535u;
-// The OpSDot kernels form the nibble sums in their group loop (one add a weight word and
-// one OpSDot a channel and 4 octets), so the "dot" layout stores them only where they
-// carry integer zero points: fewer bytes a call. The SWAR kernels read them (forming
-// them there costs registers GCN's occupancy cannot spare).
+// The OpSDot kernels form the nibble sums of groups of at most 32 k in their group loop
+// (one add a weight word, one OpSDot a channel), so the "dot" layout stores them only
+// where they carry integer zero points or a group is longer (layout.stores_sums): fewer
+// bytes a call. The SWAR kernels read them (forming them there costs registers GCN's
+// occupancy cannot spare).
 #ifdef DOT_PRODUCT
-const bool FORM_SUMS = HAS_OFFSET != 2u;
+const bool FORM_SUMS = HAS_OFFSET != 2u && GROUP_SIZE <= 32u;
 #else
 const bool FORM_SUMS = false;
 #endif

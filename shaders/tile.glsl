@@ -79,43 +79,41 @@ void tile_units(uint g, uint G, out uint wi[TILE_CB], out uint stride) {
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
 // the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot,
 // accumulating (dot4_acc: one instruction each where the compiler does not fuse an add).
-// The nibble sums (FORM_SUMS): lo + hi added bytewise over up to 4 octets (each byte at
-// most 120, so no carry), then summed across the bytes by one OpSDot.
+// The nibble sums (FORM_SUMS, groups of at most 4 octets): lo + hi added bytewise (each
+// byte at most 120, so no carry), then summed across the bytes by one OpSDot.
 void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
                 out int su[TILE_CB][8]) {
     sums_zero(P, sx, su);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
-    for (uint o0 = 0u; o0 < GROUP_SIZE / 8u; o0 += 4u) {
-        uint sb[TILE_CB][8];
-        [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-            [[unroll]] for (uint c = 0u; c < 8u; c++) sb[j][c] = 0u;
+    uint sb[TILE_CB][8];
+    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+        [[unroll]] for (uint c = 0u; c < 8u; c++) sb[j][c] = 0u;
+    }
+    for (uint o = 0u; o < GROUP_SIZE / 8u; o++) {
+        uint x0[TM], x1[TM];
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            x0[i] = X[tile_row[i] + xi + 2u * o];
+            x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
+            sx[i] = dot4_acc(x1[i], 0x01010101u, dot4_acc(x0[i], 0x01010101u, sx[i]));
         }
-        for (uint o = o0; o < min(o0 + 4u, GROUP_SIZE / 8u); o++) {
-            uint x0[TM], x1[TM];
-            [[unroll]] for (uint i = 0u; i < TM; i++) {
-                x0[i] = X[tile_row[i] + xi + 2u * o];
-                x1[i] = X[tile_row[i] + xi + 2u * o + 1u];
-                sx[i] = dot4_acc(x1[i], 0x01010101u, dot4_acc(x0[i], 0x01010101u, sx[i]));
-            }
-            [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-                uint at = 2u * (wi[j] + o * stride);
-                uvec4 wv[2] = uvec4[2](W[at], W[at + 1u]);
-                [[unroll]] for (uint c = 0u; c < 8u; c++) {
-                    uint w = wv[c / 4u][c % 4u];
-                    uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
-                    if (FORM_SUMS) sb[j][c] += lo + hi;
-                    [[unroll]] for (uint i = 0u; i < TM; i++) {
-                        P[j][i][c] = dot4_acc(hi, x1[i], dot4_acc(lo, x0[i], P[j][i][c]));
-                    }
+        [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+            uint at = 2u * (wi[j] + o * stride);
+            uvec4 wv[2] = uvec4[2](W[at], W[at + 1u]);
+            [[unroll]] for (uint c = 0u; c < 8u; c++) {
+                uint w = wv[c / 4u][c % 4u];
+                uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
+                if (FORM_SUMS) sb[j][c] += lo + hi;
+                [[unroll]] for (uint i = 0u; i < TM; i++) {
+                    P[j][i][c] = dot4_acc(hi, x1[i], dot4_acc(lo, x0[i], P[j][i][c]));
                 }
             }
         }
-        if (FORM_SUMS) {
-            [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-                [[unroll]] for (uint c = 0u; c < 8u; c++) su[j][c] = dot4_acc(sb[j][c], 0x01010101u, su[j][c]);
-            }
+    }
+    if (FORM_SUMS) {
+        [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+            [[unroll]] for (uint c = 0u; c < 8u; c++) su[j][c] = dot4(sb[j][c], 0x01010101u);
         }
     }
 }

@@ -151,15 +151,22 @@ def test_nibble_sums_are_16_bit_while_they_fit(g):
     assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()
 
 
-@pytest.mark.parametrize("g", [8, 272])
-def test_the_dot_layout_stores_nibble_sums_only_with_integer_zero_points(g):
+@pytest.mark.parametrize("g", [8, 32, 40, 272])
+def test_the_dot_layout_stores_nibble_sums_with_integer_zero_points_or_long_groups(g):
     """All nibbles 15 and z = -8: the largest sums beside the most negative zero point,
-    12 + 4 bits; without zero points the "dot" layout stores none (its kernels form the
-    sums); zero points past what 12 bits of sums allow are refused."""
+    12 + 4 bits; without zero points the "dot" layout stores none in groups of at most 32
+    (its kernels form the sums), and the sums of longer groups; zero points past what 12
+    bits of sums allow are refused."""
+    from vkqlinear.layout import FORMED_SUMS_MAX
     n, k = 8, g * 2
     packed = np.full((n, k // 2), 0xFF, np.uint8)
     s = np.ones((n, 2), np.float32)
-    assert device_layout(packed, g, s, np.zeros_like(s), 8, "dot")[3] is None
+    wsu = device_layout(packed, g, s, np.zeros_like(s), 8, "dot")[3]
+    if g <= FORMED_SUMS_MAX:
+        assert wsu is None
+    else:
+        v = wsu.view(np.uint16)
+        assert (v != 0).sum() == n * 2 and (v[v != 0] == 15 * g).all()
     *_, wsu, n_padded = device_layout(packed, g, s, 8 * s, 8, "dot",
                                       w_zeros=np.full((n, 2), -8))
     assert wsu.dtype == np.uint32 and wsu.nbytes == n_padded * 2 * 2
@@ -177,8 +184,8 @@ def test_call_bytes_counts_what_the_kernels_read(g, k, kind, layout):
     """Nibbles of groups padded to 8, per channel and group a scale, a float offset (only
     for float offsets: integer zero points in [-8, 7] ride in the nibble sums' top bits
     where the sums fit 12 bits), the nibble sum (16-bit while it fits; with the OpSDot
-    kernels' layout only where it holds the zero points: they form the others), then
-    activations and output."""
+    kernels' layout only where it holds the zero points or a group is longer than 32: they
+    form the others), then activations and output."""
     import vkqlinear as vq
     from vkqlinear.layout import zeros_packed
     n, t = 16, 3
@@ -195,20 +202,21 @@ def test_call_bytes_counts_what_the_kernels_read(g, k, kind, layout):
     floats = kind == "float" or (kind == "integer" and not zeros_packed(g8))
     assert qw.offset_kind == (0 if kind == "symmetric" else 1 if floats else 2)
     assert qw.half_data == 0
-    stored = layout != "dot" or qw.offset_kind == 2
+    stored = layout != "dot" or qw.offset_kind == 2 or g8 > 32
     per = 4 + 4 * floats + stored * (2 if sums16(g8) else 4)
     assert group_data_bytes(g, qw.offset_kind, layout) == per
     assert call_bytes(qw, t, layout) == n * (k // g) * (g8 // 2 + per) + t * (k + 8) + t * n * 4
 
 
 @pytest.mark.parametrize("g, sym, integer, floats", [(32, 0.625, 0.6875, 0.75),
-                                                    (128, 0.53125, 0.546875, 0.5625)])
+                                                    (128, 0.546875, 0.546875, 0.578125)])
 def test_bytes_per_weight(g, sym, integer, floats):
     """What a T = 1 call of the OpSDot kernels (a GPU's) reads per weight of a 4096 x 4096
     layer, activations and output aside: symmetric weights read the nibbles and a float32
     scale a group; integer zero points in [-8, 7] the 16-bit nibble sum holding them
-    besides; float offsets a float32 offset besides the scale. The SWAR kernels read a
-    16-bit nibble sum with every kind (0.0625 more a weight at g = 32)."""
+    besides; float offsets a float32 offset besides the scale; groups longer than 32 the
+    16-bit nibble sum with every kind, as the SWAR kernels do (0.0625 more a weight at
+    g = 32)."""
     import vkqlinear as vq
     from vkqlinear.quant import quantize_weights
     rng = np.random.default_rng(0)
@@ -222,14 +230,15 @@ def test_bytes_per_weight(g, sym, integer, floats):
     assert [qws[k].half_data for k in qws] == [0, 0, 0]
     for key, want in (("sym", sym), ("integer", integer), ("floats", floats)):
         assert call_bytes(qws[key], 0) / (4096 * 4096) == want, key
-        swar = want + (1 / 16 if key != "integer" else 0) * 32 / g
+        swar = want + (1 / 16 if key != "integer" and g <= 32 else 0) * 32 / g
         assert call_bytes(qws[key], 0, "swar64") / (4096 * 4096) == swar, key
 
 
-@pytest.mark.parametrize("g, q4_0, q4_1", [(32, 0.5625, 0.625), (128, 0.515625, 0.53125)])
+@pytest.mark.parametrize("g, q4_0, q4_1", [(32, 0.5625, 0.625), (128, 0.53125, 0.546875)])
 def test_bytes_per_weight_with_float16_group_data(g, q4_0, q4_1):
     """GGUF's forms, float16 d (and m): Q4_0 reads the nibbles and a float16 scale a group
-    (GGUF's own 18 bytes a block of 32), Q4_1 a float16 m besides (GGUF's 20)."""
+    (GGUF's own 18 bytes a block of 32), Q4_1 a float16 m besides (GGUF's 20); groups
+    longer than 32 a 16-bit nibble sum besides."""
     import vkqlinear as vq
     rng = np.random.default_rng(1)
     n, k = 256, 4096

@@ -130,8 +130,8 @@ def cases(quick=False):
         # groups not a multiple of the cooperative workers (subgroup size 8, 16, 32 or 64):
         # the last round of the "groups" weight order is partial
         ("G=12", (3,), 96, 16, 8), ("G=40", (2,), 1280, 24, 32),
-        # nibble sums past 16 bits (15 * g > 65535): int32 in the SWAR layouts, formed by
-        # the OpSDot kernels
+        # nibble sums past 16 bits (15 * g > 65535): int32 in every layout; the SHARED
+        # GEMM forms them a stage at a time
         ("g=4376", (2,), 4376, 16, 4376),
     ]
     for j, (name, lead, k, n, g) in enumerate(edge):

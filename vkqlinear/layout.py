@@ -23,12 +23,13 @@ layout) is rearranged for the shaders, made once per (weights, device, kernel la
   ``[b // lanes][g][b % lanes][8]`` (``"blocks"``) or ``[b][g][8]`` (``"groups"``).
   ``sum u`` is uint16 while ``15 * group_size`` fits 16 bits (:func:`sums16`; two per
   uint32 word, the lower channel in the low half), else int32; the ``"dot"`` layout
-  stores none (its kernels form them from the weight words, :func:`stores_sums`) unless
-  they carry zero points. Where every ``o`` is 0 (symmetric weights) the shaders do not
-  read the offsets (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none);
-  where every ``o`` is ``-s z`` for an integer ``z`` in [-8, 7] and ``15 * group_size``
-  fits 12 bits (:func:`zeros_packed`), ``z`` rides in the top 4 bits of the uint16 sums
-  and no offsets are uploaded either: the shaders form ``o = -s z`` as float32 does, so
+  stores none in groups of at most 32 (its kernels form them from the weight words,
+  :func:`stores_sums`) unless they carry zero points. Where every ``o`` is 0
+  (symmetric weights) the shaders do not read the offsets
+  (:class:`~vkqlinear.device_linear.WeightBuffers` uploads none); where every ``o`` is
+  ``-s z`` for an integer ``z`` in [-8, 7] and ``15 * group_size`` fits 12 bits
+  (:func:`zeros_packed`), ``z`` rides in the top 4 bits of the uint16 sums and no offsets
+  are uploaded either: the shaders form ``o = -s z`` as float32 does, so
   every result is the one the stored offsets give.
 * in 16 bits where every value reads back exactly
   (:attr:`~vkqlinear.QuantizedWeights.half_data`): the scales as float16, and float
@@ -57,8 +58,14 @@ from .kernels import HALF_OFFSETS, HALF_SCALES, OFFSETS_FLOAT, OFFSETS_INTEGER
 from .quant import unpack_int4
 
 __all__ = ["device_layout", "padded_channels", "padded_group_size", "pad_groups",
-           "split_channels", "sums16", "stores_sums", "zeros_packed", "group_data_bytes",
-           "call_bytes"]
+           "split_channels", "sums16", "stores_sums", "FORMED_SUMS_MAX", "zeros_packed",
+           "group_data_bytes", "call_bytes"]
+
+
+# The largest group (k) whose nibble sums the OpSDot kernels form instead of reading: four
+# octets, whose byte sums need no accumulator; longer groups cost the T <= 4 kernels more
+# instructions and registers than the 2 bytes a group they save.
+FORMED_SUMS_MAX = 32
 
 
 def sums16(group_size):
@@ -67,11 +74,13 @@ def sums16(group_size):
     return 15 * group_size <= 0xFFFF
 
 
-def stores_sums(layout, offsets):
-    """Whether weights of offset kind ``offsets`` hold nibble sums in ``layout``: the
-    OpSDot kernels (``"dot"``) form them, so there only integer zero points, which ride
-    in the sums, keep them. ``shaders/common.glsl``'s FORM_SUMS is the same rule."""
-    return layout != "dot" or int(offsets) == OFFSETS_INTEGER
+def stores_sums(layout, offsets, group_size):
+    """Whether weights of offset kind ``offsets`` in groups of ``group_size`` (the shaders'
+    size) hold nibble sums in ``layout``: the OpSDot kernels (``"dot"``) form them where a
+    group has at most :data:`FORMED_SUMS_MAX` k (one round of byte sums), so there only
+    integer zero points, which ride in the sums, keep them. ``shaders/common.glsl``'s
+    FORM_SUMS is the same rule."""
+    return layout != "dot" or int(offsets) == OFFSETS_INTEGER or group_size > FORMED_SUMS_MAX
 
 
 def zeros_packed(group_size):
@@ -92,8 +101,8 @@ def group_data_bytes(group_size, offsets=OFFSETS_FLOAT, layout="dot", half=0):
     :func:`sums16`)."""
     scale = 2 if int(half) & HALF_SCALES else 4
     offset = 0 if int(offsets) != OFFSETS_FLOAT else 2 if int(half) & HALF_OFFSETS else 4
-    sums = (2 if sums16(padded_group_size(group_size)) else 4) \
-        if stores_sums(layout, offsets) else 0
+    g = padded_group_size(group_size)
+    sums = (2 if sums16(g) else 4) if stores_sums(layout, offsets, g) else 0
     return scale + offset + sums
 
 
@@ -188,7 +197,8 @@ def device_layout(w_packed, group_size, w_scales, w_offsets, lanes, layout="swar
         return full.reshape(nb // lanes, lanes, 8, g).transpose(0, 3, 1, 2).ravel()
 
     sums = None
-    if stores_sums(layout, OFFSETS_INTEGER if w_zeros is not None else OFFSETS_FLOAT):
+    if stores_sums(layout, OFFSETS_INTEGER if w_zeros is not None else OFFSETS_FLOAT,
+                   group_size):
         sum_u = u.reshape(n_padded, g, group_size).sum(axis=2, dtype=np.int32)[:n]
         if w_zeros is not None:
             if not zeros_packed(group_size) or np.any((w_zeros < -8) | (w_zeros > 7)):
