@@ -1,5 +1,7 @@
 """Kernel choice is data: checked without a GPU."""
 
+import dataclasses
+
 import pytest
 
 from vkqlinear import kernels as K
@@ -253,11 +255,6 @@ def test_untuned_gpu_kernels_hold_few_outputs_and_small_workgroups():
     assert K.choose_kernel("cooperative", 4, 32, False, cpu).local_size == (64, 16)
 
 
-def dict_caps(caps, **changes):
-    """``caps`` with ``changes``."""
-    return K.DeviceCaps(**{**caps.__dict__, **changes})
-
-
 def test_untuned_shared_gemm_fits_registers_and_is_auto_on_every_gpu():
     """CPU only: the SHARED GEMM's untuned tile keeps its cached activations within 64
     registers and one accumulator per output (at most 128), grows to CB = 2 only for a grid
@@ -301,11 +298,11 @@ def test_untuned_shared_gemm_fits_registers_and_is_auto_on_every_gpu():
     assert K.candidates("shared", 64, 32, False, slow)[0].variant.name == "int64"
     # a forced variant the SHARED GEMM lacks (or every one failing the self-check): auto's
     # GEMM is the TILED one
-    assert K.choose_kernel("auto", 64, 32, False, dict_caps(rdna, storage8=True),
+    assert K.choose_kernel("auto", 64, 32, False, dataclasses.replace(rdna, storage8=True),
                            variant=K.Variant(storage8=True)).algorithm == "tiled"
     assert K.choose_kernel("auto", 64, 32, False, rdna,
                            variant=K.Variant(int64=True)).algorithm == "shared"
     failed = frozenset(("shared", v) for v in rdna.variants("shared"))
     assert K.choose_kernel("auto", 64, 32, False,
-                           dict_caps(rdna, excluded=failed)).algorithm == "tiled"
+                           dataclasses.replace(rdna, excluded=failed)).algorithm == "tiled"
     assert policy.gemm_algorithm(rdna) == "shared"

@@ -560,13 +560,11 @@ class SharedSpec(KernelSpec):
         tm = token_tile(max(1, t // self.MIN_Y), most)
         x = self.X
         # at least MIN_Y token tiles, idle where t has fewer: a workgroup as narrow as one
-        # token stages 8 channels an invocation, and shared memory then bounds occupancy
-        y = max(1, min(policy.max_workgroup(caps) // x, 16,
-                       max(self.MIN_Y, token_tiles(t, tm))))
-        if swar_gpu:
-            # the SWAR stage's weights take 80 bytes a channel of shared memory: fewer than
-            # 16 token tiles leave GCN under 4 subgroups a SIMD
-            y = max(1, min(policy.max_workgroup(caps) // x, 16))
+        # token stages 8 channels an invocation, and shared memory then bounds occupancy;
+        # with SWAR on a GPU always 16 (the stage's weights take 80 bytes a channel of
+        # shared memory: fewer token tiles leave GCN under 4 subgroups a SIMD)
+        most_y = max(1, min(policy.max_workgroup(caps) // x, 16))
+        y = most_y if swar_gpu else min(most_y, max(self.MIN_Y, token_tiles(t, tm)))
         cb = 1
         if n is not None and tm * so >= 16 and not few and variant.dot:
             tiles = -(-n // (8 * 2 * x)) * -(-t // (tm * y))

@@ -92,9 +92,10 @@ def gemm_algorithm(caps, variant=None):
     the driver accelerates it, else SWAR), else the TILED GEMM (CPU devices: lavapipe pays
     for every barrier, and the tuner measures which wins there; a device where every
     SHARED variant failed the self-check)."""
-    if caps.device_type == "cpu" or not caps.variants("shared"):
+    if caps.device_type == "cpu":
         return "tiled"
-    if variant is not None and variant not in caps.variants("shared"):
+    shared = caps.variants("shared")
+    if not shared or (variant is not None and variant not in shared):
         return "tiled"
     return "shared"
 
