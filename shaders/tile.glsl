@@ -55,15 +55,12 @@ void tile_flush() {
 }
 
 // Zeroes a group's integer sums (group_sums' outputs).
-void sums_zero(out int P[TILE_CB][TM][8], out int sx[TM], out int su[TILE_CB][8]) {
+void sums_zero(out int P[TILE_CB][TM][8], out int sx[TM]) {
     [[unroll]] for (uint i = 0u; i < TM; i++) {
         sx[i] = 0;
         [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
             [[unroll]] for (uint c = 0u; c < 8u; c++) P[j][i][c] = 0;
         }
-    }
-    [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) su[j][c] = 0;
     }
 }
 
@@ -79,17 +76,21 @@ void tile_units(uint g, uint G, out uint wi[TILE_CB], out uint stride) {
 // in the high half of byte m, so w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F line up with
 // the two activation words of octet o. u <= 15 is a non-negative int8: a signed dot,
 // accumulating (dot4_acc: one instruction each where the compiler does not fuse an add).
-// The nibble sums (FORM_SUMS, groups of at most 4 octets): lo + hi added bytewise (each
-// byte at most 120, so no carry), then summed across the bytes by one OpSDot.
-void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
-                out int su[TILE_CB][8]) {
-    sums_zero(P, sx, su);
+// With FORM_SUMS (groups of at most 4 octets) P is returned as sum (x - zp) * u: the nibble
+// sums lo + hi added bytewise (each byte at most 120, so no carry), then zp times their
+// bytes subtracted by one OpSDot (zp in each byte).
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
+    sums_zero(P, sx);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
+    // The byte sums start from a zero the compiler cannot fold (T < 2^31): from a literal
+    // zero, AMD's compiler merges the first octet's add into the next one's three-way add
+    // and keeps every channel's lo and hi live an octet longer (the T = 1 GEMV: 84 VGPRs
+    // on RDNA3 instead of 60).
     uint sb[TILE_CB][8];
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-        [[unroll]] for (uint c = 0u; c < 8u; c++) sb[j][c] = 0u;
+        [[unroll]] for (uint c = 0u; c < 8u; c++) sb[j][c] = p.T >> 31u;
     }
     for (uint o = 0u; o < GROUP_SIZE / 8u; o++) {
         uint x0[TM], x1[TM];
@@ -104,7 +105,7 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
                 uint w = wv[c / 4u][c % 4u];
                 uint lo = w & 0x0F0F0F0Fu, hi = (w >> 4u) & 0x0F0F0F0Fu;
-                if (FORM_SUMS) sb[j][c] += lo + hi;
+                if (FORM_SUMS) sb[j][c] = sb[j][c] + lo + hi;
                 [[unroll]] for (uint i = 0u; i < TM; i++) {
                     P[j][i][c] = dot4_acc(hi, x1[i], dot4_acc(lo, x0[i], P[j][i][c]));
                 }
@@ -112,8 +113,11 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
         }
     }
     if (FORM_SUMS) {
-        [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
-            [[unroll]] for (uint c = 0u; c < 8u; c++) su[j][c] = dot4(sb[j][c], 0x01010101u);
+        [[unroll]] for (uint i = 0u; i < TM; i++) {
+            uint zp4 = uint(tile_zp[i] & 0xFF) * 0x01010101u;
+            [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
+                [[unroll]] for (uint c = 0u; c < 8u; c++) P[j][i][c] -= dot4(sb[j][c], zp4);
+            }
         }
     }
 }
@@ -161,9 +165,8 @@ u64vec2 x_chunk(uint word) {
 }
 
 // As below, reading 64-bit words: weight units of 8 k (one u64vec4) and x_chunk.
-void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
-                out int su[TILE_CB][8]) {
-    sums_zero(P, sx, su);
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
+    sums_zero(P, sx);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
@@ -192,9 +195,8 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
 #else
 // P[j][i][c] = sum x * u over group g of block j and sx[i] = sum x, two channels per int32
 // multiply (SWAR, see common.glsl).
-void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
-                out int su[TILE_CB][8]) {
-    sums_zero(P, sx, su);
+void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
+    sums_zero(P, sx);
     uint stride, wi[TILE_CB];
     tile_units(g, G, wi, stride);
     uint xi = g * (GROUP_SIZE / 4u);
@@ -222,8 +224,8 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM],
 // Adds group g of the invocation's blocks: exact integer sums, then s * A + o * S.
 void tile_group(uint g, uint G) {
     int P[TILE_CB][TM][8];
-    int sx[TM], su_formed[TILE_CB][8];
-    group_sums(g, G, P, sx, su_formed);
+    int sx[TM];
+    group_sums(g, G, P, sx);
     int S[TM];
     [[unroll]] for (uint i = 0u; i < TM; i++) S[i] = sx[i] - tile_zp[i] * int(GROUP_SIZE);
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
@@ -233,8 +235,9 @@ void tile_group(uint g, uint G) {
         [[unroll]] for (uint i = 0u; i < TM; i++) {
             float Sf = float(S[i]);
             [[unroll]] for (uint c = 0u; c < 8u; c++) {
-                int sum_u = FORM_SUMS ? su_formed[j][c] : su[c / 4u][c % 4u];
-                int A = P[j][i][c] - tile_zp[i] * sum_u - 8 * S[i];
+                // (formed sums: the zp term is in P already)
+                int zp_su = FORM_SUMS ? 0 : tile_zp[i] * su[c / 4u][c % 4u];
+                int A = P[j][i][c] - zp_su - 8 * S[i];
                 float v = s[c / 4u][c % 4u] * float(A);
                 tile_block[j][i][c] += (HAS_OFFSET != 0u) ? v + o[c / 4u][c % 4u] * Sf : v;
             }
