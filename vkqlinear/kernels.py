@@ -300,7 +300,7 @@ def token_tiles(t, tm):
 
 # Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
 # file's entries of another generation are ignored.
-KERNEL_GENERATION = 7
+KERNEL_GENERATION = 8
 # At most this many outputs (TM x 8 CB) an invocation of the TILED and COOPERATIVE kernels:
 # each is three registers (two float sums, one int), and a GPU spills past about 256.
 TILE_OUTPUTS = 64
