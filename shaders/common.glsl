@@ -82,8 +82,8 @@ const uint GROUP_BLOCK = 32u;
 // layout.sums16 is the same rule).
 const bool SUMS16 = GROUP_SIZE * 15u <= 65535u;
 // The OpSDot kernels form the nibble sums of groups of at most 32 k in their group loop
-// (one add a weight word, one OpSDot a channel), so the "dot" layout stores them only
-// where they carry integer zero points or a group is longer (layout.stores_sums): fewer
+// (one add a weight word, one OpSDot a channel and token), so the "dot" layout stores them
+// only where they carry integer zero points or a group is longer (layout.stores_sums): fewer
 // bytes a call. The SWAR kernels read them (forming them there costs registers GCN's
 // occupancy cannot spare).
 #ifdef DOT_PRODUCT
