@@ -87,7 +87,8 @@ void group_sums(uint g, uint G, out int P[TILE_CB][TM][8], out int sx[TM]) {
     // The byte sums start from a zero the compiler cannot fold (T < 2^31): from a literal
     // zero, AMD's compiler merges the first octet's add into the next one's three-way add
     // and keeps every channel's lo and hi live an octet longer (the T = 1 GEMV: 84 VGPRs
-    // on RDNA3 instead of 60).
+    // on RDNA3 instead of 60). Each octet adds (sb + lo) + hi, one three-way add; sb +=
+    // lo + hi costs the T = 1 TILED kernel 0.4 instructions per 32 weights more.
     uint sb[TILE_CB][8];
     [[unroll]] for (uint j = 0u; j < TILE_CB; j++) {
         [[unroll]] for (uint c = 0u; c < 8u; c++) sb[j][c] = p.T >> 31u;
