@@ -272,8 +272,32 @@ uint weight_unit(uint b, uint g, uint G, out uint stride) {
 #endif
 }
 
+// The same index as a part of the block plus a part of the group (the same for every
+// block, so that a loop over groups keeps the first): block_unit(b) + group_unit(g, G,
+// stride). weight_unit keeps its one expression: the GEMV and TILED kernels compile a few
+// instructions shorter from it.
+uint block_unit(uint b) {
+#ifdef GROUP_ORDER
+    return b * (p.K / K_PER_UNIT);
+#else
+    return (b / LANES) * (p.K / K_PER_UNIT) * LANES + (b % LANES);
+#endif
+}
+
+uint group_unit(uint g, uint G, out uint stride) {
+#ifdef GROUP_ORDER
+    uint r = g / LANES;
+    stride = min(LANES, G - r * LANES);
+    return r * LANES * UNITS_PER_GROUP + (g - r * LANES);
+#else
+    stride = LANES;
+    return g * UNITS_PER_GROUP * LANES;
+#endif
+}
+
 // Index (in vec4 units) of the first group-data vec4 of block b at group g. Ordered
-// [b / LANES][g][b % LANES][8 channels], or [b][g][8 channels] with GROUP_ORDER.
+// [b / LANES][g][b % LANES][8 channels], or [b][g][8 channels] with GROUP_ORDER: the
+// group adds g * GROUP_STEP.
 uint group_base(uint b, uint g, uint G) {
 #ifdef GROUP_ORDER
     return (b * G + g) * 2u;
@@ -281,6 +305,11 @@ uint group_base(uint b, uint g, uint G) {
     return (((b / LANES) * G + g) * LANES + (b % LANES)) * 2u;
 #endif
 }
+#ifdef GROUP_ORDER
+const uint GROUP_STEP = 2u;
+#else
+const uint GROUP_STEP = 2u * LANES;
+#endif
 
 // The group data of a block and group, 8 channels as two vec4; gb from group_base (in
 // float32 vec4 units; fp16 data is one uvec4 a block and group, at gb / 2). The nibble

@@ -10,9 +10,13 @@
 // offsets), then y = x_scale * acc + bias, or its int8 requantization. Two code shapes:
 //
 //   DOT_PRODUCT  the weights staged as q - z in int8 (z: the integer zero point,
-//                HAS_OFFSET 2, else 0), four products per OpSDot;
+//                HAS_OFFSET 2), else as 16 q (QSCALE: one operation fewer a nibble to
+//                unpack; the fold's integers and acc are then 16 times their value, exact,
+//                divided out at the output), four products per OpSDot;
 //                A = P - zp * sum (q - z), P = sum x (q - z), the sum of the weights
-//                formed by the loader (nothing per group is read for it).
+//                formed by the loader (nothing per group is read for it). The loaders'
+//                addresses are a part fixed for the invocation (prepare, before the group
+//                loop) plus a part of the group, the same for every invocation.
 //   otherwise    SWAR: the weights staged as the four nibble pairs of each word (channels
 //                j and j + 4 in the 16-bit halves, common.glsl), the activations as
 //                x + 128 (0..255, unsigned); each multiply-add forms two products, the
@@ -66,61 +70,110 @@ uvec2 x_octet(uint word) {
 // different ends so that they fall on different invocations. Rows past the layer read its
 // last one; their results are not stored.
 uint reps(uint items) { return (items + INVOCATIONS - 1u) / INVOCATIONS; }
+uint channel_item(uint li, uint rep) { return li + rep * INVOCATIONS; }
+uint token_item(uint li, uint rep) { return INVOCATIONS - 1u - li + rep * INVOCATIONS; }
 
 #ifdef DOT_PRODUCT
-shared uvec2 w_sh[SO][BN];   // octet o of channel j: q (- z) as int8 (k 8o..8o+3, 8o+4..)
-shared uvec2 x_sh[SO][BT];   // octet o of token i: activation words 2o, 2o + 1
-shared vec4 ch_sh[BN];       // channel j: s, o, sum q over the stage (exact as a float)
-shared vec2 tok_sh[BT];      // token i: -zp, S (exact as floats)
+// The weights are staged as 16 q where they fit int8 (without integer zero points): one
+// operation fewer a nibble to unpack. Every integer of the fold is then QSCALE times its
+// value (exact as a float), and so is acc until the output divides it out exactly.
+const uint QSCALE = (HAS_OFFSET == 2u) ? 1u : 16u;
+// octets 2h, 2h + 1 of channel j: QSCALE (q - z) as int8 (k 16h..16h+3, 16h+4.., ...);
+// one octet (SO 1) in the first half
+shared uvec4 w_sh[(SO + 1u) / 2u][BN];
+shared uvec2 x_sh[BT][SO];   // token i, octet o: activation words 2o, 2o + 1
+shared vec4 ch_sh[BN];       // channel j: s, QSCALE o, QSCALE sum q over the stage (exact)
+shared float tok_zp_sh[BT];  // token i: -zp (written once, before the group loop)
+shared float tok_sh[BT];     // token i: S (exact as a float)
 
-// Channel j of the tile (layer channel n): stage h of group g.
-void stage_channel(uint j, uint n, uint g, uint G, uint h) {
-    uint b = n / 8u, c = n % 8u;
-    uint stride, unit = weight_unit(b, g, G, stride);
-    uint gb0 = group_base(b, g, G), gb = gb0 + c / 4u;   // the vec4 of channel c
-    float s = HALF_SCALES ? unpackHalf2x16(WS16[gb0 / 2u][c / 2u])[c % 2u] : WS[gb][c % 4u];
+// The same buffers as 32-bit words (descriptor aliasing), indexed from the loaders' fixed
+// parts (prepare) plus a part of the group.
+layout(std430, binding = 3) readonly buffer W32Buf { uint W32[]; };
+layout(std430, binding = 4) readonly buffer WS32Buf { uint WS32[]; };
+layout(std430, binding = 5) readonly buffer WO32Buf { uint WO32[]; };
+layout(std430, binding = 6) readonly buffer WSU32Buf { uint WSU32[]; };
+
+// The loaders' items of this invocation, with what of their addresses the group loop
+// does not change (set once by prepare): a channel's first weight word and first
+// group-data float at group 0, a token's first activation word and -zp SK (the start of
+// its sum S = sum (x - zp)).
+const uint CH_REPS = (BN + INVOCATIONS - 1u) / INVOCATIONS;
+const uint TOK_REPS = (BT + INVOCATIONS - 1u) / INVOCATIONS;
+uint ch_word[CH_REPS], ch_data[CH_REPS];
+uint tok_word[TOK_REPS];
+int tok_s0[TOK_REPS];
+
+void prepare(uint n0, uint t0, uint G, uint li) {
+    [[unroll]] for (uint rep = 0u; rep < CH_REPS; rep++) {
+        uint n = min(n0 + channel_item(li, rep), p.NP - 1u), b = n / 8u, c = n % 8u;
+        ch_word[rep] = 8u * block_unit(b) + c;          // a unit: 8 channels' words
+        ch_data[rep] = 4u * group_base(b, 0u, G) + c;
+    }
+    [[unroll]] for (uint rep = 0u; rep < TOK_REPS; rep++) {
+        uint i = token_item(li, rep), t = min(t0 + i, p.T - 1u);
+        int zp = XZ[t];
+        tok_word[rep] = t * (p.K / 4u);
+        tok_s0[rep] = -zp * int(SK);
+        if (BT % INVOCATIONS == 0u || i < BT) tok_zp_sh[i] = float(-zp);
+    }
+}
+
+// Channel item j (the invocation's rep-th): stage h of group g.
+void stage_channel(uint j, uint rep, uint g, uint G, uint h) {
+    uint stride, unit = group_unit(g, G, stride);
+    uint d = ch_data[rep] + 4u * GROUP_STEP * g;        // float index of its group data
+    // fp16 data: two values a word, the lower channel in the low half
+    float s = HALF_SCALES ? unpackHalf2x16(WS32[d / 2u])[d % 2u] : uintBitsToFloat(WS32[d]);
     float off = 0.0;
     if (HAS_OFFSET == 1u) {
-        off = HALF_OFFSETS ? unpackHalf2x16(WO16[gb0 / 2u][c / 2u])[c % 2u] + 8.0 * s
-                           : WO[gb][c % 4u];
+        off = HALF_OFFSETS ? unpackHalf2x16(WO32[d / 2u])[d % 2u] + 8.0 * s
+                           : uintBitsToFloat(WO32[d]);
+        off *= float(QSCALE);   // exact
     }
     // Integer zero points (HAS_OFFSET 2: o = -s z, z in the nibble sum's top 4 bits):
     // the weights become q - z, which folds o * S into the integer sum.
     int z = 0;
-    if (HAS_OFFSET == 2u) z = bitfieldExtract(int(WSU16[gb / 2u][c / 2u]), int(16u * (c % 2u) + 12u), 4);
+    if (HAS_OFFSET == 2u) z = bitfieldExtract(int(WSU32[d / 2u]), int(16u * (d % 2u) + 12u), 4);
     uint bias = uint(120 - z) * 0x01010101u;
     int sq = 0;
     [[unroll]] for (uint o = 0u; o < SO; o++) {
-        uint w = W[2u * (unit + (h * SO + o) * stride) + c / 4u][c % 4u];
-        // q - z = u - 8 - z in each byte: u + 120 - z stays in 0..255 (no carry into the
-        // next byte), and flipping bit 7 subtracts 128 modulo 256
-        uvec2 v = (uvec2(w & 0x0F0F0F0Fu, (w >> 4u) & 0x0F0F0F0Fu) + bias) ^ 0x80808080u;
+        uint w = W32[ch_word[rep] + 8u * (unit + (h * SO + o) * stride)];
+        uvec2 v;
+        if (QSCALE == 1u) {
+            // q - z = u - 8 - z in each byte: u + 120 - z stays in 0..255 (no carry into
+            // the next byte), and flipping bit 7 subtracts 128 modulo 256
+            v = (uvec2(w & 0x0F0F0F0Fu, (w >> 4u) & 0x0F0F0F0Fu) + bias) ^ 0x80808080u;
+        } else {
+            // 16 q = 16 (u - 8) in each byte: u ^ 8 in the byte's top nibble, read signed
+            w ^= 0x88888888u;
+            v = uvec2(w << 4u, w) & 0xF0F0F0F0u;
+        }
         sq = dot4_acc(v.y, 0x01010101u, dot4_acc(v.x, 0x01010101u, sq));
-        w_sh[o][j] = v;
+        if (o % 2u == 0u) w_sh[o / 2u][j].xy = v; else w_sh[o / 2u][j].zw = v;
     }
-    ch_sh[j] = vec4(s, off, float(sq), 0.0);
+    ch_sh[j].xyz = vec3(s, off, float(sq));
 }
 
-// Token i of the tile (layer token t): stage h of group g.
-void stage_token(uint i, uint t, uint g, uint h) {
-    uint xw = t * (p.K / 4u) + 2u * (g * OCTETS + h * SO);
-    int zp = XZ[t], sx = 0;
+// Token item i (the invocation's rep-th): stage h of group g.
+void stage_token(uint i, uint rep, uint g, uint h) {
+    uint xw = tok_word[rep] + 2u * (g * OCTETS + h * SO);
+    int S = tok_s0[rep];
     [[unroll]] for (uint o = 0u; o < SO; o++) {
         uvec2 v = x_octet(xw + 2u * o);
-        sx = dot4_acc(v.y, 0x01010101u, dot4_acc(v.x, 0x01010101u, sx));
-        x_sh[o][i] = v;
+        S = dot4_acc(v.y, 0x01010101u, dot4_acc(v.x, 0x01010101u, S));
+        x_sh[i][o] = v;
     }
-    tok_sh[i] = vec2(float(-zp), float(sx - zp * int(SK)));
+    tok_sh[i] = float(S);
 }
 
-void stage(uint n0, uint t0, uint g, uint G, uint h, uint li) {
-    [[unroll]] for (uint rep = 0u; rep < reps(BN); rep++) {
-        uint j = li + rep * INVOCATIONS;
-        if (j < BN) stage_channel(j, min(n0 + j, p.NP - 1u), g, G, h);
+void stage(uint g, uint G, uint h, uint li) {
+    [[unroll]] for (uint rep = 0u; rep < CH_REPS; rep++) {
+        uint j = channel_item(li, rep);
+        if (BN % INVOCATIONS == 0u || j < BN) stage_channel(j, rep, g, G, h);
     }
-    [[unroll]] for (uint rep = 0u; rep < reps(BT); rep++) {
-        uint i = INVOCATIONS - 1u - li + rep * INVOCATIONS;
-        if (i < BT) stage_token(i, min(t0 + i, p.T - 1u), g, h);
+    [[unroll]] for (uint rep = 0u; rep < TOK_REPS; rep++) {
+        uint i = token_item(li, rep);
+        if (BT % INVOCATIONS == 0u || i < BT) stage_token(i, rep, g, h);
     }
 }
 
@@ -133,15 +186,17 @@ void multiply(uint ix, uint iy, inout float acc[TM][TN]) {
     uvec2 xc[TM][SO];
     vec2 td[TM];
     [[unroll]] for (uint r = 0u; r < TM; r++) {
-        td[r] = tok_sh[iy * TM + r];
-        [[unroll]] for (uint o = 0u; o < SO; o++) xc[r][o] = x_sh[o][iy * TM + r];
+        td[r] = vec2(tok_zp_sh[iy * TM + r], tok_sh[iy * TM + r]);
+        [[unroll]] for (uint o = 0u; o < SO; o++) xc[r][o] = x_sh[iy * TM + r][o];
     }
     [[unroll]] for (uint q = 0u; q < QUADS; q++) {
         [[unroll]] for (uint m = 0u; m < 4u; m++) {
             uint j = quad_channel(ix, q) + m;
             vec4 cd = ch_sh[j];
             uvec2 wv[SO];
-            [[unroll]] for (uint o = 0u; o < SO; o++) wv[o] = w_sh[o][j];
+            [[unroll]] for (uint o = 0u; o < SO; o++) {
+                wv[o] = (o % 2u == 0u) ? w_sh[o / 2u][j].xy : w_sh[o / 2u][j].zw;
+            }
             [[unroll]] for (uint r = 0u; r < TM; r++) {
                 int P = 0;
                 [[unroll]] for (uint o = 0u; o < SO; o++) {
@@ -155,6 +210,7 @@ void multiply(uint ix, uint iy, inout float acc[TM][TN]) {
     }
 }
 #else
+const uint QSCALE = 1u;      // the fold's integers at their value
 shared uvec4 w_sh[SK][BB];   // k of block jb: its four nibble pairs
 shared uvec4 su_sh[SO][BB];  // octet o of block jb: the sums of its four nibble pairs
 shared uvec2 x_sh[SO][BT];   // octet o of token i: x + 128 in each byte
@@ -211,7 +267,15 @@ void stage_token(uint i, uint t, uint g, uint h) {
     tok_sh[i] = vec4(float(-(128 + zp)), float(-8 * S), float(S), 0.0);
 }
 
-void stage(uint n0, uint t0, uint g, uint G, uint h, uint li) {
+uint tile_n0, tile_t0;      // the tile's first channel and token (prepare)
+
+void prepare(uint n0, uint t0, uint G, uint li) {
+    tile_n0 = n0;
+    tile_t0 = t0;
+}
+
+void stage(uint g, uint G, uint h, uint li) {
+    uint n0 = tile_n0, t0 = tile_t0;
     [[unroll]] for (uint rep = 0u; rep < reps(BB * SO); rep++) {
         uint it = li + rep * INVOCATIONS;
         if (it < BB * SO) stage_octet(it % BB, min(n0 / 8u + it % BB, p.NP / 8u - 1u), g, G, h, it / BB);
@@ -221,7 +285,7 @@ void stage(uint n0, uint t0, uint g, uint G, uint h, uint li) {
         if (jb < BB) stage_block(jb, min(n0 / 8u + jb, p.NP / 8u - 1u), g, G);
     }
     [[unroll]] for (uint rep = 0u; rep < reps(BT); rep++) {
-        uint i = INVOCATIONS - 1u - li + rep * INVOCATIONS;
+        uint i = token_item(li, rep);
         if (i < BT) stage_token(i, min(t0 + i, p.T - 1u), g, h);
     }
 }
@@ -294,13 +358,15 @@ void main() {
         [[unroll]] for (uint c = 0u; c < TN; c++) acc[r][c] = 0.0;
     }
 
-    for (uint g = 0u; g < G; g++) {
-        for (uint h = 0u; h < STAGES; h++) {
-            barrier();   // the previous stage is read by all
-            stage(n0, t0, g, G, h, li);
-            barrier();
-            multiply(ix, iy, acc);
-        }
+    prepare(n0, t0, G, li);
+    // one loop of stages: a loop of a group's stages is unrolled where it is short, and
+    // the unrolled stages keep their registers apart
+    for (uint gh = 0u; gh < G * STAGES; gh++) {
+        uint g = gh / STAGES, h = gh % STAGES;
+        barrier();   // the previous stage is read by all
+        stage(g, G, h, li);
+        barrier();
+        multiply(ix, iy, acc);
     }
 
     // y = x_scale * acc + bias: 4 neighbouring channels a quad (one int8 word).
@@ -314,8 +380,9 @@ void main() {
             uint n = n0 + quad_channel(ix, q);
             if (n >= p.NP) continue;
             vec4 b = BIAS[n / 4u];
-            vec4 y = xs * vec4(acc[r][4u * q], acc[r][4u * q + 1u], acc[r][4u * q + 2u],
-                               acc[r][4u * q + 3u]) + b;
+            vec4 a = vec4(acc[r][4u * q], acc[r][4u * q + 1u], acc[r][4u * q + 2u],
+                          acc[r][4u * q + 3u]) * (1.0 / float(QSCALE));   // exact: 1 or 1/16
+            vec4 y = xs * a + b;
             if (OUT_INT8 == 0u) {
                 [[unroll]] for (uint m = 0u; m < 4u; m++) Y[t * p.NP + n + m] = floatBitsToUint(y[m]);
             } else {

@@ -126,6 +126,32 @@ def test_the_decode_kernels_stay_within_64_vgprs_and_40_instructions(family):
         assert r["vgprs"] <= 64 and r["loop_instructions_per_32_macs"] <= 41, r
 
 
+def test_the_shared_gemm_meets_the_integer_dot_tile_on_rdna3():
+    """The SHARED GEMM's best configuration at T = 512, g = 32 (its 8-token tiles) runs
+    at most 13.3 loop instructions per 32 multiply-adds on navi31 (ggml's integer-dot tile
+    under the same compiler) for symmetric, integer-zero-point and float-offset weights,
+    without spilling; RADV's shared memory is the size the tuner reckons with. Mesa 25's
+    RADV (tools/mesa.sh), where the figure is measured: older ACO schedules these tiles
+    differently."""
+    icds = [i for i in S.radv_icds() if "/.drivers/mesa-" in i]
+    if not icds:
+        pytest.skip("Mesa 25's RADV is not unpacked (bash tools/mesa.sh)")
+    c, info = S.Compiler("navi31", "navi31", icds[-1]).opened()
+    caps = S.caps_of(info)
+    kernels = [k for k in K.candidates("shared", 512, 32, False, caps, 16384)
+               if k.variant.dot and k.tm == 8]
+    jobs = [(k, o) for k in kernels for o in ("none", "integer", "float")]
+    rows = [S._row(c, "candidate", k, r, o)
+            for (k, o), r in zip(jobs, c.compile([S._job(k, o) for k, o in jobs]))]
+    for r, (k, _) in zip(rows, jobs):
+        assert 0 < r["lds_bytes"] <= K.SharedSpec.shared_bytes(k) + 512, r
+    for offsets in ("none", "integer", "float"):
+        fit = [r for r in rows if r["offsets"] == offsets and not S.spills(r)
+               and r["occupancy"] >= 4]
+        best = min(r["loop_instructions_per_32_macs"] for r in fit)
+        assert best <= 13.3, (offsets, best)
+
+
 def test_shader_stats_cli_writes_json_and_refuses_bad_roles(tmp_path):
     if not S.radv_icds():
         pytest.skip("no RADV driver installed")

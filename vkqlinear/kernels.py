@@ -300,7 +300,7 @@ def token_tiles(t, tm):
 
 # Bumped when a shader change can make earlier tuning results wrong or stale: the tuning
 # file's entries of another generation are ignored.
-KERNEL_GENERATION = 8
+KERNEL_GENERATION = 9
 # At most this many outputs (TM x 8 CB) an invocation of the TILED and COOPERATIVE kernels:
 # each is three registers (two float sums, one int), and a GPU spills past about 256.
 TILE_OUTPUTS = 64
@@ -520,7 +520,9 @@ class SharedSpec(KernelSpec):
         dot = kernel.variant.dot
         so = cls.stage_octets(kernel.group_size, dot)
         if dot:
-            return (channels + tokens) * (8 * so + 16)
+            # per channel: its octets in 16-byte pairs and s, o, sum q; per token: its
+            # bytes, S and -zp
+            return channels * (16 * (-(-so // 2)) + 16) + tokens * (8 * so + 8)
         # per channel: a nibble-pair word a k and half a word of their sums an octet, s
         # and o; per token: a byte a k and its fold data
         return channels * (18 * so + 8) + tokens * (8 * so + 16)
