@@ -78,8 +78,8 @@ uint token_item(uint li, uint rep) { return INVOCATIONS - 1u - li + rep * INVOCA
 // operation fewer a nibble to unpack. Every integer of the fold is then QSCALE times its
 // value (exact as a float), and so is acc until the output divides it out exactly.
 const uint QSCALE = (HAS_OFFSET == 2u) ? 1u : 16u;
-// octets 2h, 2h + 1 of channel j: QSCALE (q - z) as int8 (k 16h..16h+3, 16h+4.., ...);
-// one octet (SO 1) in the first half
+// word e of channel j: its octets 2e (x, y) and 2e + 1 (z, w) of the stage, QSCALE (q - z)
+// as int8 (k 8o..8o+3 in one word, 8o+4.. in the next); an odd last octet alone
 shared uvec4 w_sh[(SO + 1u) / 2u][BN];
 shared uvec2 x_sh[BT][SO];   // token i, octet o: activation words 2o, 2o + 1
 shared vec4 ch_sh[BN];       // channel j: s, QSCALE o, QSCALE sum q over the stage (exact)
