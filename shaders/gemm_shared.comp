@@ -74,10 +74,7 @@ uint channel_item(uint li, uint rep) { return li + rep * INVOCATIONS; }
 uint token_item(uint li, uint rep) { return INVOCATIONS - 1u - li + rep * INVOCATIONS; }
 
 #ifdef DOT_PRODUCT
-// The weights are staged as 16 q where they fit int8 (without integer zero points): one
-// operation fewer a nibble to unpack. Every integer of the fold is then QSCALE times its
-// value (exact as a float), and so is acc until the output divides it out exactly.
-const uint QSCALE = (HAS_OFFSET == 2u) ? 1u : 16u;
+const uint QSCALE = (HAS_OFFSET == 2u) ? 1u : 16u;   // the weights staged as QSCALE q (above)
 // word e of channel j: its octets 2e (x, y) and 2e + 1 (z, w) of the stage, QSCALE (q - z)
 // as int8 (k 8o..8o+3 in one word, 8o+4.. in the next); an odd last octet alone
 shared uvec4 w_sh[(SO + 1u) / 2u][BN];
